@@ -1,0 +1,300 @@
+"""OTLP ingest throughput: spans/s persisted by a real `bastion serve`, SQLite and PostgreSQL.
+
+A client process posts pre-built OTLP/HTTP protobuf requests (500 spans each, ~2 KB of GenAI
+attributes per span) over loopback with a fixed concurrency; the figure is acknowledged spans
+per second, and an acknowledgement means the spans are durable (committed or fsync'd to the
+spool). A second phase overloads the server (many concurrent senders, small queue) and samples
+its RSS to show back-pressure (429 + Retry-After) instead of memory growth.
+
+    python benchmarks/ingest_throughput.py --db both --spans 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+import psutil
+import sqlalchemy as sa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+console = Console()
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SPANS_PER_REQUEST = 500
+
+
+def _kv(key: str, value: object) -> KeyValue:
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+
+def build_request(seed: int) -> bytes:
+    """One request of SPANS_PER_REQUEST realistic GenAI spans (5 spans per trace)."""
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.extend([_kv("service.name", "bench-app")])
+    ss = rs.scope_spans.add()
+    ss.scope.name = "bench"
+    now = time.time_ns()
+    prompt = orjson.dumps(
+        [
+            {"role": "system", "content": "You are a helpful support assistant. " * 6},
+            {"role": "user", "content": f"Question {seed}: how do I reset my password? " * 8},
+        ]
+    ).decode()
+    answer = orjson.dumps(
+        [{"role": "assistant", "content": "Go to settings and click reset. " * 10}]
+    ).decode()
+    trace_id = b""
+    parent = b""
+    for i in range(SPANS_PER_REQUEST):
+        if i % 5 == 0:
+            trace_id = uuid.uuid4().bytes
+            parent = b""
+        span = ss.spans.add()
+        span.trace_id = trace_id
+        span.span_id = os.urandom(8)
+        span.parent_span_id = parent
+        if i % 5 == 0:
+            parent = span.span_id
+        span.name = "chat gpt-4o-mini"
+        span.kind = Span.SPAN_KIND_CLIENT
+        span.start_time_unix_nano = now + i * 1000
+        span.end_time_unix_nano = now + i * 1000 + 350_000_000
+        span.attributes.extend(
+            [
+                _kv("gen_ai.operation.name", "chat"),
+                _kv("gen_ai.provider.name", "openai"),
+                _kv("gen_ai.request.model", "gpt-4o-mini"),
+                _kv("gen_ai.response.model", "gpt-4o-mini-2024-07-18"),
+                _kv("gen_ai.usage.input_tokens", 420 + i % 50),
+                _kv("gen_ai.usage.output_tokens", 80 + i % 20),
+                _kv("gen_ai.input.messages", prompt),
+                _kv("gen_ai.output.messages", answer),
+                _kv("bastion.user", f"user-{(seed * 7 + i) % 500}"),
+                _kv("bastion.feature", f"feature-{i % 8}"),
+                _kv("bastion.tenant", f"tenant-{i % 12}"),
+            ]
+        )
+    return request.SerializeToString()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    home: Path, database_url: str, port: int, queue_max: int
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "BASTION_HOME": str(home),
+        "BASTION_DATABASE_URL": database_url,
+        "BASTION_PORT": str(port),
+        "BASTION_INGEST__QUEUE_MAX_SPANS": str(queue_max),
+        "BASTION_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve"], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def create_key(database_url: str) -> str:
+    from bastion.auth import create_key as make
+    from bastion.store import migrate
+    from bastion.store.engine import create_engine
+
+    engine = create_engine(database_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        secret = make(conn, "default", name="bench").secret
+    engine.dispose()
+    return secret
+
+
+async def send_all(
+    url: str, key: str, bodies: list[bytes], concurrency: int, progress: Progress | None
+) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/x-protobuf"}
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    stats = {"ok": 0, "throttled": 0, "errors": 0}
+    task = progress.add_task("sending", total=len(bodies)) if progress else None
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            while True:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status == 200:
+                        stats["ok"] += 1
+                        break
+                    if response.status in (429, 503):
+                        stats["throttled"] += 1
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")) / 10)
+                        continue
+                    stats["errors"] += 1
+                    break
+            if progress is not None and task is not None:
+                progress.advance(task)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        stats["seconds"] = time.perf_counter() - started
+    return stats
+
+
+def count_spans(database_url: str) -> int:
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        n = int(conn.execute(sa.text("SELECT COUNT(*) FROM spans")).scalar_one())
+    engine.dispose()
+    return n
+
+
+def run_backend(
+    name: str, database_url: str, bodies: list[bytes], args: argparse.Namespace
+) -> list[list[str]]:
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as home:
+        key = create_key(database_url)
+        port = free_port()
+        server = start_server(Path(home), database_url, port, queue_max=200_000)
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        try:
+            asyncio.run(send_all(url, key, bodies[:4], 2, None))  # warm-up
+            with Progress(console=console, transient=True) as progress:
+                stats = asyncio.run(send_all(url, key, bodies[4:], args.concurrency, progress))
+            spans = (len(bodies) - 4) * SPANS_PER_REQUEST
+            rate = spans / stats["seconds"]
+            rows.append(
+                [
+                    name,
+                    "throughput",
+                    f"{spans:,} spans",
+                    f"{rate:,.0f} spans/s",
+                    f"{stats['throttled']:.0f} throttled",
+                    "PASS" if rate >= 20_000 else "FAIL",
+                ]
+            )
+            stored = count_spans(database_url)
+            rows.append(
+                [
+                    name,
+                    "persisted",
+                    f"{stored:,} rows",
+                    "",
+                    "",
+                    "PASS" if stored >= spans else "FAIL",
+                ]
+            )
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(60)
+
+        # Overload: a small queue and many senders; RSS must plateau (back-pressure, not growth).
+        port = free_port()
+        server = start_server(Path(home), database_url, port, queue_max=20_000)
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        process = psutil.Process(server.pid)
+        samples: list[float] = []
+
+        async def overload() -> dict[str, float]:
+            async def sample() -> None:
+                while True:
+                    samples.append(process.memory_info().rss / 2**20)
+                    await asyncio.sleep(0.25)
+
+            sampler = asyncio.create_task(sample())
+            try:
+                return await send_all(url, key, bodies[4:] * 2, args.concurrency * 4, None)
+            finally:
+                sampler.cancel()
+
+        try:
+            stats = asyncio.run(overload())
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(60)
+        half = len(samples) // 2
+        first, second = max(samples[:half] or [0]), max(samples[half:] or [0])
+        flat = second <= first * 1.15 + 20
+        rows.append(
+            [
+                name,
+                "overload RSS",
+                f"max {first:.0f} → {second:.0f} MiB",
+                "",
+                f"{stats['throttled']:.0f} x 429",
+                "PASS" if flat else "FAIL",
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--spans", type=int, default=200_000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pg-url", default=PG_URL)
+    args = parser.parse_args()
+
+    requests = max(8, args.spans // SPANS_PER_REQUEST) + 4
+    with console.status(f"building {requests} OTLP requests…"):
+        bodies = [build_request(i) for i in range(requests)]
+    size = len(bodies[0])
+    console.print(f"request size: {size / 1024:.0f} KiB ({size / SPANS_PER_REQUEST:.0f} B/span)")
+
+    table = Table("database", "measure", "volume", "rate", "notes", "bar (20k spans/s)")
+    if args.db in ("sqlite", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for row in run_backend("sqlite", f"sqlite:///{tmp}/bench.db", bodies, args):
+                table.add_row(*row)
+    if args.db in ("postgresql", "both"):
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        try:
+            url = f"{args.pg_url}?options=-csearch_path%3D{schema}"
+            for row in run_backend("postgresql", url, bodies, args):
+                table.add_row(*row)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

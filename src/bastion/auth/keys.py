@@ -1,0 +1,229 @@
+"""Projects and project-scoped API keys.
+
+A key is shown once, at creation; the database keeps only its SHA-256. Request handlers
+verify keys against an in-memory cache (:class:`KeyCache`) so authentication never costs a
+database round trip on the hot path; revocations reach the cache within ``refresh_s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+from bastion.store.schema import api_keys, projects
+
+__all__ = [
+    "DEFAULT_PROJECT",
+    "ApiKey",
+    "AuthError",
+    "CreatedKey",
+    "KeyCache",
+    "Principal",
+    "Role",
+    "create_key",
+    "ensure_project",
+    "hash_key",
+    "list_keys",
+    "revoke_key",
+]
+
+DEFAULT_PROJECT = "default"
+KEY_PREFIX = "bst_"
+_SLUG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class AuthError(Exception):
+    """The request carries no valid key, or the key may not do what was asked."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Role(StrEnum):
+    """What a key may do within its project."""
+
+    ADMIN = "admin"  # everything, including managing keys
+    WRITE = "write"  # ingest, gateway calls, read
+    INGEST = "ingest"  # ingest only: for exporters on untrusted hosts
+    READ = "read"  # read API only
+
+
+_GRANTS: dict[Role, frozenset[str]] = {
+    Role.ADMIN: frozenset({"admin", "write", "gateway", "ingest", "read"}),
+    Role.WRITE: frozenset({"write", "gateway", "ingest", "read"}),
+    Role.INGEST: frozenset({"ingest"}),
+    Role.READ: frozenset({"read"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key of one project with one role."""
+
+    project_id: int
+    project_slug: str
+    key_id: int
+    role: Role
+
+    def can(self, action: str) -> bool:
+        return action in _GRANTS[self.role]
+
+    def require(self, action: str) -> None:
+        if not self.can(action):
+            raise AuthError(f"this key's role {self.role.value!r} may not {action}", status=403)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: int
+    project_slug: str
+    name: str
+    prefix: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key; ``secret`` is the only copy of the full key and is never stored."""
+
+    key: ApiKey
+    secret: str
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_slug(slug: str) -> None:
+    if not slug or len(slug) > 64 or not set(slug) <= _SLUG_CHARS:
+        raise ValueError(
+            f"invalid project name {slug!r}: use 1-64 lower-case letters, digits, '-' or '_'"
+        )
+
+
+def ensure_project(conn: sa.Connection, slug: str = DEFAULT_PROJECT) -> int:
+    """Return the id of project ``slug``, creating it if needed."""
+    _check_slug(slug)
+    found = conn.execute(sa.select(projects.c.id).where(projects.c.slug == slug)).scalar()
+    if found is not None:
+        return int(found)
+    result = conn.execute(projects.insert().values(slug=slug, name=slug, created_at=_now()))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def create_key(
+    conn: sa.Connection, project: str, *, name: str = "default", role: Role = Role.ADMIN
+) -> CreatedKey:
+    """Create a key for ``project`` (created too if new) and return its only plain-text copy."""
+    project_id = ensure_project(conn, project)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    created = _now()
+    result = conn.execute(
+        api_keys.insert().values(
+            project_id=project_id,
+            name=name,
+            prefix=secret[:12],
+            key_hash=hash_key(secret),
+            role=role.value,
+            created_at=created,
+        )
+    )
+    key_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    key = ApiKey(key_id, project, name, secret[:12], role, created, None)
+    return CreatedKey(key=key, secret=secret)
+
+
+def list_keys(conn: sa.Connection, project: str | None = None) -> list[ApiKey]:
+    """Keys (never their secrets), optionally of one project, oldest first."""
+    query = (
+        sa.select(api_keys, projects.c.slug)
+        .join(projects, projects.c.id == api_keys.c.project_id)
+        .order_by(api_keys.c.id)
+    )
+    if project is not None:
+        query = query.where(projects.c.slug == project)
+    return [
+        ApiKey(
+            row.id, row.slug, row.name, row.prefix, Role(row.role), row.created_at, row.revoked_at
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def revoke_key(conn: sa.Connection, key_id: int, *, project: str | None = None) -> bool:
+    """Revoke key ``key_id`` (only within ``project`` when given); False if no such live key."""
+    condition = sa.and_(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+    if project is not None:
+        project_ids = sa.select(projects.c.id).where(projects.c.slug == project)
+        condition = sa.and_(condition, api_keys.c.project_id.in_(project_ids.scalar_subquery()))
+    result = conn.execute(api_keys.update().where(condition).values(revoked_at=_now()))
+    return result.rowcount > 0
+
+
+class KeyCache:
+    """Resolves presented keys to principals from memory, refreshed from the database.
+
+    The full table of live key hashes is small (one row per key), so it is reloaded whole
+    every ``refresh_s`` seconds off the request path; an unknown key triggers at most one
+    early reload per ``miss_reload_s`` so a key created a moment ago works at once.
+    """
+
+    def __init__(self, engine: sa.Engine, *, refresh_s: float = 5.0, miss_reload_s: float = 1.0):
+        self.engine = engine
+        self.refresh_s = refresh_s
+        self.miss_reload_s = miss_reload_s
+        self._by_hash: dict[str, Principal] = {}
+        self._loaded_at = 0.0
+        self._miss_reload_at = 0.0
+        self._lock = threading.Lock()
+
+    def reload(self) -> None:
+        query = (
+            sa.select(
+                api_keys.c.id, api_keys.c.key_hash, api_keys.c.role, projects.c.id, projects.c.slug
+            )
+            .join(projects, projects.c.id == api_keys.c.project_id)
+            .where(api_keys.c.revoked_at.is_(None))
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        table = {
+            row[1]: Principal(
+                project_id=row[3], project_slug=row[4], key_id=row[0], role=Role(row[2])
+            )
+            for row in rows
+        }
+        with self._lock:
+            self._by_hash = table
+            self._loaded_at = time.monotonic()
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._loaded_at > self.refresh_s
+
+    def lookup(self, secret: str) -> Principal | None:
+        """The principal for ``secret`` from memory only; None if unknown or revoked."""
+        return self._by_hash.get(hash_key(secret))
+
+    def may_reload_on_miss(self) -> bool:
+        """True at most once per ``miss_reload_s``: unknown keys cannot storm the database."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._miss_reload_at < self.miss_reload_s:
+                return False
+            self._miss_reload_at = now
+            return True

@@ -1,0 +1,153 @@
+"""``bastion``: serve, manage keys and the database, read traces, run the demo."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bastion import __version__
+from bastion.cli import demo, keys, simulate, traces
+from bastion.cli.common import ConfigOption, load
+from bastion.settings import ConfigError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="bastion",
+    help="Bastion: self-hosted LLMOps (gateway, tracing, prompts, evals, releases).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(traces.app, name="traces")
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.command("demo")(demo.demo)
+app.command("simulate")(simulate.simulate)
+
+console = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+HostOption = Annotated[str | None, typer.Option(help="interface to listen on")]
+PortOption = Annotated[int | None, typer.Option(help="port to listen on")]
+SimulatorOption = Annotated[
+    bool,
+    typer.Option(
+        "--with-simulator",
+        help="start the provider simulator and serve the models sim-small and sim-large",
+    ),
+]
+
+
+def _run(
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    with_simulator: bool,
+    *,
+    api: bool,
+    what: str,
+) -> None:
+    from aiohttp import web
+
+    from bastion.server.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = load(config, **overrides)
+    if with_simulator:
+        settings.gateway.simulator = True
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    application = create_app(settings, api=api, gateway=True)
+    console.print(
+        f"bastion {__version__} {what} on http://{settings.host}:{settings.port}  "
+        f"(database: {_redacted(settings.resolved_database_url)})"
+    )
+    web.run_app(application, host=settings.host, port=settings.port, print=None)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    with_simulator: SimulatorOption = False,
+) -> None:
+    """Run the server: gateway, read API, OTLP receiver, health and metrics."""
+    _run(config, host, port, with_simulator, api=True, what="server")
+
+
+@app.command()
+def gateway(
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    with_simulator: SimulatorOption = False,
+) -> None:
+    """Run the model gateway alone (with health and metrics), e.g. as extra replicas."""
+    _run(config, host, port, with_simulator, api=False, what="gateway")
+
+
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: ConfigOption = None,
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+) -> None:
+    """Migrate the database schema up (to the latest by default)."""
+    from bastion.store import migrate
+    from bastion.store.engine import create_engine
+
+    settings = load(config)
+    engine = create_engine(settings.resolved_database_url)
+    migrate.upgrade(engine, revision)
+    console.print(f"database at revision {migrate.current_revision(engine)}")
+    engine.dispose()
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="target revision, e.g. base")],
+    config: ConfigOption = None,
+) -> None:
+    """Migrate the database schema down to REVISION."""
+    from bastion.store import migrate
+    from bastion.store.engine import create_engine
+
+    settings = load(config)
+    engine = create_engine(settings.resolved_database_url)
+    migrate.downgrade(engine, revision)
+    console.print(f"database at revision {migrate.current_revision(engine)}")
+    engine.dispose()
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Wiring the gateway into an aiohttp application (the main server, or ``bastion gateway``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
+
+from aiohttp import web
+
+from bastion.gateway import handlers
+from bastion.gateway.recording import Recorder
+from bastion.gateway.router import Router
+from bastion.gateway.state import GATEWAY, GatewayState
+from bastion.providers.config import (
+    Deployment,
+    GatewayConfig,
+    ModelAlias,
+    ProviderConfig,
+    load_gateway_config,
+)
+from bastion.providers.upstream import Upstream
+from bastion.server.state import STATE
+from bastion.settings import Settings
+
+__all__ = ["install_gateway", "simulator_models"]
+
+log = logging.getLogger("bastion.gateway")
+
+
+def simulator_models(url: str) -> tuple[dict[str, ProviderConfig], dict[str, ModelAlias]]:
+    """Providers and aliases for a simulator at ``url``: ``sim-small`` is served through the
+    OpenAI format and ``sim-large`` through the Anthropic one, so both paths run with no keys."""
+    openai = ProviderConfig(name="simulator", kind="openai", base_url=f"{url}/v1")
+    anthropic = ProviderConfig(name="simulator-anthropic", kind="anthropic", base_url=url)
+    aliases = {
+        "sim-small": ModelAlias("sim-small", (Deployment(openai, "sim-small"),)),
+        "sim-large": ModelAlias("sim-large", (Deployment(anthropic, "sim-large"),)),
+    }
+    return {"simulator": openai, "simulator-anthropic": anthropic}, aliases
+
+
+def _warn_missing_keys(config: GatewayConfig) -> None:
+    for provider in config.providers.values():
+        if provider.api_key_env and not provider.api_key:
+            log.warning(
+                "provider %r: environment variable %s is not set; its calls will be refused "
+                "by the provider",
+                provider.name,
+                provider.api_key_env,
+            )
+
+
+def install_gateway(app: web.Application, settings: Settings) -> None:
+    """Add the gateway routes; providers, pool and simulator start with the application.
+
+    The configuration is validated here, before the server starts, so a bad ``bastion.yaml``
+    stops ``serve`` with a message naming the key.
+    """
+    load_gateway_config(settings)  # fail fast; reloaded below with the simulator's models
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        state = app[STATE]
+        with ExitStack() as stack:
+            providers: dict[str, ProviderConfig] = {}
+            aliases: dict[str, ModelAlias] = {}
+            if settings.gateway.simulator:
+                from bastion.providers.simulator import SimulatorConfig, SimulatorServer
+
+                simulator = stack.enter_context(SimulatorServer(SimulatorConfig(), port=0))
+                providers, aliases = simulator_models(simulator.url)
+                log.info("provider simulator on %s (models sim-small, sim-large)", simulator.url)
+            config = load_gateway_config(settings, extra_providers=providers, extra_aliases=aliases)
+            _warn_missing_keys(config)
+            upstream = Upstream(
+                connect_timeout_s=settings.gateway.connect_timeout_s,
+                read_timeout_s=settings.gateway.read_timeout_s,
+                max_connections=settings.gateway.max_connections,
+            )
+            await upstream.start()
+            app[GATEWAY] = GatewayState(
+                settings=settings.gateway,
+                config=config,
+                router=Router(config),
+                upstream=upstream,
+                recorder=Recorder(
+                    state.pipeline,
+                    max_message_chars=settings.ingest.max_message_chars,
+                    default_project_id=state.default_project_id,
+                    registry=state.registry,
+                ),
+            )
+            try:
+                yield
+            finally:
+                await upstream.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_routes(handlers.routes)

@@ -1,0 +1,268 @@
+"""The gateway's routes: OpenAI chat completions, embeddings and models; Anthropic messages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from bastion.auth import AuthError, Principal
+from bastion.gateway.errors import Api, GatewayError, error_response
+from bastion.gateway.recording import Call, TraceContext
+from bastion.gateway.relay import relay_body, relay_stream
+from bastion.gateway.state import GATEWAY, GatewayState
+from bastion.gateway.validation import (
+    validate_anthropic_messages,
+    validate_embeddings,
+    validate_openai_chat,
+)
+from bastion.providers.config import Deployment, ModelAlias
+from bastion.providers.translate import (
+    TranslationError,
+    anthropic_to_openai_request,
+    openai_to_anthropic_request,
+)
+from bastion.providers.upstream import UpstreamUnavailable
+from bastion.server.auth import presented_key
+from bastion.server.state import STATE
+
+__all__ = ["routes"]
+
+
+def _new_call(request: web.Request, api: Api, operation: str) -> Call:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return Call(
+        api=api,
+        operation=operation,
+        request_id=request_id[:128],
+        context=TraceContext.from_headers(request.headers),
+    )
+
+
+async def _principal(request: web.Request) -> Principal:
+    """The caller's project key, resolved from memory (reloaded off-loop only on a miss)."""
+    keys = request.app[STATE].keys
+    try:
+        secret = presented_key(request)
+    except AuthError as exc:
+        raise GatewayError(401, str(exc), error_class="authentication_error") from exc
+    if not secret:
+        raise GatewayError(
+            401,
+            "missing API key: send your Bastion key as 'Authorization: Bearer <key>' "
+            "or 'x-api-key'",
+            error_class="authentication_error",
+            code="invalid_api_key",
+        )
+    principal = keys.lookup(secret)
+    if principal is None and keys.may_reload_on_miss():
+        await asyncio.get_running_loop().run_in_executor(None, keys.reload)
+        principal = keys.lookup(secret)
+    if principal is None:
+        raise GatewayError(
+            401, "invalid or revoked API key", error_class="authentication_error",
+            code="invalid_api_key",
+        )  # fmt: skip
+    if not principal.can("gateway"):
+        raise GatewayError(
+            403,
+            f"this key's role {principal.role.value!r} may not call models",
+            error_class="permission_error",
+        )
+    return principal
+
+
+async def _read_json(request: web.Request, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(
+            413,
+            f"request body of {request.content_length} bytes exceeds the limit of {limit}",
+            error_class="request_too_large",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(
+                413, f"request body exceeds the limit of {limit} bytes",
+                error_class="request_too_large",
+            )  # fmt: skip
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(
+            400,
+            f"request body is not valid JSON: {exc}",
+            error_class="invalid_request",
+        ) from exc
+
+
+def _alias(gateway: GatewayState, name: str) -> ModelAlias:
+    alias = gateway.config.alias(name)
+    if alias is None:
+        raise GatewayError(
+            404,
+            f"the model {name!r} does not exist or you do not have access to it",
+            error_class="model_not_found",
+            param="model",
+            code="model_not_found",
+        )
+    return alias
+
+
+def _headers(call: Call) -> dict[str, str]:
+    return {"x-request-id": call.request_id, "x-bastion-trace-id": call.context.trace_id}
+
+
+def _upstream_headers(call: Call) -> dict[str, str]:
+    return {"traceparent": call.context.traceparent(), "x-request-id": call.request_id}
+
+
+async def _send(
+    gateway: GatewayState, call: Call, deployment: Deployment, endpoint: str, body: bytes
+) -> Any:
+    try:
+        return await gateway.upstream.send(deployment, endpoint, body, _upstream_headers(call))
+    except UpstreamUnavailable as exc:
+        raise GatewayError(
+            504 if exc.timeout else 502,
+            str(exc),
+            error_class="upstream_timeout" if exc.timeout else "upstream_unreachable",
+        ) from exc
+
+
+def _upstream_chat_body(
+    api: Api, body: dict[str, Any], deployment: Deployment
+) -> tuple[str, dict[str, Any]]:
+    kind = deployment.provider.kind
+    try:
+        if kind == "openai":
+            if api == "anthropic":
+                return "chat", anthropic_to_openai_request(body, deployment.model)
+            out = {**body, "model": deployment.model}
+            if body.get("stream"):
+                options = dict(body.get("stream_options") or {})
+                options["include_usage"] = True  # for the span; dropped if not asked for
+                out["stream_options"] = options
+            return "chat", out
+        if api == "openai":
+            return "messages", openai_to_anthropic_request(body, deployment.model)
+        return "messages", {**body, "model": deployment.model}
+    except TranslationError as exc:
+        raise GatewayError(
+            400,
+            f"{exc} (model {body.get('model')!r} is served by a {kind} deployment)",
+            error_class="invalid_request",
+            param=exc.param,
+        ) from exc
+
+
+async def _serve(
+    request: web.Request,
+    api: Api,
+    operation: str,
+    validate: Callable[[Any], dict[str, Any]],
+) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    call = _new_call(request, api, operation)
+    headers = _headers(call)
+    try:
+        principal = await _principal(request)
+        call.project_id = principal.project_id
+        raw = await _read_json(request, gateway.settings.max_request_bytes)
+        call.request_body = raw
+        call.attribute_from(request, raw)
+        body = validate(raw)
+        call.requested_model = body["model"]
+        call.stream = bool(body.get("stream")) and operation == "chat"
+        alias = _alias(gateway, body["model"])
+        deployment = gateway.router.choose(alias)
+        call.deployment = deployment.label
+        call.provider = deployment.provider.name
+        if operation == "embeddings":
+            if deployment.provider.kind != "openai":
+                raise GatewayError(
+                    400,
+                    f"the model {body['model']!r} does not support embeddings",
+                    error_class="invalid_request",
+                    param="model",
+                )
+            endpoint, upstream = "embeddings", {**body, "model": deployment.model}
+        else:
+            endpoint, upstream = _upstream_chat_body(api, body, deployment)
+        response = await _send(gateway, call, deployment, endpoint, orjson.dumps(upstream))
+        if call.stream:
+            wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await relay_stream(
+                request, call, api, deployment, response, headers, client_wants_usage=wants_usage
+            )
+        return await relay_body(call, api, deployment, response, headers)
+    except GatewayError as exc:
+        call.fail(exc.status, exc.error_class, exc.message)
+        return error_response(api, exc, headers)
+    finally:
+        gateway.recorder.record(call)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions`` (OpenAI), streaming or not."""
+    return await _serve(request, "openai", "chat", validate_openai_chat)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/messages`` (Anthropic), streaming or not."""
+    return await _serve(request, "anthropic", "chat", validate_anthropic_messages)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/embeddings`` (OpenAI), float or base64 vectors relayed as the provider sent."""
+    return await _serve(request, "openai", "embeddings", validate_embeddings)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models`` in the OpenAI shape, or the Anthropic one for Anthropic clients."""
+    api: Api = "anthropic" if "anthropic-version" in request.headers else "openai"
+    call = _new_call(request, api, "models")
+    headers = _headers(call)
+    try:
+        await _principal(request)
+    except GatewayError as exc:
+        return error_response(api, exc, headers)
+    aliases = sorted(request.app[GATEWAY].config.aliases.values(), key=lambda a: a.name)
+    created = int(request.app[GATEWAY].started_at)
+    if api == "anthropic":
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        data = [
+            {"type": "model", "id": a.name, "display_name": a.name, "created_at": stamp}
+            for a in aliases
+        ]
+        body: dict[str, Any] = {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    else:
+        body = {
+            "object": "list",
+            "data": [
+                {"id": a.name, "object": "model", "created": created, "owned_by": "bastion"}
+                for a in aliases
+            ],
+        }
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+routes = [
+    web.post("/v1/chat/completions", chat_completions),
+    web.post("/v1/embeddings", embeddings),
+    web.post("/v1/messages", messages),
+    web.get("/v1/models", list_models),
+]

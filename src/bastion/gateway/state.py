@@ -1,0 +1,29 @@
+"""What the gateway holds while it runs, stored on the aiohttp application."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from bastion.gateway.recording import Recorder
+from bastion.gateway.router import Router
+from bastion.providers.config import GatewayConfig
+from bastion.providers.upstream import Upstream
+from bastion.settings import GatewaySettings
+
+__all__ = ["GATEWAY", "GatewayState"]
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    config: GatewayConfig
+    router: Router
+    upstream: Upstream
+    recorder: Recorder
+    started_at: float = field(default_factory=time.time)
+
+
+GATEWAY = web.AppKey("bastion_gateway", GatewayState)

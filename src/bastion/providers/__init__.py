@@ -1,0 +1,1 @@
+"""Upstream LLM providers: configuration, the HTTP client, format translation, the simulator."""

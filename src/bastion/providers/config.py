@@ -1,0 +1,203 @@
+"""Providers and model aliases as declared in ``bastion.yaml``.
+
+```yaml
+providers:
+  openai: {type: openai, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
+  claude: {type: anthropic, api_key_env: ANTHROPIC_API_KEY}
+models:
+  chat:
+    deployments:
+      - {provider: openai, model: gpt-4o-mini, weight: 1}
+```
+
+Provider keys are only ever named (``api_key_env``), never written in the file; they are read
+from the environment when the gateway starts and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bastion.settings import ConfigError, Settings
+
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "Deployment",
+    "GatewayConfig",
+    "ModelAlias",
+    "ProviderConfig",
+    "ProviderKind",
+    "load_gateway_config",
+]
+
+ProviderKind = Literal["openai", "anthropic"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+
+
+class _ProviderSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    headers: dict[str, str] = Field(default_factory=dict)
+    anthropic_version: str = "2023-06-01"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use api_key_env")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_auth_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in ("authorization", "x-api-key", "api-key"):
+                raise ValueError(
+                    f"header {name!r} would hold a secret in the file; use api_key_env"
+                )
+        return value
+
+
+class _DeploymentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    model: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class _AliasSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: list[_DeploymentSpec] = Field(min_length=1)
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One upstream endpoint. ``api_key`` is resolved from the environment, never from the file."""
+
+    name: str
+    kind: ProviderKind
+    base_url: str
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    anthropic_version: str = "2023-06-01"
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A concrete (provider, upstream model) that serves an alias, with its routing weight."""
+
+    provider: ProviderConfig
+    model: str
+    weight: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider.name}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAlias:
+    """A public model name and the deployments that serve it."""
+
+    name: str
+    deployments: tuple[Deployment, ...]
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Validated providers and aliases. A model name with no alias is not served."""
+
+    providers: Mapping[str, ProviderConfig]
+    aliases: Mapping[str, ModelAlias]
+
+    def alias(self, name: str) -> ModelAlias | None:
+        return self.aliases.get(name)
+
+
+def load_gateway_config(
+    settings: Settings,
+    *,
+    extra_providers: Mapping[str, ProviderConfig] | None = None,
+    extra_aliases: Mapping[str, ModelAlias] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Validate ``providers:`` and ``models:``; raise :class:`ConfigError` naming key and line."""
+    env = os.environ if environ is None else environ
+    raw_providers = settings.sections.get("providers") or {}
+    raw_models = settings.sections.get("models") or {}
+    _require_mapping(settings, "providers", raw_providers)
+    _require_mapping(settings, "models", raw_models)
+
+    providers: dict[str, ProviderConfig] = dict(extra_providers or {})
+    for name, raw in raw_providers.items():
+        spec = _validate(settings, f"providers.{name}", _ProviderSpec, raw)
+        key = env.get(spec.api_key_env) if spec.api_key_env else None
+        providers[str(name)] = ProviderConfig(
+            name=str(name),
+            kind=spec.type,
+            base_url=spec.base_url or DEFAULT_BASE_URLS[spec.type],
+            api_key_env=spec.api_key_env,
+            api_key=key or None,
+            headers=dict(spec.headers),
+            anthropic_version=spec.anthropic_version,
+        )
+
+    aliases: dict[str, ModelAlias] = dict(extra_aliases or {})
+    for name, raw in raw_models.items():
+        spec_alias = _validate(settings, f"models.{name}", _AliasSpec, raw)
+        deployments = []
+        for i, dep in enumerate(spec_alias.deployments):
+            provider = providers.get(dep.provider)
+            if provider is None:
+                known = ", ".join(sorted(providers)) or "none declared"
+                raise ConfigError(
+                    f"{settings.where(f'models.{name}.deployments.{i}.provider')}"
+                    f"models.{name}.deployments[{i}]: unknown provider {dep.provider!r} "
+                    f"(known: {known})"
+                )
+            deployments.append(Deployment(provider=provider, model=dep.model, weight=dep.weight))
+        aliases[str(name)] = ModelAlias(
+            name=str(name), deployments=tuple(deployments), description=spec_alias.description
+        )
+    return GatewayConfig(providers=providers, aliases=aliases)
+
+
+def _require_mapping(settings: Settings, key: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{settings.where(key)}{key}: must be a mapping of names to settings")
+
+
+def _validate(settings: Settings, key: str, model: type[BaseModel], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{settings.where(key)}{key}: must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = ".".join(str(p) for p in error["loc"])
+        full = f"{key}.{path}" if path else key
+        where = settings.where(full) or settings.where(key)
+        raise ConfigError(f"{where}{full}: {error['msg']}") from exc

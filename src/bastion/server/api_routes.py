@@ -1,0 +1,299 @@
+"""The read API (traces, spans, metrics) and key management, under ``/api/v1``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal, TypeVar
+
+import sqlalchemy as sa
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from bastion.auth import Role, create_key, list_keys, revoke_key
+from bastion.server.auth import authenticate
+from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
+from bastion.server.state import STATE
+from bastion.store import queries
+
+__all__ = ["API_ROUTES"]
+
+
+def _ns(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1_000_000_000)
+
+
+class _FilterQuery(BaseModel):
+    start: datetime | None = Field(None, description="from this time (ISO 8601), inclusive")
+    end: datetime | None = Field(None, description="until this time (ISO 8601), exclusive")
+    user: str | None = Field(None, description="user id")
+    session: str | None = Field(None, description="session id")
+    feature: str | None = None
+    tenant: str | None = None
+    model: str | None = Field(None, description="model asked for or served")
+    status: Literal["ok", "error"] | None = None
+    error_class: str | None = None
+    q: str | None = Field(None, description="text contained in an input or output", max_length=500)
+    min_latency_ms: float | None = Field(None, ge=0)
+    min_cost_usd: float | None = Field(None, ge=0)
+    service: str | None = None
+
+    def to_filter(self) -> queries.TraceFilter:
+        return queries.TraceFilter(
+            start_ns=_ns(self.start),
+            end_ns=_ns(self.end),
+            user_id=self.user,
+            session_id=self.session,
+            feature=self.feature,
+            tenant=self.tenant,
+            model=self.model,
+            status=self.status,
+            error_class=self.error_class,
+            text=self.q,
+            min_latency_ms=self.min_latency_ms,
+            min_cost_usd=self.min_cost_usd,
+            service_name=self.service,
+        )
+
+
+class TraceListQuery(_FilterQuery):
+    limit: int = Field(50, ge=1, le=1000)
+    cursor: str | None = Field(None, description="next_cursor from the previous page")
+
+
+class SummaryQuery(_FilterQuery):
+    group_by: list[str] = Field(
+        default_factory=list, description="model|feature|user|tenant|provider, day|hour"
+    )
+
+
+_T = TypeVar("_T")
+
+
+async def _db(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
+    """Run a read on a worker thread: the event loop never waits on the database."""
+    engine = request.app[STATE].engine
+
+    def run() -> _T:
+        with engine.connect() as conn:
+            return work(conn)
+
+    return await asyncio.get_running_loop().run_in_executor(None, run)
+
+
+async def list_traces(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    params = parse_query(request, TraceListQuery)
+    try:
+        page = await _db(
+            request,
+            lambda c: queries.list_traces(
+                c,
+                principal.project_id,
+                params.to_filter(),
+                limit=params.limit,
+                cursor=params.cursor,
+            ),
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return json_response(page)
+
+
+async def list_spans(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    params = parse_query(request, TraceListQuery)
+    try:
+        page = await _db(
+            request,
+            lambda c: queries.list_spans(
+                c,
+                principal.project_id,
+                params.to_filter(),
+                limit=params.limit,
+                cursor=params.cursor,
+            ),
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return json_response(page)
+
+
+async def get_trace(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    trace_id = request.match_info["trace_id"].lower()
+    if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
+        raise ApiError(400, f"invalid trace id {trace_id!r}: expected 32 hex characters")
+    tree = await _db(request, lambda c: queries.get_trace(c, principal.project_id, trace_id))
+    if tree is None:
+        raise ApiError(404, f"trace {trace_id} not found", kind="not_found")
+    return json_response(tree)
+
+
+async def metrics_summary(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    params = parse_query(request, SummaryQuery)
+    now = datetime.now(UTC)
+    end_ns = _ns(params.end) or _ns(now)
+    start_ns = _ns(params.start) or (end_ns or 0) - 24 * 3600 * 1_000_000_000
+    group_by = [g for part in params.group_by for g in part.split(",") if g]
+    flt = params.to_filter()
+    flt.start_ns = flt.end_ns = None
+    has_filters = any(v is not None for v in flt.model_dump().values())
+    try:
+        summary = await _db(
+            request,
+            lambda c: queries.metrics_summary(
+                c,
+                principal.project_id,
+                start_ns=start_ns or 0,
+                end_ns=end_ns or 0,
+                group_by=group_by,
+                filter=flt if has_filters else None,
+            ),
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
+    return json_response(summary)
+
+
+class KeyCreate(BaseModel):
+    name: str = Field("default", min_length=1, max_length=200)
+    role: Role = Role.WRITE
+
+
+class KeyOut(BaseModel):
+    id: int
+    project: str
+    name: str
+    prefix: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None = None
+    secret: str | None = Field(None, description="the full key: returned once, at creation")
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "admin")
+    try:
+        body = KeyCreate.model_validate_json(await request.read())
+    except ValueError as exc:
+        raise ApiError(400, f"invalid body: {exc}") from exc
+    engine = request.app[STATE].engine
+
+    def work() -> KeyOut:
+        with engine.begin() as conn:
+            created = create_key(conn, principal.project_slug, name=body.name, role=body.role)
+        k = created.key
+        return KeyOut(
+            id=k.id,
+            project=k.project_slug,
+            name=k.name,
+            prefix=k.prefix,
+            role=k.role,
+            created_at=k.created_at,
+            secret=created.secret,
+        )
+
+    out = await asyncio.get_running_loop().run_in_executor(None, work)
+    await asyncio.get_running_loop().run_in_executor(None, request.app[STATE].keys.reload)
+    return json_response(out, 201)
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "admin")
+    keys = await _db(request, lambda c: list_keys(c, principal.project_slug))
+    return json_response(
+        {
+            "items": [
+                KeyOut(
+                    id=k.id,
+                    project=k.project_slug,
+                    name=k.name,
+                    prefix=k.prefix,
+                    role=k.role,
+                    created_at=k.created_at,
+                    revoked_at=k.revoked_at,
+                )
+                for k in keys
+            ]
+        }
+    )
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "admin")
+    try:
+        key_id = int(request.match_info["key_id"])
+    except ValueError as exc:
+        raise ApiError(400, "key id must be an integer") from exc
+    engine = request.app[STATE].engine
+
+    def work() -> bool:
+        with engine.begin() as conn:
+            return revoke_key(conn, key_id, project=principal.project_slug)
+
+    if not await asyncio.get_running_loop().run_in_executor(None, work):
+        raise ApiError(404, f"no live key {key_id} in this project", kind="not_found")
+    await asyncio.get_running_loop().run_in_executor(None, request.app[STATE].keys.reload)
+    return json_response({"revoked": key_id})
+
+
+API_ROUTES: list[ApiRoute] = [
+    ApiRoute(
+        "GET",
+        "/api/v1/traces",
+        list_traces,
+        "List traces, newest first",
+        "traces",
+        query=TraceListQuery,
+        response=queries.TracePage,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/traces/{trace_id}",
+        get_trace,
+        "One trace as a span tree",
+        "traces",
+        response=queries.TraceTree,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/spans",
+        list_spans,
+        "List spans, newest first",
+        "traces",
+        query=TraceListQuery,
+        response=queries.SpanPage,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/metrics/summary",
+        metrics_summary,
+        "LLM call metrics grouped by model/feature/user/tenant/provider and day/hour",
+        "metrics",
+        query=SummaryQuery,
+        response=queries.MetricsSummary,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/keys",
+        create_api_key,
+        "Create an API key in the caller's project",
+        "keys",
+        body=KeyCreate,
+        response=KeyOut,
+        auth="admin",
+    ),
+    ApiRoute(
+        "GET", "/api/v1/keys", list_api_keys, "List the project's API keys", "keys", auth="admin"
+    ),
+    ApiRoute(
+        "DELETE", "/api/v1/keys/{key_id}", revoke_api_key, "Revoke an API key", "keys", auth="admin"
+    ),
+]

@@ -1,0 +1,141 @@
+"""ASGI-free application assembly: one aiohttp app for the API, the OTLP receiver and health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import sqlalchemy as sa
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bastion import __version__
+from bastion.auth import AuthError
+from bastion.server import api_routes, otlp_routes
+from bastion.server.openapi import ApiError, json_response, openapi_document
+from bastion.server.state import STATE, AppState, build_state
+from bastion.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("bastion.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn known errors into JSON bodies naming the problem; give every response a request id."""
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = json_response({"error": {"type": exc.kind, "message": str(exc)}}, exc.status)
+    except AuthError as exc:
+        kind = "authentication_error" if exc.status == 401 else "permission_error"
+        response = json_response({"error": {"type": kind, "message": str(exc)}}, exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text or exc.reason
+        response = json_response({"error": {"type": "http_error", "message": message}}, exc.status)
+    response.headers.setdefault("x-request-id", request_id)
+    return response
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers, or when the spool is absorbing an outage."""
+    state = request.app[STATE]
+
+    def ping() -> None:
+        with state.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    database = "ok"
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, ping), 5)
+    except (TimeoutError, sa.exc.SQLAlchemyError, OSError) as exc:
+        database = f"unavailable: {type(exc).__name__}"
+    body = {
+        "status": "ok" if database == "ok" else "degraded",
+        "database": database,
+        "ingest_queue_spans": state.pipeline.queued_spans,
+        "spool": state.pipeline.spool.describe(),
+    }
+    return json_response(body, 200 if database == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = generate_latest(state.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return json_response(openapi_document(api_routes.API_ROUTES, version=__version__))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    state: AppState | None = None,
+    api: bool = True,
+    gateway: bool = True,
+) -> web.Application:
+    """Build the application. The database is opened and migrated when the app starts.
+
+    ``api`` serves the read API and the OTLP receiver; ``gateway`` the model gateway. Health,
+    readiness and metrics are always served.
+    """
+    app = web.Application(
+        middlewares=[errors_middleware],
+        client_max_size=settings.ingest.max_request_bytes + 1,
+        # Bodies are inflated by the OTLP decoder, which caps the inflated size (gzip bombs).
+        handler_args={"auto_decompress": False},
+    )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        app_state: AppState = (
+            state if state is not None else await loop.run_in_executor(None, build_state, settings)
+        )
+        app[STATE] = app_state
+        app_state.pipeline.start()
+        refresher = asyncio.create_task(_refresh_keys(app_state))
+        log.info("bastion ready in %.0f ms", (time.perf_counter() - started) * 1000)
+        yield
+        refresher.cancel()
+        await loop.run_in_executor(None, app_state.close)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if api:
+        app.router.add_get("/api/v1/openapi.json", openapi)
+        app.router.add_routes(otlp_routes.routes)
+        app.router.add_routes([route.aiohttp() for route in api_routes.API_ROUTES])
+    if gateway:
+        from bastion.gateway.app import install_gateway
+
+        install_gateway(app, settings)
+    return app
+
+
+async def _refresh_keys(state: AppState) -> None:
+    """Reload the key table periodically so revocations take effect within seconds."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(state.keys.refresh_s)
+        try:
+            await loop.run_in_executor(None, state.keys.reload)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not refresh API keys (keeping the cached ones): %s", exc)

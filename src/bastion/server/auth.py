@@ -1,0 +1,64 @@
+"""Authenticating requests: API keys from headers, resolved from memory."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
+
+from bastion.auth import AuthError, Principal
+from bastion.server.state import STATE
+
+__all__ = ["authenticate", "presented_key"]
+
+
+def presented_key(request: web.Request, *, allow_basic: bool = False) -> str | None:
+    """The key a request carries: ``Authorization: Bearer``, ``x-api-key`` or (optionally) Basic.
+
+    With Basic auth (the Langfuse exporter's scheme) the key may be given as either the user
+    name or the password, so both ``bst_…:`` and ``pk-lf-…:bst_…`` work.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if allow_basic and scheme.lower() == "basic":
+        try:
+            user, _, password = (
+                base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise AuthError("malformed Basic authorization header") from exc
+        for candidate in (password, user):
+            if candidate.startswith("bst_"):
+                return candidate
+        return password or user or None
+    for name in ("x-api-key", "x-bastion-api-key"):
+        if name in request.headers:
+            return request.headers[name].strip()
+    return None
+
+
+async def authenticate(
+    request: web.Request, action: str, *, allow_basic: bool = False
+) -> Principal:
+    """Resolve the request's key to a principal allowed to do ``action``; raise AuthError."""
+    secret = presented_key(request, allow_basic=allow_basic)
+    if not secret:
+        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+    keys = request.app[STATE].keys
+    principal = keys.lookup(secret)
+    if principal is None and keys.may_reload_on_miss():
+        # A key created moments ago (or by another replica): reload once, off the event loop.
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, keys.reload)
+        except SQLAlchemyError as exc:
+            raise AuthError("cannot check a new API key while the database is down", 503) from exc
+        principal = keys.lookup(secret)
+    if principal is None:
+        raise AuthError("invalid or revoked API key")
+    principal.require(action)
+    return principal

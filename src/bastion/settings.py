@@ -1,0 +1,227 @@
+"""One typed settings object for the whole process.
+
+Values come, lowest precedence first, from the defaults below, an optional ``bastion.yaml``
+(``--config PATH`` or ``$BASTION_HOME/bastion.yaml``) and ``BASTION_*`` environment variables.
+The object is built once at the edge (CLI, test fixture) and passed in explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ConfigError",
+    "GatewaySettings",
+    "IngestSettings",
+    "PriceOverride",
+    "ProjectSettings",
+    "Settings",
+    "load_settings",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; names the key and, if known, the line."""
+
+
+class IngestSettings(BaseModel):
+    """Tuning of the span ingestion pipeline (queue, batch writer, spool)."""
+
+    queue_max_spans: int = Field(
+        200_000, ge=1_000, description="spans held in memory before back-pressure"
+    )
+    batch_max_spans: int = Field(
+        5_000, ge=1, description="largest batch written in one transaction"
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest OTLP body, after decompression"
+    )
+    max_message_chars: int = Field(
+        32_000, ge=256, description="cap on stored input/output text per span"
+    )
+    spool_replay_interval_s: float = Field(
+        1.0, gt=0, description="how often a non-empty spool retries the database"
+    )
+    sqlite_synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+
+
+class PriceOverride(BaseModel):
+    """Per-project price override for one model, in USD per million tokens."""
+
+    input_usd_per_mtok: float | None = None
+    output_usd_per_mtok: float | None = None
+    cache_read_usd_per_mtok: float | None = None
+    cache_write_usd_per_mtok: float | None = None
+    max_input_tokens: int | None = None
+
+
+class GatewaySettings(BaseModel):
+    """Tuning of the LLM gateway (its providers and model aliases are top-level sections)."""
+
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest request body the gateway accepts"
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="upstream connect timeout")
+    read_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait for upstream bytes (head or next chunk)"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="pooled upstream connections, all providers together"
+    )
+    simulator: bool = Field(
+        False, description="start the provider simulator and register sim-small and sim-large"
+    )
+
+
+class ProjectSettings(BaseModel):
+    """Configuration that applies to one project only (keyed by the project's slug)."""
+
+    prices: dict[str, PriceOverride] = Field(
+        default_factory=dict, description="price overrides for this project, by model name"
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the server, CLI and workers read from configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BASTION_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(Path(".bastion"), description="state directory: SQLite file, spool, caches")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite under home"
+    )
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    log_level: str = "INFO"
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    prices: dict[str, PriceOverride] = Field(
+        default_factory=dict, description="price overrides for every project, by model name"
+    )
+    projects: dict[str, ProjectSettings] = Field(
+        default_factory=dict, description="per-project settings, by project slug"
+    )
+    config_path: Path | None = Field(None, exclude=True)
+    sections: dict[str, Any] = Field(
+        default_factory=dict, exclude=True, description="component sections of bastion.yaml, raw"
+    )
+    config_lines: dict[str, int] = Field(
+        default_factory=dict, exclude=True, description="line of each dotted key in bastion.yaml"
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'bastion.db').resolve()}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    def where(self, key: str) -> str:
+        """``"bastion.yaml:12: "`` for a dotted config key, for error messages; else ``""``."""
+        if self.config_path is None:
+            return ""
+        line = self.config_lines.get(key)
+        return f"{self.config_path}:{line}: " if line else f"{self.config_path}: "
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over explicit (file) values: twelve-factor.
+        return (env_settings, init_settings)
+
+
+def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse YAML and remember the line of every top-level and nested mapping key."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node | None, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, f"{prefix}.{i}")
+
+    walk(node, "")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return data, lines
+
+
+# Sections that other components own; the settings object keeps them verbatim for them to validate.
+_PASSTHROUGH_SECTIONS = frozenset(
+    {
+        "providers",
+        "models",
+        "budgets",
+        "rate_limits",
+        "cache",
+        "prompts",
+        "evals",
+        "releases",
+    }
+)
+
+
+def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``bastion.yaml`` (if any) and the environment.
+
+    ``config_path`` defaults to ``$BASTION_HOME/bastion.yaml`` when that file exists.
+    Keyword ``overrides`` act like file values (the environment still wins).
+    """
+    path: Path | None = Path(config_path) if config_path else None
+    if path is None:
+        home = Path(os.environ.get("BASTION_HOME", overrides.get("home", ".bastion")))
+        candidate = home / "bastion.yaml"
+        path = candidate if candidate.is_file() else None
+    elif not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    file_values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        file_values, lines = _yaml_with_lines(path)
+        known = set(Settings.model_fields) | _PASSTHROUGH_SECTIONS
+        for key in file_values:
+            if key not in known:
+                raise ConfigError(f"{path}:{lines.get(key, '?')}: unknown key {key!r}")
+        sections = {k: v for k, v in file_values.items() if k in _PASSTHROUGH_SECTIONS}
+        file_values = {k: v for k, v in file_values.items() if k in Settings.model_fields}
+    else:
+        sections = {}
+    values = {**file_values, **overrides}
+    try:
+        settings = Settings(**values, config_path=path, sections=sections, config_lines=lines)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        where = f"{path}:{lines[key]}: " if path is not None and key in lines else ""
+        raise ConfigError(f"{where}invalid value for {key!r}: {first['msg']}") from exc
+    return settings

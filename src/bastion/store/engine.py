@@ -1,0 +1,60 @@
+"""Engines for SQLite (the embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from bastion.store import histogram
+
+__all__ = ["create_engine", "is_sqlite"]
+
+
+def is_sqlite(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_on_connect(synchronous: str, busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # WAL lets readers run beside the single writer; FULL makes a commit an fsync'd,
+        # acknowledged-and-durable point, which the ingest pipeline relies on.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.close()
+        dbapi_connection.create_function(
+            "bastion_hist_merge", 2, histogram.merge_encoded, deterministic=True
+        )
+
+    return on_connect
+
+
+def create_engine(
+    url: str,
+    *,
+    sqlite_synchronous: str = "FULL",
+    sqlite_busy_timeout_ms: int = 10_000,
+    **kwargs: Any,
+) -> sa.Engine:
+    """Create an engine for ``url``, creating the SQLite file's directory when needed."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
+        engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+        event.listen(
+            engine, "connect", _sqlite_on_connect(sqlite_synchronous, sqlite_busy_timeout_ms)
+        )
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 8)
+    return sa.create_engine(parsed, **kwargs)

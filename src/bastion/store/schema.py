@@ -1,0 +1,148 @@
+"""Tables, as SQLAlchemy Core metadata shared by SQLite and PostgreSQL.
+
+Every row belongs to a project, and every index leads with ``project_id`` so that a query
+scoped to one project never reads another's rows. Span times are integer Unix nanoseconds
+(OpenTelemetry's own unit); JSON documents are stored as text encoded with orjson.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = [
+    "api_keys",
+    "metadata",
+    "projects",
+    "span_rollups",
+    "spans",
+    "traces",
+]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("slug", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    # First characters of the key, shown in listings so a person can tell keys apart.
+    sa.Column("prefix", sa.String(16), nullable=False),
+    # SHA-256 of the whole key: keys carry 190+ bits of randomness, so a fast hash is safe.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index(None, "project_id", "id"),
+)
+
+spans = sa.Table(
+    "spans",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("span_id", sa.String(16), nullable=False),
+    sa.Column("parent_span_id", sa.String(16), nullable=True),
+    sa.Column("name", sa.String(500), nullable=False),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("start_ns", sa.BigInteger, nullable=False),
+    sa.Column("end_ns", sa.BigInteger, nullable=False),
+    sa.Column("status_code", sa.SmallInteger, nullable=False),
+    sa.Column("status_message", sa.Text, nullable=True),
+    sa.Column("service_name", sa.String(200), nullable=True),
+    # First-class LLM fields, extracted at write time.
+    sa.Column("operation", sa.String(64), nullable=True),
+    sa.Column("provider", sa.String(64), nullable=True),
+    sa.Column("request_model", sa.String(200), nullable=True),
+    sa.Column("response_model", sa.String(200), nullable=True),
+    sa.Column("input_tokens", sa.BigInteger, nullable=True),
+    sa.Column("output_tokens", sa.BigInteger, nullable=True),
+    sa.Column("cached_tokens", sa.BigInteger, nullable=True),
+    sa.Column("cache_write_tokens", sa.BigInteger, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("ttft_ms", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("error_class", sa.String(200), nullable=True),
+    sa.Column("user_id", sa.String(200), nullable=True),
+    sa.Column("session_id", sa.String(200), nullable=True),
+    sa.Column("feature", sa.String(200), nullable=True),
+    sa.Column("tenant", sa.String(200), nullable=True),
+    sa.Column("prompt_name", sa.String(200), nullable=True),
+    sa.Column("prompt_version", sa.Integer, nullable=True),
+    sa.Column("release_id", sa.String(64), nullable=True),
+    sa.Column("input", sa.Text, nullable=True),
+    sa.Column("output", sa.Text, nullable=True),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("events", sa.Text, nullable=False),
+    sa.Column("ingested_ns", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "trace_id", "span_id"),
+    sa.Index(None, "project_id", "start_ns"),
+    sa.Index(None, "project_id", "request_model", "start_ns"),
+)
+
+# One row per trace, maintained by additive upserts as its spans arrive in any order.
+traces = sa.Table(
+    "traces",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("start_ns", sa.BigInteger, nullable=False),
+    sa.Column("end_ns", sa.BigInteger, nullable=False),
+    sa.Column("root_span_id", sa.String(16), nullable=True),
+    sa.Column("name", sa.String(500), nullable=True),
+    sa.Column("span_count", sa.Integer, nullable=False),
+    sa.Column("error_count", sa.Integer, nullable=False),
+    sa.Column("llm_count", sa.Integer, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("user_id", sa.String(200), nullable=True),
+    sa.Column("session_id", sa.String(200), nullable=True),
+    sa.Column("feature", sa.String(200), nullable=True),
+    sa.Column("tenant", sa.String(200), nullable=True),
+    sa.Column("service_name", sa.String(200), nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "trace_id"),
+    sa.Index(None, "project_id", "start_ns"),
+    sa.Index(None, "project_id", "user_id", "start_ns"),
+    sa.Index(None, "project_id", "session_id", "start_ns"),
+    sa.Index(None, "project_id", "feature", "start_ns"),
+    sa.Index(None, "project_id", "tenant", "start_ns"),
+)
+
+# Hourly roll-ups of LLM spans along one dimension at a time (total, model, feature, user, ...).
+# Counters are additive; latency and TTFT histograms are sparse log-bucket maps merged on write.
+span_rollups = sa.Table(
+    "span_rollups",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("hour", sa.BigInteger, nullable=False),  # Unix seconds at the start of the hour
+    sa.Column("dimension", sa.String(16), nullable=False),
+    sa.Column("value", sa.String(200), nullable=False),  # '' stands for "not set"
+    sa.Column("span_count", sa.BigInteger, nullable=False),
+    sa.Column("error_count", sa.BigInteger, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cached_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    sa.Column("cost_unknown_count", sa.BigInteger, nullable=False),
+    sa.Column("latency_hist", sa.Text, nullable=False),
+    sa.Column("ttft_hist", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "dimension", "hour", "value"),
+)

@@ -1,0 +1,5 @@
+"""Spans: the model, OTLP decoding, attribute normalisation, and durable ingestion."""
+
+from bastion.tracing.model import Span, SpanKind, StatusCode
+
+__all__ = ["Span", "SpanKind", "StatusCode"]

@@ -1,0 +1,142 @@
+"""A realistic multi-step trace (retrieval → LLM → tool → LLM) as an OTLP protobuf request.
+
+Used by ``bastion demo`` to show a trace arriving end to end, and handy in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+__all__ = ["demo_trace_request"]
+
+
+def _value(value: Any) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    return AnyValue(string_value=str(value))
+
+
+def _attrs(values: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=_value(v)) for k, v in values.items()]
+
+
+def demo_trace_request(
+    *, user: str = "user-42", session: str = "session-7", feature: str = "support-answer"
+) -> tuple[bytes, str]:
+    """Serialized ``ExportTraceServiceRequest`` with one five-span trace, and its trace id (hex)."""
+    trace_id = os.urandom(16)
+    ms = 1_000_000
+    t0 = time.time_ns() - 2_000 * ms
+    ids = {name: os.urandom(8) for name in ("root", "retrieve", "llm1", "tool", "llm2")}
+    question = "How do I rotate my API key?"
+    tool_call = {"name": "search_docs", "arguments": {"query": "rotate api key"}}
+    answer = (
+        "Open Settings → API keys, create a new key, switch your app to it, "
+        "then revoke the old one."
+    )
+    common = {"bastion.user": user, "bastion.session": session, "bastion.feature": feature}
+
+    def span(
+        name: str, parent: str | None, start: int, end: int, kind: int, attrs: dict[str, Any]
+    ) -> PbSpan:
+        return PbSpan(
+            trace_id=trace_id,
+            span_id=ids[name],
+            parent_span_id=ids[parent] if parent else b"",
+            name=attrs.pop("_name"),
+            kind=kind,  # type: ignore[arg-type]
+            start_time_unix_nano=t0 + start * ms,
+            end_time_unix_nano=t0 + end * ms,
+            attributes=_attrs(attrs),
+            status=Status(code=Status.STATUS_CODE_OK),
+        )
+
+    def chat(
+        messages: list[dict[str, Any]], output: list[dict[str, Any]], tokens: tuple[int, int]
+    ) -> dict[str, Any]:
+        return {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+            "gen_ai.usage.input_tokens": tokens[0],
+            "gen_ai.usage.output_tokens": tokens[1],
+            "gen_ai.input.messages": orjson.dumps(messages).decode(),
+            "gen_ai.output.messages": orjson.dumps(output).decode(),
+            **common,
+        }
+
+    user_msg = {"role": "user", "parts": [{"type": "text", "content": question}]}
+    spans = [
+        span("root", None, 0, 1900, PbSpan.SPAN_KIND_SERVER, {"_name": "POST /answer", **common}),
+        span(
+            "retrieve",
+            "root",
+            10,
+            180,
+            PbSpan.SPAN_KIND_INTERNAL,
+            {"_name": "retrieve documents", "retrieval.documents": 4, **common},
+        ),
+        span(
+            "llm1",
+            "root",
+            200,
+            900,
+            PbSpan.SPAN_KIND_CLIENT,
+            {
+                "_name": "chat gpt-4o-mini",
+                **chat(
+                    [user_msg],
+                    [{"role": "assistant", "parts": [{"type": "tool_call", **tool_call}]}],
+                    (412, 38),
+                ),
+            },
+        ),
+        span(
+            "tool",
+            "root",
+            910,
+            1150,
+            PbSpan.SPAN_KIND_INTERNAL,
+            {
+                "_name": "execute_tool search_docs",
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "search_docs",
+                **common,
+            },
+        ),
+        span(
+            "llm2",
+            "root",
+            1160,
+            1880,
+            PbSpan.SPAN_KIND_CLIENT,
+            {
+                "_name": "chat gpt-4o-mini",
+                **chat(
+                    [user_msg],
+                    [{"role": "assistant", "parts": [{"type": "text", "content": answer}]}],
+                    (655, 61),
+                ),
+            },
+        ),
+    ]
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(_attrs({"service.name": "support-bot"}))
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name = "bastion.demo"
+    scope_spans.spans.extend(spans)
+    return request.SerializeToString(), trace_id.hex()

@@ -1,0 +1,338 @@
+"""The ingest pipeline: a bounded queue in front of one batch-writing thread.
+
+Producers (the OTLP receiver, the gateway) call :meth:`IngestPipeline.submit` and get an
+awaitable that completes once their spans are durable: committed to the database or, when the
+database is down or failing, fsync'd to the spool. The writer thread takes whatever is queued
+(up to ``batch_max_spans``) per transaction, so batches grow by themselves under load: group
+commit. When the queue is full, ``submit`` raises :class:`Backpressure` at once rather than let
+memory grow; receivers turn that into 429/503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from bastion.store.writer import SpanWriter
+from bastion.tracing.model import Span
+from bastion.tracing.spool import Spool, SpoolCorruption
+
+__all__ = ["Backpressure", "IngestMetrics", "IngestPipeline", "NotDurable"]
+
+log = logging.getLogger("bastion.ingest")
+
+
+class Backpressure(Exception):
+    """The queue is full; the caller should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotDurable(Exception):
+    """Neither the database nor the spool accepted the spans; they were not acknowledged."""
+
+
+class IngestMetrics:
+    """Prometheus metrics of the pipeline, registered in the server's own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            "bastion_spans_received", "Spans accepted onto the queue", registry=registry
+        )
+        self.written = Counter(
+            "bastion_spans_written", "Spans committed to the database", registry=registry
+        )
+        self.duplicates = Counter(
+            "bastion_spans_duplicate",
+            "Spans skipped because they were already stored",
+            registry=registry,
+        )
+        self.spooled = Counter(
+            "bastion_spans_spooled", "Spans written to the disk spool", registry=registry
+        )
+        self.replayed = Counter(
+            "bastion_spans_replayed",
+            "Spans moved from the spool into the database",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "bastion_spans_rejected_backpressure",
+            "Spans refused because the queue was full",
+            registry=registry,
+        )
+        self.failed_batches = Counter(
+            "bastion_ingest_db_failures",
+            "Batches the database refused (then spooled)",
+            registry=registry,
+        )
+        self.queue_spans = Gauge(
+            "bastion_ingest_queue_spans", "Spans waiting in memory", registry=registry
+        )
+        self.spool_bytes = Gauge(
+            "bastion_ingest_spool_bytes", "Bytes waiting in the spool", registry=registry
+        )
+        self.database_up = Gauge(
+            "bastion_ingest_database_up",
+            "1 when the last write to the database succeeded",
+            registry=registry,
+        )
+        self.database_up.set(1)
+
+
+@dataclass(slots=True)
+class _Item:
+    project_id: int
+    spans: Sequence[Span]
+    done: Callable[[BaseException | None], None]
+
+
+@dataclass(slots=True)
+class _State:
+    pending: deque[_Item] = field(default_factory=deque)
+    pending_spans: int = 0
+    stopping: bool = False
+    database_ok: bool = True
+    next_replay_at: float = 0.0
+
+
+class IngestPipeline:
+    """Bounded queue + batch writer thread + spool. Start it, submit to it, stop it."""
+
+    def __init__(
+        self,
+        writer: SpanWriter,
+        spool: Spool,
+        *,
+        metrics: IngestMetrics,
+        queue_max_spans: int = 200_000,
+        batch_max_spans: int = 5_000,
+        replay_interval_s: float = 1.0,
+        prepare: Callable[[int, Span], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.spool = spool
+        self.metrics = metrics
+        self.queue_max_spans = queue_max_spans
+        self.batch_max_spans = batch_max_spans
+        self.replay_interval_s = replay_interval_s
+        self.prepare = prepare
+        self._state = _State()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._spool_has_data = not spool.empty
+        self.metrics.spool_bytes.set(spool.pending_bytes())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="bastion-span-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write out everything queued, then stop the thread (blocking)."""
+        with self._cond:
+            self._state.stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    # -- producers ---------------------------------------------------------------------------
+
+    @property
+    def queued_spans(self) -> int:
+        return self._state.pending_spans
+
+    @property
+    def database_ok(self) -> bool:
+        return self._state.database_ok
+
+    def submit_nowait(
+        self, project_id: int, spans: Sequence[Span], done: Callable[[BaseException | None], None]
+    ) -> None:
+        """Queue ``spans``; ``done`` is called from the writer thread once they are durable."""
+        if not spans:
+            done(None)
+            return
+        with self._cond:
+            state = self._state
+            if state.stopping:
+                raise Backpressure("the server is shutting down", retry_after_s=5)
+            if state.pending_spans + len(spans) > self.queue_max_spans and state.pending_spans:
+                self.metrics.rejected.inc(len(spans))
+                raise Backpressure(
+                    f"ingest queue full ({state.pending_spans} spans waiting); retry later",
+                    retry_after_s=1 if state.database_ok else 5,
+                )
+            state.pending.append(_Item(project_id, spans, done))
+            state.pending_spans += len(spans)
+            self.metrics.queue_spans.set(state.pending_spans)
+            self._cond.notify()
+        self.metrics.received.inc(len(spans))
+
+    async def submit(self, project_id: int, spans: Sequence[Span]) -> None:
+        """Queue ``spans`` and wait until they are durable (raises Backpressure / NotDurable)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        def done(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(resolve, error)
+
+        self.submit_nowait(project_id, spans, done)
+        await asyncio.shield(future)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until the queue is empty (for tests and the CLI); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._state.pending or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+        return True
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    _busy = False
+
+    def _take(self) -> list[_Item] | None:
+        with self._cond:
+            state = self._state
+            while not state.pending:
+                if state.stopping:
+                    return None
+                timeout = self.replay_interval_s if self._spool_has_data else None
+                self._cond.wait(timeout)
+                if not state.pending and self._spool_has_data:
+                    return []
+            items: list[_Item] = []
+            count = 0
+            while state.pending and (
+                not items or count + len(state.pending[0].spans) <= self.batch_max_spans
+            ):
+                item = state.pending.popleft()
+                items.append(item)
+                count += len(item.spans)
+            state.pending_spans -= count
+            self.metrics.queue_spans.set(state.pending_spans)
+            self._busy = True
+            return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            if items is None:
+                break
+            try:
+                if items:
+                    self._write(items)
+                self._maybe_replay()
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        self._maybe_replay(force=True)
+
+    def _write(self, items: list[_Item]) -> None:
+        batch = [(item.project_id, span) for item in items for span in item.spans]
+        if self.prepare is not None:
+            for project_id, span in batch:
+                self.prepare(project_id, span)
+        error: BaseException | None = None
+        if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
+            try:
+                written = self.writer.write(batch)
+            except Exception as exc:  # noqa: BLE001 (any database failure: the spool takes over)
+                self._database_failed(exc)
+            else:
+                self._database_recovered()
+                self.metrics.written.inc(written)
+                self.metrics.duplicates.inc(len(batch) - written)
+                for item in items:
+                    item.done(None)
+                return
+        try:
+            self.spool.append(batch)
+        except OSError as exc:
+            log.error("spool append failed; %d spans not acknowledged: %s", len(batch), exc)
+            error = NotDurable(f"database unavailable and spool failed: {exc}")
+        else:
+            self._spool_has_data = True
+            self.metrics.spooled.inc(len(batch))
+            self.metrics.spool_bytes.set(self.spool.pending_bytes())
+        for item in items:
+            item.done(error)
+
+    def _database_failed(self, exc: Exception) -> None:
+        if self._state.database_ok:
+            log.warning("database write failed, spooling to disk until it recovers: %s", exc)
+        self._state.database_ok = False
+        self._state.next_replay_at = time.monotonic() + self.replay_interval_s
+        self.metrics.failed_batches.inc()
+        self.metrics.database_up.set(0)
+
+    def _database_recovered(self) -> None:
+        if not self._state.database_ok:
+            log.warning("database writes recovered")
+        self._state.database_ok = True
+        self.metrics.database_up.set(1)
+
+    def _maybe_replay(self, force: bool = False) -> None:
+        """Move spooled segments into the database while it accepts them (oldest first)."""
+        if not self._spool_has_data:
+            return
+        if (
+            not force
+            and not self._state.database_ok
+            and time.monotonic() < self._state.next_replay_at
+        ):
+            return
+        while True:
+            segment = self.spool.oldest()
+            if segment is None:
+                self._spool_has_data = False
+                self.metrics.spool_bytes.set(0)
+                return
+            try:
+                replayed = 0
+                with self.writer.engine.begin() as conn:
+                    for batch in self.spool.read_segment(segment):
+                        replayed += self.writer.write_in(conn, batch)
+            except SpoolCorruption as exc:
+                kept = self.spool.quarantine(segment)
+                log.error("%s; segment kept at %s for inspection", exc, kept)
+                continue
+            except Exception as exc:  # noqa: BLE001 (the database is still unavailable)
+                self._database_failed(exc)
+                return
+            self._database_recovered()
+            self.spool.remove(segment)
+            self.metrics.replayed.inc(replayed)
+            self.metrics.spool_bytes.set(self.spool.pending_bytes())
+            log.info("replayed spool segment %s (%d new spans)", segment.name, replayed)
+            with self._cond:
+                if self._state.pending and not force:
+                    return  # let live traffic in between segments

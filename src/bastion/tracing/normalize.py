@@ -1,0 +1,458 @@
+"""Fill a span's LLM fields from whichever attribute convention its producer used.
+
+Understood conventions, in order of precedence for each field:
+
+1. ``bastion.*`` — set by Bastion's own gateway and SDK, and by users who want the last word;
+2. OpenTelemetry GenAI, current names (``gen_ai.provider.name``, ``gen_ai.usage.input_tokens``,
+   ``gen_ai.input.messages`` …, semantic conventions v1.41) and the older ones
+   (``gen_ai.system``, ``gen_ai.usage.prompt_tokens``, ``gen_ai.prompt.0.content`` …);
+3. OpenInference (``openinference.span.kind``, ``llm.model_name``, ``llm.token_count.*`` …);
+4. Langfuse (``langfuse.observation.*``, ``langfuse.user.id`` …).
+
+Span attributes win over resource attributes. Normalisation never raises: a value of the wrong
+type is ignored, not fatal, because one odd producer must not cost a whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from bastion.tracing.model import Span, StatusCode
+
+__all__ = ["TRUNCATION_MARK", "normalize", "truncate"]
+
+TRUNCATION_MARK = "…[truncated {n} chars]"
+
+_OPERATION = ("bastion.operation", "gen_ai.operation.name", "llm.request.type")
+_PROVIDER = (
+    "bastion.provider",
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "llm.provider",
+    "llm.system",
+)
+_REQUEST_MODEL = (
+    "bastion.model.requested",
+    "gen_ai.request.model",
+    "llm.model_name",
+    "langfuse.observation.model.name",
+)
+_RESPONSE_MODEL = ("bastion.model.served", "gen_ai.response.model")
+_INPUT_TOKENS = (
+    "bastion.usage.input_tokens",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.prompt_tokens",
+    "llm.token_count.prompt",
+    "llm.usage.prompt_tokens",
+)
+_OUTPUT_TOKENS = (
+    "bastion.usage.output_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.completion_tokens",
+    "llm.token_count.completion",
+    "llm.usage.completion_tokens",
+)
+_CACHED_TOKENS = (
+    "bastion.usage.cached_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_read_input_tokens",
+    "gen_ai.usage.input_tokens.cached",
+    "llm.token_count.prompt_details.cache_read",
+)
+_CACHE_WRITE_TOKENS = (
+    "bastion.usage.cache_write_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_creation_input_tokens",
+    "gen_ai.usage.input_tokens.cache_write",
+    "llm.token_count.prompt_details.cache_write",
+)
+_COST = ("bastion.cost_usd", "gen_ai.usage.cost", "llm.cost.total")
+_USER = ("bastion.user", "user.id", "enduser.id", "langfuse.user.id")
+_SESSION = ("bastion.session", "session.id", "gen_ai.conversation.id", "langfuse.session.id")
+_FEATURE = ("bastion.feature",)
+_TENANT = ("bastion.tenant", "tenant.id")
+_PROMPT_NAME = ("bastion.prompt.name", "langfuse.observation.prompt.name")
+_PROMPT_VERSION = (
+    "bastion.prompt.version",
+    "langfuse.observation.prompt.version",
+    "llm.prompt_template.version",
+)
+_RELEASE = ("bastion.release.id",)
+_ERROR_CLASS = ("bastion.error_class", "error.type")
+_TTFT_MS = ("bastion.ttft_ms",)
+_TTFT_S = ("gen_ai.response.time_to_first_chunk", "gen_ai.server.time_to_first_token")
+
+_INPUT_TEXT = (
+    "bastion.input",
+    "gen_ai.input.messages",
+    "gen_ai.prompt",
+    "input.value",
+    "langfuse.observation.input",
+)
+_OUTPUT_TEXT = (
+    "bastion.output",
+    "gen_ai.output.messages",
+    "gen_ai.completion",
+    "output.value",
+    "langfuse.observation.output",
+)
+# Indexed message attributes: (prefix, role key, content key).
+_INDEXED_INPUT = (
+    ("gen_ai.prompt.", "role", "content"),
+    ("llm.input_messages.", "message.role", "message.content"),
+)
+_INDEXED_OUTPUT = (
+    ("gen_ai.completion.", "role", "content"),
+    ("llm.output_messages.", "message.role", "message.content"),
+)
+
+_OPENINFERENCE_KINDS = {
+    "LLM": "chat",
+    "EMBEDDING": "embeddings",
+    "TOOL": "execute_tool",
+    "AGENT": "invoke_agent",
+    "RETRIEVER": "retrieval",
+    "RERANKER": "rerank",
+}
+_LANGFUSE_TYPES = {
+    "generation": "chat",
+    "embedding": "embeddings",
+    "tool": "execute_tool",
+    "agent": "invoke_agent",
+    "retriever": "retrieval",
+}
+_OLD_EVENT_ROLES = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+_FIRST_TOKEN_EVENTS = frozenset(
+    {"first_token", "gen_ai.first_token", "gen_ai.content.first_chunk", "llm.first_token"}
+)
+
+
+def truncate(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars`` with a marker saying how much was dropped."""
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars] + TRUNCATION_MARK.format(n=len(text) - max_chars)
+
+
+def normalize(span: Span, *, max_message_chars: int) -> Span:
+    """Set ``span``'s LLM and attribution fields from its attributes, in place; returns it."""
+    attrs, resource = span.attributes, span.resource
+    found = _scan(attrs, resource)
+    span.operation = found.get("operation") or _kind_operation(attrs)
+    provider = found.get("provider")
+    span.provider = provider.lower() if provider is not None else None
+    span.request_model = found.get("request_model")
+    span.response_model = found.get("response_model")
+    span.input_tokens = found.get("input_tokens")
+    span.output_tokens = found.get("output_tokens")
+    span.cached_tokens = found.get("cached_tokens")
+    span.cache_write_tokens = found.get("cache_write_tokens")
+    if "langfuse.observation.usage_details" in attrs:
+        _langfuse_usage(span, attrs)
+    span.cost_usd = found.get("cost_usd")
+    if span.cost_usd is None and "langfuse.observation.cost_details" in attrs:
+        span.cost_usd = _json_number(attrs["langfuse.observation.cost_details"], "total")
+    span.user_id = found.get("user_id")
+    span.session_id = found.get("session_id")
+    span.feature = found.get("feature")
+    span.tenant = found.get("tenant")
+    span.prompt_name = found.get("prompt_name")
+    span.prompt_version = found.get("prompt_version") or None
+    span.release_id = found.get("release_id")
+    span.ttft_ms = _ttft_ms(span, found)
+    span.error_class = _error_class(span, found.get("error_class"))
+    span.input = _messages(span, _INPUT_TEXT, _INDEXED_INPUT, max_message_chars, output=False)
+    span.output = _messages(span, _OUTPUT_TEXT, _INDEXED_OUTPUT, max_message_chars, output=True)
+    _cap_attributes(span, max_message_chars)
+    return span
+
+
+def _scan(attrs: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+    """One pass over the attributes: each known key fills its field unless a key of higher
+    precedence already did. Text fields fall back to resource attributes."""
+    found: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for key, value in attrs.items():
+        hit = _LOOKUP.get(key)
+        if hit is None:
+            continue
+        field, convert, rank = hit
+        if ranks.get(field, _NO_RANK) <= rank:
+            continue
+        converted = convert(value)
+        if converted is not None:
+            found[field] = converted
+            ranks[field] = rank
+    for key, value in resource.items():
+        hit = _LOOKUP.get(key)
+        if hit is None or hit[1] is not _as_text or hit[0] == "error_class":
+            continue
+        field, convert, rank = hit
+        rank += _RESOURCE_RANK
+        if ranks.get(field, _NO_RANK) <= rank:
+            continue
+        converted = convert(value)
+        if converted is not None:
+            found[field] = converted
+            ranks[field] = rank
+    return found
+
+
+# --- lookups ------------------------------------------------------------------------------
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:512] if text else None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if number >= 0 and number == number else None  # rejects NaN
+    return None
+
+
+def _as_seconds_in_ms(value: Any) -> float | None:
+    seconds = _as_float(value)
+    return None if seconds is None else seconds * 1000.0
+
+
+_NO_RANK = 1 << 30
+_RESOURCE_RANK = 1 << 20  # any span attribute outranks any resource attribute
+
+
+def _build_lookup() -> dict[str, tuple[str, Callable[[Any], Any], int]]:
+    """Attribute key → (span field, converter, precedence rank: lower wins)."""
+    table: dict[str, tuple[str, Callable[[Any], Any], int]] = {}
+    ranks: dict[str, int] = {}
+    for field, convert, keys in (
+        ("operation", _as_text, _OPERATION),
+        ("provider", _as_text, _PROVIDER),
+        ("request_model", _as_text, _REQUEST_MODEL),
+        ("response_model", _as_text, _RESPONSE_MODEL),
+        ("input_tokens", _as_int, _INPUT_TOKENS),
+        ("output_tokens", _as_int, _OUTPUT_TOKENS),
+        ("cached_tokens", _as_int, _CACHED_TOKENS),
+        ("cache_write_tokens", _as_int, _CACHE_WRITE_TOKENS),
+        ("cost_usd", _as_float, _COST),
+        ("user_id", _as_text, _USER),
+        ("session_id", _as_text, _SESSION),
+        ("feature", _as_text, _FEATURE),
+        ("tenant", _as_text, _TENANT),
+        ("prompt_name", _as_text, _PROMPT_NAME),
+        ("prompt_version", _as_int, _PROMPT_VERSION),
+        ("release_id", _as_text, _RELEASE),
+        ("error_class", _as_text, _ERROR_CLASS),
+        ("ttft_ms", _as_float, _TTFT_MS),
+        ("ttft_ms", _as_seconds_in_ms, _TTFT_S),
+    ):
+        for key in keys:
+            rank = ranks.get(field, 0)
+            ranks[field] = rank + 1
+            table[key] = (field, convert, rank)
+    return table
+
+
+_LOOKUP = _build_lookup()
+
+
+def _json_object(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+def _json_number(value: Any, key: str) -> float | None:
+    obj = _json_object(value)
+    return _as_float(obj.get(key)) if obj is not None else None
+
+
+# --- derived fields -----------------------------------------------------------------------
+
+
+def _kind_operation(attrs: dict[str, Any]) -> str | None:
+    kind = attrs.get("openinference.span.kind")
+    if isinstance(kind, str) and kind.upper() in _OPENINFERENCE_KINDS:
+        return _OPENINFERENCE_KINDS[kind.upper()]
+    observation = attrs.get("langfuse.observation.type")
+    if isinstance(observation, str):
+        return _LANGFUSE_TYPES.get(observation.lower())
+    return None
+
+
+def _langfuse_usage(span: Span, attrs: dict[str, Any]) -> None:
+    usage = _json_object(attrs.get("langfuse.observation.usage_details"))
+    if usage is None:
+        return
+    if span.input_tokens is None:
+        span.input_tokens = _as_int(usage.get("input", usage.get("prompt_tokens")))
+    if span.output_tokens is None:
+        span.output_tokens = _as_int(usage.get("output", usage.get("completion_tokens")))
+    if span.cached_tokens is None:
+        span.cached_tokens = _as_int(usage.get("cache_read_input_tokens"))
+    if span.cache_write_tokens is None:
+        span.cache_write_tokens = _as_int(usage.get("cache_creation_input_tokens"))
+
+
+def _ttft_ms(span: Span, found: dict[str, Any]) -> float | None:
+    attrs = span.attributes
+    declared: float | None = found.get("ttft_ms")
+    if declared is not None:
+        return declared
+    for event in span.events:
+        if event.get("name") in _FIRST_TOKEN_EVENTS:
+            at = _as_int(event.get("time_ns"))
+            if at is not None and at >= span.start_ns:
+                return (at - span.start_ns) / 1e6
+    started = attrs.get("langfuse.observation.completion_start_time")
+    if isinstance(started, str):
+        try:
+            first = datetime.fromisoformat(started.strip('"').replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        delta_ms = first.timestamp() * 1000.0 - span.start_ns / 1e6
+        return delta_ms if delta_ms >= 0 else None
+    return None
+
+
+def _error_class(span: Span, declared: str | None) -> str | None:
+    if declared is not None:
+        return declared
+    for event in span.events:
+        if event.get("name") == "exception":
+            kind = event.get("attributes", {}).get("exception.type")
+            if kind:
+                return str(kind)[:512]
+    if span.status_code == StatusCode.ERROR:
+        return "error"
+    level = span.attributes.get("langfuse.observation.level")
+    if isinstance(level, str) and level.upper() == "ERROR":
+        return "error"
+    return None
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+def _messages(
+    span: Span,
+    keys: tuple[str, ...],
+    indexed: tuple[tuple[str, str, str], ...],
+    max_chars: int,
+    *,
+    output: bool,
+) -> str | None:
+    """The span's input or output as text (JSON for structured messages), capped.
+
+    The attributes it came from are removed from ``span.attributes`` so the text is stored once.
+    """
+    attrs = span.attributes
+    text: str | None = None
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None and value != "":
+            text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+            del attrs[key]
+            break
+    if text is None:
+        for prefix, role_key, content_key in indexed:
+            messages, consumed = _indexed_messages(attrs, prefix, role_key, content_key)
+            if messages:
+                text = orjson.dumps(messages, default=str).decode()
+                for key in consumed:
+                    del attrs[key]
+                break
+    if text is None:
+        messages = _event_messages(span, output=output)
+        if messages:
+            text = orjson.dumps(messages, default=str).decode()
+    if text is None and not output:
+        system = attrs.get("gen_ai.system_instructions")
+        if isinstance(system, str) and system:
+            text = system
+            del attrs["gen_ai.system_instructions"]
+    return truncate(text, max_chars) if text is not None else None
+
+
+def _indexed_messages(
+    attrs: dict[str, Any], prefix: str, role_key: str, content_key: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    messages: list[dict[str, Any]] = []
+    consumed: list[str] = []
+    index = 0
+    while True:
+        keys = (f"{prefix}{index}.{role_key}", f"{prefix}{index}.{content_key}")
+        role, content = attrs.get(keys[0]), attrs.get(keys[1])
+        if role is None and content is None:
+            return messages, consumed
+        messages.append({"role": role, "content": content})
+        consumed.extend(key for key in keys if key in attrs)
+        index += 1
+
+
+def _event_messages(span: Span, *, output: bool) -> list[dict[str, Any]]:
+    """Messages from the older per-message events (``gen_ai.user.message``, ``gen_ai.choice``)."""
+    messages: list[dict[str, Any]] = []
+    for event in span.events:
+        name = event.get("name")
+        attributes = event.get("attributes") or {}
+        if output and name == "gen_ai.choice":
+            messages.append({"role": "assistant", **_event_body(attributes)})
+        elif not output and name in _OLD_EVENT_ROLES:
+            messages.append({"role": _OLD_EVENT_ROLES[name], **_event_body(attributes)})
+    return messages
+
+
+def _event_body(attributes: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        k.removeprefix("gen_ai.event."): v for k, v in attributes.items() if k != "gen_ai.system"
+    }
+    message = body.pop("message", None)
+    if isinstance(message, dict):
+        body.update(message)
+    return body
+
+
+def _cap_attributes(span: Span, max_chars: int) -> None:
+    """Cap long string attributes the way input and output are capped."""
+    attrs = span.attributes
+    for key, value in attrs.items():
+        if isinstance(value, str) and len(value) > max_chars:
+            attrs[key] = truncate(value, max_chars)

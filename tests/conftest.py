@@ -1,0 +1,203 @@
+"""Shared fixtures: every storage test runs on SQLite and on PostgreSQL.
+
+PostgreSQL tests each get a fresh schema in the ``test`` database (``BASTION_TEST_PG_URL``
+overrides the server), so tests can run side by side without seeing each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bastion.settings import Settings
+from bastion.store import migrate
+from bastion.store.engine import create_engine
+
+PG_URL = os.environ.get("BASTION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        action="append",
+        choices=["sqlite", "postgresql"],
+        help="database backends to run storage tests on (default: both)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" in metafunc.fixturenames:
+        backends = metafunc.config.getoption("--db") or ["sqlite", "postgresql"]
+        metafunc.parametrize("db_backend", backends)
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a brand-new, empty schema; dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database URL for an empty database of the parametrised backend."""
+    if db_backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'bastion.db'}"
+    url: str = request.getfixturevalue("pg_schema_url")
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """A migrated engine on the parametrised backend."""
+    eng = create_engine(db_url)
+    migrate.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    """Settings whose home is a temporary directory and whose database is the parametrised one."""
+    return Settings(home=tmp_path / "home", database_url=db_url)
+
+
+# -- a real server on loopback --------------------------------------------------------------
+
+
+@dataclass
+class LiveServer:
+    """A Bastion server running on a loopback port in a background thread."""
+
+    url: str
+    admin_key: str
+    settings: Settings
+    app: Any
+
+    @property
+    def state(self) -> Any:
+        from bastion.server.state import STATE
+
+        return self.app[STATE]
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+
+def start_live_server(settings: Settings) -> tuple[LiveServer, Callable[[], None]]:
+    """Start ``create_app(settings)`` on a free loopback port; returns the server and a stopper."""
+    from aiohttp import web
+
+    from bastion.auth import create_key
+    from bastion.server.app import create_app
+    from bastion.store.engine import create_engine as make_engine
+
+    eng = make_engine(settings.resolved_database_url)
+    migrate.upgrade(eng)
+    with eng.begin() as conn:
+        admin_key = create_key(conn, "default", name="test-admin").secret
+    eng.dispose()
+
+    loop = asyncio.new_event_loop()
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    started = threading.Event()
+    port_box: list[int] = []
+
+    async def boot() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port_box.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        started.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(boot())
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("server did not start")
+    server = LiveServer(f"http://127.0.0.1:{port_box[0]}", admin_key, settings, app)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+    return server, stop
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    server, stop = start_live_server(settings)
+    try:
+        yield server
+    finally:
+        stop()
+
+
+# -- a PostgreSQL database that can be taken down and brought back -------------------------
+
+
+class PgOutage:
+    """A dedicated database whose outage is real: connections are killed and new ones refused."""
+
+    def __init__(self) -> None:
+        self.name = f"bastion_outage_{uuid.uuid4().hex[:10]}"
+        self.admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        self.url = sa.make_url(PG_URL).set(database=self.name).render_as_string(hide_password=False)
+
+    def _terminate(self, conn: sa.Connection) -> None:
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": self.name},
+        )
+
+    def down(self) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false'))
+            self._terminate(conn)
+
+    def up(self) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true'))
+
+    def drop(self) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false'))
+            self._terminate(conn)
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}"'))
+        self.admin.dispose()
+
+
+@pytest.fixture
+def pg_outage() -> Iterator[PgOutage]:
+    outage = PgOutage()
+    try:
+        yield outage
+    finally:
+        outage.drop()

@@ -1,0 +1,221 @@
+"""The ingest pipeline: acknowledged spans are durable through database outages and restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+
+from bastion.store import migrate
+from bastion.store.engine import create_engine
+from bastion.store.writer import SpanWriter
+from bastion.tracing.ingest import Backpressure, IngestMetrics, IngestPipeline
+from bastion.tracing.model import Span
+from bastion.tracing.spool import Spool
+from tests.conftest import PgOutage
+
+
+def make_spans(n: int, *, trace: str | None = None) -> list[Span]:
+    now = time.time_ns()
+    spans = []
+    for i in range(n):
+        spans.append(
+            Span(
+                trace_id=trace or os.urandom(16).hex(),
+                span_id=os.urandom(8).hex(),
+                name="chat",
+                start_ns=now,
+                end_ns=now + 5_000_000,
+                operation="chat",
+                request_model="gpt-4o-mini",
+                input_tokens=10 + i,
+                output_tokens=5,
+                input="hello",
+            )
+        )
+    return spans
+
+
+def pipeline_for(engine: sa.Engine, spool_dir: Path, **kwargs: object) -> IngestPipeline:
+    pipeline = IngestPipeline(
+        SpanWriter(engine),
+        Spool(spool_dir),
+        metrics=IngestMetrics(CollectorRegistry()),
+        replay_interval_s=0.05,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    pipeline.start()
+    return pipeline
+
+
+def count_spans(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT COUNT(*) FROM spans")).scalar_one())
+
+
+class Acks:
+    """Collects the acknowledgements the pipeline gives, like a receiver would."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+    def callback(self, n: int):  # type: ignore[no-untyped-def]
+        def done(error: BaseException | None) -> None:
+            with self.lock:
+                if error is None:
+                    self.acked += n
+                else:
+                    self.failed += n
+
+        return done
+
+
+def test_spans_are_written_and_duplicates_are_counted_once(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    pipeline = pipeline_for(engine, tmp_path / "spool")
+    spans = make_spans(50)
+    acks = Acks()
+    pipeline.submit_nowait(1, spans, acks.callback(50))
+    pipeline.submit_nowait(1, spans[:10], acks.callback(10))  # an exporter retrying
+    assert pipeline.flush(10)
+    pipeline.stop()
+    assert acks.acked == 60
+    assert count_spans(engine) == 50
+    with engine.connect() as conn:
+        total = conn.execute(
+            sa.text("SELECT span_count FROM span_rollups WHERE dimension = 'total'")
+        ).scalar_one()
+    assert total == 50
+
+
+def test_queue_full_is_backpressure_not_growth(engine: sa.Engine, tmp_path: Path) -> None:
+    pipeline = IngestPipeline(
+        SpanWriter(engine),
+        Spool(tmp_path / "spool"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        queue_max_spans=1_000,
+    )  # not started: nothing drains the queue
+    acks = Acks()
+    pipeline.submit_nowait(1, make_spans(600), acks.callback(600))
+    with pytest.raises(Backpressure) as info:
+        pipeline.submit_nowait(1, make_spans(600), acks.callback(600))
+    assert info.value.retry_after_s >= 1
+    assert pipeline.queued_spans == 600
+    pipeline.start()
+    assert pipeline.flush(10)
+    pipeline.stop()
+    assert acks.acked == 600
+    assert count_spans(engine) == 600
+
+
+def test_postgres_outage_mid_ingest_loses_no_acknowledged_span(
+    pg_outage: PgOutage, tmp_path: Path
+) -> None:
+    engine = create_engine(pg_outage.url, connect_args={"connect_timeout": 2})
+    migrate.upgrade(engine)
+    pipeline = pipeline_for(engine, tmp_path / "spool", batch_max_spans=200)
+    acks = Acks()
+    stop = threading.Event()
+
+    def produce() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Backpressure):
+                pipeline.submit_nowait(1, make_spans(20), acks.callback(20))
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.5)
+    pg_outage.down()
+    time.sleep(1.5)  # ingest goes on against a dead database
+    spooled_during_outage = pipeline.metrics.spooled._value.get()
+    pg_outage.up()
+    time.sleep(1.0)
+    stop.set()
+    producer.join()
+    assert pipeline.flush(30)
+    deadline = time.monotonic() + 30
+    while not pipeline.spool.empty and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pipeline.stop()
+
+    assert spooled_during_outage > 0, "the outage should have sent batches to the spool"
+    assert acks.failed == 0
+    assert acks.acked > 0
+    assert pipeline.spool.empty
+    assert count_spans(engine) == acks.acked
+    engine.dispose()
+
+
+def test_sqlite_locked_database_spools_then_replays_after_restart(tmp_path: Path) -> None:
+    db = tmp_path / "bastion.db"
+    engine = create_engine(f"sqlite:///{db}", sqlite_busy_timeout_ms=50)
+    migrate.upgrade(engine)
+    # Another process holding the write lock makes the database unwritable for us.
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    pipeline = pipeline_for(engine, tmp_path / "spool")
+    acks = Acks()
+    for _ in range(5):
+        pipeline.submit_nowait(1, make_spans(100), acks.callback(100))
+    assert pipeline.flush(10)
+    pipeline.stop()  # a restart while the database is still unavailable
+    assert acks.acked == 500
+    assert not pipeline.spool.empty
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+    restarted = pipeline_for(engine, tmp_path / "spool")
+    deadline = time.monotonic() + 10
+    while not restarted.spool.empty and time.monotonic() < deadline:
+        time.sleep(0.05)
+    restarted.stop()
+    assert count_spans(engine) == 500
+    engine.dispose()
+
+
+def test_torn_spool_tail_is_dropped_and_the_rest_replayed(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append([(1, s) for s in make_spans(30)])
+    spool.append([(1, s) for s in make_spans(20)])
+    segment = spool.segments()[0]
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-7])  # the second record was being written when the power went
+
+    pipeline = pipeline_for(engine, tmp_path / "spool")
+    deadline = time.monotonic() + 10
+    while not pipeline.spool.empty and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pipeline.stop()
+    assert count_spans(engine) == 30
+
+
+def test_corrupt_spool_segment_is_quarantined_not_deleted(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append([(1, s) for s in make_spans(10)])
+    spool.append([(1, s) for s in make_spans(10)])
+    segment = spool.segments()[0]
+    data = bytearray(segment.read_bytes())
+    data[20] ^= 0xFF  # a flipped byte inside the first record
+    segment.write_bytes(bytes(data))
+
+    pipeline = pipeline_for(engine, tmp_path / "spool")
+    deadline = time.monotonic() + 10
+    while not pipeline.spool.empty and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pipeline.stop()
+    assert list((tmp_path / "spool").glob("*.corrupt"))
