@@ -33,7 +33,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=140)
 BODY = {
     "model": "sim-small",
     "messages": [

@@ -39,6 +39,13 @@ class IngestSettings(BaseModel):
     batch_max_spans: int = Field(
         5_000, ge=1, description="largest batch written in one transaction"
     )
+    batch_linger_ms: float = Field(
+        200.0,
+        ge=0,
+        le=5_000,
+        description="how long gateway spans wait for company before a batch is written "
+        "(OTLP requests, which await their acknowledgement, never wait)",
+    )
     max_request_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest OTLP body, after decompression"
     )
@@ -76,6 +83,12 @@ class GatewaySettings(BaseModel):
     )
     simulator: bool = Field(
         False, description="start the provider simulator and register sim-small and sim-large"
+    )
+    prompt_refresh_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="how often the gateway polls the prompt registry for pushes and label moves",
     )
 
 

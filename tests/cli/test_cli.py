@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bastion.store import migrate
 from bastion.tracing.demo_trace import demo_trace_request
 
 
@@ -167,7 +168,7 @@ def test_bad_config_exits_2_naming_file_line_and_key(env: dict[str, str], tmp_pa
 def test_db_downgrade_and_upgrade(env: dict[str, str]) -> None:
     up = bastion("db", "upgrade", env=env)
     assert up.returncode == 0, up.stderr
-    assert "0001" in up.stderr
+    assert f"revision {migrate.head_revision()}" in up.stderr
     down = bastion("db", "downgrade", "base", env=env)
     assert down.returncode == 0, down.stderr
     assert "None" in down.stderr or "base" in down.stderr

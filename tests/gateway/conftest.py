@@ -78,6 +78,7 @@ class Gateway:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     tree = orjson.loads(response.read())
             except urllib.error.HTTPError as exc:
+                exc.close()
                 if exc.code != 404 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)

@@ -28,7 +28,8 @@ def post(
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), orjson.loads(exc.read())
+        with exc:
+            return exc.code, dict(exc.headers), orjson.loads(exc.read())
 
 
 def auth(gateway: Gateway) -> dict[str, str]:

@@ -98,6 +98,58 @@ def test_spans_are_written_and_duplicates_are_counted_once(
     assert total == 50
 
 
+class CountingWriter(SpanWriter):
+    """A real writer that remembers the size of every batch it committed."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        super().__init__(engine)
+        self.batches: list[int] = []
+
+    def write(self, batch):  # type: ignore[no-untyped-def]
+        written = super().write(batch)
+        self.batches.append(len(batch))
+        return written
+
+
+def test_unawaited_spans_linger_into_one_batch_and_an_awaited_one_cuts_it_short(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    writer = CountingWriter(engine)
+    pipeline = IngestPipeline(
+        writer,
+        Spool(tmp_path / "spool"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        batch_linger_s=60.0,
+    )
+    pipeline.start()
+    acks = Acks()
+    for span in make_spans(20):  # the gateway: one span per call, nobody waiting
+        pipeline.submit_nowait(1, [span], acks.callback(1))
+    time.sleep(0.2)
+    assert writer.batches == []  # still lingering
+    awaited = threading.Event()
+    pipeline.submit_nowait(1, make_spans(5), lambda error: awaited.set(), awaited=True)
+    assert awaited.wait(10), "an awaited batch must not wait out the linger"
+    pipeline.stop()
+    assert writer.batches == [25]
+    assert acks.acked == 20
+    assert count_spans(engine) == 25
+
+
+def test_stop_writes_lingering_spans(engine: sa.Engine, tmp_path: Path) -> None:
+    writer = CountingWriter(engine)
+    pipeline = IngestPipeline(
+        writer,
+        Spool(tmp_path / "spool"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        batch_linger_s=60.0,
+    )
+    pipeline.start()
+    pipeline.submit_nowait(1, make_spans(3), Acks().callback(3))
+    pipeline.stop(timeout=10)
+    assert count_spans(engine) == 3
+
+
 def test_queue_full_is_backpressure_not_growth(engine: sa.Engine, tmp_path: Path) -> None:
     pipeline = IngestPipeline(
         SpanWriter(engine),

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from bastion import __version__
-from bastion.cli import demo, keys, simulate, traces
+from bastion.cli import demo, keys, prompts, simulate, traces
 from bastion.cli.common import ConfigOption, load
 from bastion.settings import ConfigError
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(traces.app, name="traces")
+app.add_typer(prompts.app, name="prompts")
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("demo")(demo.demo)
@@ -61,7 +62,9 @@ def _run(
     from aiohttp import web
 
     from bastion.server.app import create_app
+    from bastion.server.malloc import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread allocates
     overrides: dict[str, object] = {}
     if host:
         overrides["host"] = host

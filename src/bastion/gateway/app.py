@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
@@ -9,6 +11,7 @@ from contextlib import ExitStack
 from aiohttp import web
 
 from bastion.gateway import handlers
+from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
 from bastion.gateway.router import Router
 from bastion.gateway.state import GATEWAY, GatewayState
@@ -78,6 +81,13 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 max_connections=settings.gateway.max_connections,
             )
             await upstream.start()
+            prompts = PromptCache(state.engine, refresh_s=settings.gateway.prompt_refresh_s)
+            try:
+                await prompts.refresh()  # before the first request: served from memory after
+                log.info("prompt cache loaded: %s", prompts.stats())
+            except Exception as exc:  # noqa: BLE001 - the poller keeps trying; requests get 503
+                log.warning("could not load prompts at startup (retrying): %s", exc)
+            poller = asyncio.create_task(prompts.run())
             app[GATEWAY] = GatewayState(
                 settings=settings.gateway,
                 config=config,
@@ -89,10 +99,14 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                     default_project_id=state.default_project_id,
                     registry=state.registry,
                 ),
+                prompts=prompts,
             )
             try:
                 yield
             finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
                 await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)

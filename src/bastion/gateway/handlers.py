@@ -13,6 +13,7 @@ from aiohttp import web
 
 from bastion.auth import AuthError, Principal
 from bastion.gateway.errors import Api, GatewayError, error_response
+from bastion.gateway.prompt_requests import apply_prompt
 from bastion.gateway.recording import Call, TraceContext
 from bastion.gateway.relay import relay_body, relay_stream
 from bastion.gateway.state import GATEWAY, GatewayState
@@ -179,6 +180,10 @@ async def _serve(
         raw = await _read_json(request, gateway.settings.max_request_bytes)
         call.request_body = raw
         call.attribute_from(request, raw)
+        if operation == "chat":
+            raw = await apply_prompt(
+                gateway.prompts, principal.project_id, api, raw, request.headers, call
+            )
         body = validate(raw)
         call.requested_model = body["model"]
         call.stream = bool(body.get("stream")) and operation == "chat"

@@ -111,6 +111,8 @@ class Call:
     ttft_ms: float | None = None
     attribution: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    prompt_name: str | None = None  # a request naming a registry prompt
+    prompt_version: int | None = None
 
     def attribute_from(self, request: web.Request, body: Any) -> None:
         """User, session, feature and tenant from headers, else the body's ``user``/metadata."""
@@ -156,6 +158,10 @@ class Call:
             attributes["bastion.usage.estimated"] = True
         if self.error_message:
             attributes["error.message"] = truncate(self.error_message, 2000)
+        if self.prompt_name is not None:
+            attributes["bastion.prompt.name"] = self.prompt_name
+        if self.prompt_version is not None:
+            attributes["bastion.prompt.version"] = self.prompt_version
         is_error = self.error_class is not None
         return Span(
             trace_id=self.context.trace_id,
@@ -183,6 +189,8 @@ class Call:
             session_id=self.attribution.get("session_id"),
             feature=self.attribution.get("feature"),
             tenant=self.attribution.get("tenant"),
+            prompt_name=self.prompt_name,
+            prompt_version=self.prompt_version,
             input=_text(self.request_body, max_message_chars),
             output=_text(self.output, max_message_chars),
         )

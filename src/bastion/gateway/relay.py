@@ -238,16 +238,16 @@ async def relay_stream(
     parser = SseParser()
     try:
         try:
+            # One write per upstream read: the client sees each event as soon as the provider
+            # sent it, without one syscall per event when several arrive together.
             async for chunk in response.content.iter_any():
-                for event in parser.feed(chunk):
-                    data = relay.feed(event)
-                    if data:
-                        call.mark_first_byte()
-                        await out.write(data)
-            for event in parser.close():
-                data = relay.feed(event)
+                data = b"".join([relay.feed(event) for event in parser.feed(chunk)])
                 if data:
+                    call.mark_first_byte()
                     await out.write(data)
+            data = b"".join([relay.feed(event) for event in parser.close()])
+            if data:
+                await out.write(data)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError):
                 raise  # our client went away while we wrote: handled below

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
 from bastion.gateway.router import Router
 from bastion.providers.config import GatewayConfig
@@ -23,6 +24,7 @@ class GatewayState:
     router: Router
     upstream: Upstream
     recorder: Recorder
+    prompts: PromptCache
     started_at: float = field(default_factory=time.time)
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion import __version__
 from bastion.auth import AuthError
-from bastion.server import api_routes, otlp_routes
+from bastion.server import api_routes, otlp_routes, prompt_routes, prompt_usage_routes
 from bastion.server.openapi import ApiError, json_response, openapi_document
 from bastion.server.state import STATE, AppState, build_state
 from bastion.settings import Settings
@@ -79,7 +79,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(_request: web.Request) -> web.Response:
-    return json_response(openapi_document(api_routes.API_ROUTES, version=__version__))
+    return json_response(
+        openapi_document(
+            [
+                *api_routes.API_ROUTES,
+                *prompt_routes.PROMPT_ROUTES,
+                *prompt_usage_routes.PROMPT_USAGE_ROUTES,
+            ],
+            version=__version__,
+        )
+    )
 
 
 def create_app(
@@ -123,6 +132,10 @@ def create_app(
         app.router.add_get("/api/v1/openapi.json", openapi)
         app.router.add_routes(otlp_routes.routes)
         app.router.add_routes([route.aiohttp() for route in api_routes.API_ROUTES])
+        app.router.add_routes([route.aiohttp() for route in prompt_routes.PROMPT_ROUTES])
+        app.router.add_routes(
+            [route.aiohttp() for route in prompt_usage_routes.PROMPT_USAGE_ROUTES]
+        )
     if gateway:
         from bastion.gateway.app import install_gateway
 

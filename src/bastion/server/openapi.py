@@ -73,6 +73,8 @@ class ApiRoute:
     body: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     auth: str | None = "read"
+    # Further error statuses the route answers, documented beside 400/401/403.
+    errors: tuple[tuple[int, str], ...] = ()
 
     def aiohttp(self) -> web.RouteDef:
         return web.route(self.method, self.path, self.handler)
@@ -125,6 +127,8 @@ def openapi_document(routes: list[ApiRoute], *, version: str) -> dict[str, Any]:
         if route.auth:
             op["responses"]["401"] = {"description": "missing or invalid API key"}
             op["responses"]["403"] = {"description": "the key's role does not allow this"}
+        for status, description in route.errors:
+            op["responses"][str(status)] = {"description": description}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",

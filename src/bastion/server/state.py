@@ -88,6 +88,7 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
         metrics=metrics,
         queue_max_spans=settings.ingest.queue_max_spans,
         batch_max_spans=settings.ingest.batch_max_spans,
+        batch_linger_s=settings.ingest.batch_linger_ms / 1000,
         replay_interval_s=settings.ingest.spool_replay_interval_s,
         prepare=catalog.price_span,
     )

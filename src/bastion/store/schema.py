@@ -13,6 +13,10 @@ __all__ = [
     "api_keys",
     "metadata",
     "projects",
+    "prompt_label_events",
+    "prompt_labels",
+    "prompt_versions",
+    "prompts",
     "span_rollups",
     "spans",
     "traces",
@@ -95,6 +99,8 @@ spans = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "trace_id", "span_id"),
     sa.Index(None, "project_id", "start_ns"),
     sa.Index(None, "project_id", "request_model", "start_ns"),
+    # Per prompt version usage (bastion.prompts.usage): counts, p95 and recent traces.
+    sa.Index(None, "project_id", "prompt_name", "prompt_version", "start_ns"),
 )
 
 # One row per trace, maintained by additive upserts as its spans arrive in any order.
@@ -145,4 +151,67 @@ span_rollups = sa.Table(
     sa.Column("latency_hist", sa.Text, nullable=False),
     sa.Column("ttft_hist", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "dimension", "hour", "value"),
+)
+
+
+# -- prompt registry -------------------------------------------------------------------------
+# A prompt is a name; its versions are immutable and content-addressed; labels point at versions
+# and every label move is appended to prompt_label_events (the deploy/rollback history).
+
+prompts = sa.Table(
+    "prompts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("project_id", "name"),
+)
+
+prompt_versions = sa.Table(
+    "prompt_versions",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),  # 1, 2, 3, ... per prompt
+    # sha256 of the spec's canonical JSON (and of the partial pins, when it includes partials).
+    sa.Column("content_hash", sa.String(80), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # canonical JSON of the PromptSpec
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("author", sa.String(200), nullable=False),
+    sa.Column("git_sha", sa.String(64), nullable=True),
+    sa.Column("partials", sa.Text, nullable=False),  # JSON {partial name: pinned version}
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "prompt_id", "version"),
+    sa.UniqueConstraint("project_id", "prompt_id", "content_hash"),
+)
+
+prompt_labels = sa.Table(
+    "prompt_labels",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id"), nullable=False),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("protected", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "prompt_id", "label"),
+)
+
+# Append-only: one row per label move (set or rollback) and per protection change.
+prompt_label_events = sa.Table(
+    "prompt_label_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id"), nullable=False),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # set | rollback | protect | unprotect
+    sa.Column("from_version", sa.Integer, nullable=True),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index(None, "project_id", "prompt_id", "label", "id"),
 )

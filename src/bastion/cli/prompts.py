@@ -1,0 +1,491 @@
+"""``bastion prompts``: push prompt files, pull them back, label, roll back, diff and log.
+
+Every command talks to a running server with ``--url``/``--key`` (or ``BASTION_URL`` /
+``BASTION_API_KEY``), or works straight on the local store.
+"""
+
+from __future__ import annotations
+
+import getpass
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from bastion.auth import Role, ensure_project
+from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.traces import KeyOption, ProjectOption, UrlOption
+
+app = typer.Typer(
+    help="Prompts as code: push, pull, label, roll back, diff, log.", no_args_is_help=True
+)
+console = Console()
+errors = Console(stderr=True)
+
+_T = TypeVar("_T")
+
+NameArg = Annotated[str, typer.Argument(help="prompt name")]
+LabelArg = Annotated[str, typer.Argument(help="label, e.g. production or staging")]
+ReasonOption = Annotated[str | None, typer.Option("--reason", "-r", help="why (kept in the log)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]{message}[/red]", highlight=False)
+    return typer.Exit(code)
+
+
+def _call(
+    url: str,
+    key: str | None,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: Any = None,
+) -> Any:
+    """One JSON request to the server; an HTTP error is printed and exits 1."""
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"--url {url!r}: must start with http:// or https://")
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        f"{url.rstrip('/')}{path}" + (f"?{query}" if query else ""),
+        data=None if body is None else orjson.dumps(body),
+        method=method,
+        headers={"Authorization": f"Bearer {key or ''}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raw = exc.read()
+        try:
+            detail = orjson.loads(raw or b"{}").get("error", {}).get("message", exc.reason)
+        except orjson.JSONDecodeError:
+            detail = raw.decode(errors="replace") or exc.reason
+        raise _fail(f"{exc.code}: {detail}") from exc
+    except urllib.error.URLError as exc:
+        raise _fail(f"cannot reach {url}: {exc.reason}") from exc
+
+
+def _path(name: str, *rest: str) -> str:
+    return "/api/v1/prompts/" + "/".join(urllib.parse.quote(p, safe="") for p in (name, *rest))
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user} (cli)"
+
+
+def _local(
+    config: Path | None, project: str, work: Callable[[sa.Engine, int], _T], *, create: bool
+) -> _T:
+    """Run ``work(engine, project_id)`` on the local store; registry errors exit 1."""
+    from bastion.prompts import registry
+    from bastion.store.schema import projects
+
+    settings = load(config)
+    with local_engine(settings) as engine:
+        if create:
+            with engine.begin() as conn:
+                project_id = ensure_project(conn, project)
+        else:
+            with engine.connect() as conn:
+                found = conn.execute(
+                    sa.select(projects.c.id).where(projects.c.slug == project)
+                ).scalar()
+            if found is None:
+                raise _fail(f"no project {project!r}")
+            project_id = int(found)
+        try:
+            return work(engine, project_id)
+        except registry.RegistryError as exc:
+            raise _fail(str(exc)) from exc
+
+
+def _read(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
+    def run(engine: sa.Engine, project_id: int) -> _T:
+        with engine.connect() as conn:
+            return work(conn, project_id)
+
+    return _local(config, project, run, create=False)
+
+
+def _write(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
+    from bastion.prompts import registry
+
+    def run(engine: sa.Engine, project_id: int) -> _T:
+        return registry.run_write(engine, lambda conn: work(conn, project_id))
+
+    return _local(config, project, run, create=True)
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command()
+def push(
+    directory: Annotated[Path, typer.Argument(help="directory of <name>.prompt.yaml files")],
+    message: Annotated[str, typer.Option("--message", "-m", help="what changed and why")] = "",
+    git_sha: Annotated[str | None, typer.Option(help="the commit the files come from")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Push every prompt file in DIRECTORY: new content becomes a new version.
+
+    Invalid files are all reported as file:line: reason and nothing is pushed (exit 2).
+    """
+    from bastion.prompts import PromptDirError, load_prompt_dir
+
+    try:
+        specs = load_prompt_dir(directory)
+    except PromptDirError as exc:
+        for error in exc.errors:
+            errors.print(str(error), highlight=False, markup=False)
+        errors.print(f"[red]{len(exc.errors)} invalid prompt file(s): nothing pushed[/red]")
+        raise typer.Exit(2) from exc
+    if not specs:
+        raise _fail(f"no prompt files (*.prompt.yaml) in {directory}", 2)
+    if url:
+        payload = {"prompts": [s.to_dict() for s in specs], "message": message, "git_sha": git_sha}
+        results = _call(url, key, "POST", "/api/v1/prompts", body=payload)["results"]
+    else:
+        from bastion.prompts import registry
+
+        pushed = _write(
+            config,
+            project,
+            lambda conn, pid: registry.push(
+                conn, pid, specs, message=message, author=_actor(), git_sha=git_sha
+            ),
+        )
+        results = [r.model_dump(mode="json") for r in pushed]
+    if as_json:
+        _echo_json(results)
+        return
+    table = Table("prompt", "status", "version", "content hash")
+    colour = {"created": "green", "updated": "yellow", "unchanged": "dim"}
+    for r in results:
+        status = f"[{colour[r['status']]}]{r['status']}[/]"
+        table.add_row(r["name"], status, f"v{r['version']}", r["content_hash"][:19])
+    console.print(table)
+
+
+@app.command()
+def pull(
+    directory: Annotated[Path, typer.Argument(help="where to write <name>.prompt.yaml files")],
+    label: Annotated[str, typer.Option(help="label to pull ('latest' for the newest)")] = (
+        "production"
+    ),
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Write the version each prompt's LABEL points at as DIRECTORY/<name>.prompt.yaml."""
+    from bastion.prompts import PromptSpec, dump_prompt_file
+
+    found: list[dict[str, Any]] = []
+    missing: list[str] = []
+    if url:
+        for item in _call(url, key, "GET", "/api/v1/prompts")["items"]:
+            if label != "latest" and label not in item["labels"]:
+                missing.append(item["name"])
+                continue
+            found.append(_call(url, key, "GET", _path(item["name"]), params={"label": label}))
+    else:
+        from bastion.prompts import registry
+
+        def work(conn: sa.Connection, pid: int) -> None:
+            for item in registry.list_prompts(conn, pid):
+                if label != "latest" and label not in item.labels:
+                    missing.append(item.name)
+                    continue
+                found.append(_dump(registry.get(conn, pid, item.name, label=label)))
+
+        _read(config, project, work)
+    directory.mkdir(parents=True, exist_ok=True)
+    table = Table("prompt", "version", "file")
+    for prompt in found:
+        target = directory / f"{prompt['name']}.prompt.yaml"
+        target.write_text(dump_prompt_file(PromptSpec.from_dict(prompt["spec"])), encoding="utf-8")
+        table.add_row(prompt["name"], f"v{prompt['version']}", str(target))
+    console.print(table)
+    if missing:
+        errors.print(f"[yellow]no label {label!r}: {', '.join(missing)} (not written)[/yellow]")
+
+
+@app.command("list")
+def list_(
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List prompts with their newest version and labels."""
+    if url:
+        items = _call(url, key, "GET", "/api/v1/prompts")["items"]
+    else:
+        from bastion.prompts import registry
+
+        items = _read(
+            config, project, lambda c, pid: [_dump(p) for p in registry.list_prompts(c, pid)]
+        )
+    if as_json:
+        _echo_json(items)
+        return
+    table = Table("prompt", "latest", "labels", "description", "updated")
+    for p in items:
+        labels = ", ".join(f"{k}=v{v}" for k, v in sorted(p["labels"].items()))
+        updated = p["updated_at"][:19].replace("T", " ")
+        table.add_row(p["name"], f"v{p['latest_version']}", labels, p["description"] or "", updated)
+    console.print(table)
+
+
+@app.command()
+def diff(
+    name: NameArg,
+    a: Annotated[str, typer.Argument(help="version number or label")],
+    b: Annotated[str, typer.Argument(help="version number or label")],
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Show a unified diff of two versions (or labels) of prompt NAME."""
+    if url:
+        text = _call(url, key, "GET", _path(name, "diff"), params={"a": a, "b": b})["diff"]
+    else:
+        from bastion.prompts import registry
+
+        text = _read(config, project, lambda c, pid: registry.diff(c, pid, name, a, b))
+    if not text:
+        console.print(f"{name}: {a} and {b} have the same content")
+        return
+    console.print(Syntax(text, "diff", theme="ansi_dark", background_color="default"))
+
+
+@app.command()
+def log(
+    name: NameArg,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the versions of prompt NAME and the history of its labels."""
+    if url:
+        found = _call(url, key, "GET", _path(name, "log"))
+    else:
+        from bastion.prompts import registry
+
+        found = _read(config, project, lambda c, pid: _dump(registry.log(c, pid, name)))
+    if as_json:
+        _echo_json(found)
+        return
+    versions = Table("version", "labels", "hash", "author", "git", "message", "created", title=name)
+    for v in found["versions"]:
+        versions.add_row(
+            f"v{v['version']}",
+            ", ".join(v["labels"]),
+            v["content_hash"][:19],
+            v["author"],
+            (v["git_sha"] or "")[:10],
+            v["message"],
+            v["created_at"][:19].replace("T", " "),
+        )
+    console.print(versions)
+    if found["events"]:
+        events = Table("when", "label", "action", "from", "to", "by", "reason", title="labels")
+        for e in found["events"]:
+            events.add_row(
+                e["at"][:19].replace("T", " "),
+                e["label"],
+                e["action"],
+                "" if e["from_version"] is None else f"v{e['from_version']}",
+                f"v{e['to_version']}",
+                e["actor"],
+                e["reason"] or "",
+            )
+        console.print(events)
+
+
+def _print_change(change: dict[str, Any]) -> None:
+    before = "—" if change["from_version"] is None else f"v{change['from_version']}"
+    lock = " (protected)" if change["protected"] else ""
+    if not change["changed"]:
+        console.print(f"{change['name']}: {change['label']}{lock} already at {before}")
+        return
+    console.print(
+        f"{change['name']}: {change['label']}{lock} {before} → v{change['to_version']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def label(
+    name: NameArg,
+    version: Annotated[int, typer.Argument(help="version number", min=1)],
+    label: LabelArg,
+    reason: ReasonOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Point LABEL of prompt NAME at VERSION (a deploy)."""
+    if url:
+        body = {"version": version, "reason": reason}
+        change = _call(url, key, "PUT", _path(name, "labels", label), body=body)
+    else:
+        from bastion.prompts import registry
+
+        change = _write(
+            config,
+            project,
+            lambda c, pid: _dump(
+                registry.set_label(
+                    c, pid, name, version, label, actor=_actor(), reason=reason, role=Role.ADMIN
+                )
+            ),
+        )
+    _print_change(change)
+
+
+@app.command()
+def rollback(
+    name: NameArg,
+    label: LabelArg,
+    reason: ReasonOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Move LABEL of prompt NAME back to the version it pointed at before its last move."""
+    if url:
+        path = _path(name, "labels", label, "rollback")
+        change = _call(url, key, "POST", path, body={"reason": reason})
+    else:
+        from bastion.prompts import registry
+
+        change = _write(
+            config,
+            project,
+            lambda c, pid: _dump(
+                registry.rollback(
+                    c, pid, name, label, actor=_actor(), reason=reason, role=Role.ADMIN
+                )
+            ),
+        )
+    _print_change(change)
+
+
+@app.command()
+def protect(
+    name: NameArg,
+    label: LabelArg,
+    off: Annotated[bool, typer.Option("--off", help="remove the protection")] = False,
+    reason: ReasonOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Protect LABEL of prompt NAME: only admin keys may move it afterwards."""
+    if url:
+        path = _path(name, "labels", label, "protect")
+        change = _call(url, key, "POST", path, body={"protected": not off, "reason": reason})
+    else:
+        from bastion.prompts import registry
+
+        change = _write(
+            config,
+            project,
+            lambda c, pid: _dump(
+                registry.protect_label(
+                    c,
+                    pid,
+                    name,
+                    label,
+                    actor=_actor(),
+                    role=Role.ADMIN,
+                    protected=not off,
+                    reason=reason,
+                )
+            ),
+        )
+    console.print(
+        f"{name}: {label} is {'protected' if change['protected'] else 'not protected'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def usage(
+    name: NameArg,
+    since: Annotated[str | None, typer.Option(help="30m, 24h, 7d or an ISO time")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per version of prompt NAME: label deployments, traces, errors, p95 latency, tokens, cost."""
+    if url:
+        found = _call(url, key, "GET", _path(name, "usage"), params={"since": since})
+    else:
+        from bastion.prompts.usage import parse_since, prompt_usage
+
+        found = _read(
+            config,
+            project,
+            lambda c, pid: _dump(prompt_usage(c, pid, name, since=parse_since(since))),
+        )
+    if as_json:
+        _echo_json(found)
+        return
+    columns = ("version", "labels", "deployed", "spans", "traces", "errors", "p95 ms", "tokens")
+    table = Table(*columns, "cost $", "last seen", "recent trace", title=name)
+    for v in found["versions"]:
+        deployed = ", ".join(
+            f"{d['label']} {d['at'][:16].replace('T', ' ')}" for d in v["deployments"]
+        )
+        rate = f" ({v['error_rate']:.1%})" if v["error_rate"] else ""
+        table.add_row(
+            "—" if v["version"] is None else f"v{v['version']}",
+            ", ".join(v["labels"]),
+            deployed,
+            str(v["span_count"]),
+            str(v["trace_count"]),
+            f"{v['error_count']}{rate}",
+            "" if v["p95_latency_ms"] is None else f"{v['p95_latency_ms']:.0f}",
+            f"{v['input_tokens']}/{v['output_tokens']}",
+            "" if v["cost_usd"] is None else f"{v['cost_usd']:.4f}",
+            (v["last_seen"] or "")[:19].replace("T", " "),
+            (v["recent_trace_ids"] or [""])[0],
+        )
+    console.print(table)

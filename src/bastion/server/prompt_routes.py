@@ -1,0 +1,353 @@
+"""The prompt registry API under ``/api/v1/prompts``.
+
+Reading needs the ``read`` role; pushing and moving labels ``write``; moving a protected label,
+and protecting one, ``admin``. The project is always the key's. Database work runs on worker
+threads; writes go through :func:`bastion.prompts.registry.run_write` (locking and retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from bastion.auth import Principal
+from bastion.prompts import PromptSpec, PromptSpecError, registry
+from bastion.server.auth import authenticate
+from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
+from bastion.server.state import STATE
+from bastion.store.schema import api_keys
+
+__all__ = ["PROMPT_ROUTES"]
+
+_T = TypeVar("_T")
+_B = TypeVar("_B", bound=BaseModel)
+
+
+class PushBody(BaseModel):
+    prompts: list[dict[str, Any]] = Field(
+        min_length=1, description="prompt specs in the .prompt.yaml shape, as JSON"
+    )
+    message: str = Field("", max_length=10_000, description="what changed and why")
+    git_sha: str | None = Field(None, max_length=64, description="the commit the files come from")
+
+
+class PushOut(BaseModel):
+    results: list[registry.PushResult]
+
+
+class PromptListOut(BaseModel):
+    items: list[registry.PromptSummary]
+
+
+class VersionListOut(BaseModel):
+    items: list[registry.PromptVersion]
+
+
+class GetQuery(BaseModel):
+    label: str | None = Field(
+        None,
+        max_length=64,
+        description=f"label to resolve ({registry.DEFAULT_LABEL!r} when neither label nor "
+        f"version is given; {registry.LATEST!r} means the newest version)",
+    )
+    version: int | None = Field(None, ge=1, description="version number")
+
+
+class DiffQuery(BaseModel):
+    a: str = Field(description="version number or label", min_length=1, max_length=64)
+    b: str = Field(description="version number or label", min_length=1, max_length=64)
+
+
+class DiffOut(BaseModel):
+    name: str
+    a: str
+    b: str
+    diff: str = Field(description="unified diff of template and config; empty when equal")
+
+
+class LabelBody(BaseModel):
+    version: int = Field(ge=1)
+    reason: str | None = Field(None, max_length=2000)
+
+
+class RollbackBody(BaseModel):
+    reason: str | None = Field(None, max_length=2000)
+
+
+class ProtectBody(BaseModel):
+    protected: bool = Field(True, description="false to remove the protection")
+    reason: str | None = Field(None, max_length=2000)
+
+
+async def _run(work: Callable[[], _T]) -> _T:
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+    except registry.RegistryError as exc:
+        raise ApiError(exc.status, str(exc), kind=exc.kind) from exc
+
+
+async def _read(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
+    engine = request.app[STATE].engine
+
+    def run() -> _T:
+        with engine.connect() as conn:
+            return work(conn)
+
+    return await _run(run)
+
+
+async def _write(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
+    engine = request.app[STATE].engine
+    return await _run(lambda: registry.run_write(engine, work))
+
+
+def _actor(conn: sa.Connection, principal: Principal) -> str:
+    """Who acts: the key's name and id (names are not unique, ids are)."""
+    name = conn.execute(
+        sa.select(api_keys.c.name).where(api_keys.c.id == principal.key_id)
+    ).scalar()
+    return f"{name or 'key'} (key {principal.key_id})"[:200]
+
+
+async def _body(request: web.Request, model: type[_B], *, optional: bool = False) -> _B:
+    raw = await request.read()
+    if optional and not raw.strip():
+        raw = b"{}"
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, f"invalid body: {where}: {first['msg']}") from exc
+
+
+def _name(request: web.Request) -> str:
+    return request.match_info["name"]
+
+
+async def list_prompts(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    items = await _read(request, lambda c: registry.list_prompts(c, principal.project_id))
+    return json_response(PromptListOut(items=items))
+
+
+async def push_prompts(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "write")
+    body = await _body(request, PushBody)
+    specs: list[PromptSpec] = []
+    for i, raw in enumerate(body.prompts):
+        try:
+            specs.append(PromptSpec.from_dict(raw))
+        except PromptSpecError as exc:
+            label = raw.get("name") if isinstance(raw.get("name"), str) else f"prompts[{i}]"
+            raise ApiError(400, f"invalid prompt {label!r}: {exc}") from exc
+
+    def work(conn: sa.Connection) -> list[registry.PushResult]:
+        return registry.push(
+            conn,
+            principal.project_id,
+            specs,
+            message=body.message,
+            author=_actor(conn, principal),
+            git_sha=body.git_sha,
+        )
+
+    results = await _write(request, work)
+    changed = any(r.status != "unchanged" for r in results)
+    return json_response(PushOut(results=results), 201 if changed else 200)
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    params = parse_query(request, GetQuery)
+    label = params.label
+    if label is None and params.version is None:
+        label = registry.DEFAULT_LABEL
+    found = await _read(
+        request,
+        lambda c: registry.get(
+            c, principal.project_id, _name(request), label=label, version=params.version
+        ),
+    )
+    return json_response(found)
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    items = await _read(
+        request, lambda c: registry.list_versions(c, principal.project_id, _name(request))
+    )
+    return json_response(VersionListOut(items=items))
+
+
+async def prompt_log(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    found = await _read(request, lambda c: registry.log(c, principal.project_id, _name(request)))
+    return json_response(found)
+
+
+async def prompt_diff(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "read")
+    params = parse_query(request, DiffQuery)
+    name = _name(request)
+    text = await _read(
+        request, lambda c: registry.diff(c, principal.project_id, name, params.a, params.b)
+    )
+    return json_response(DiffOut(name=name, a=params.a, b=params.b, diff=text))
+
+
+async def set_label(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "write")
+    body = await _body(request, LabelBody)
+
+    def work(conn: sa.Connection) -> registry.LabelChange:
+        return registry.set_label(
+            conn,
+            principal.project_id,
+            _name(request),
+            body.version,
+            request.match_info["label"],
+            actor=_actor(conn, principal),
+            reason=body.reason,
+            role=principal.role,
+        )
+
+    return json_response(await _write(request, work))
+
+
+async def rollback_label(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "write")
+    body = await _body(request, RollbackBody, optional=True)
+
+    def work(conn: sa.Connection) -> registry.LabelChange:
+        return registry.rollback(
+            conn,
+            principal.project_id,
+            _name(request),
+            request.match_info["label"],
+            actor=_actor(conn, principal),
+            reason=body.reason,
+            role=principal.role,
+        )
+
+    return json_response(await _write(request, work))
+
+
+async def protect_label(request: web.Request) -> web.Response:
+    principal = await authenticate(request, "admin")
+    body = await _body(request, ProtectBody, optional=True)
+
+    def work(conn: sa.Connection) -> registry.LabelChange:
+        return registry.protect_label(
+            conn,
+            principal.project_id,
+            _name(request),
+            request.match_info["label"],
+            actor=_actor(conn, principal),
+            role=principal.role,
+            protected=body.protected,
+            reason=body.reason,
+        )
+
+    return json_response(await _write(request, work))
+
+
+_NOT_FOUND = ((404, "no such prompt, version or label in this project"),)
+_BASE = "/api/v1/prompts"
+
+PROMPT_ROUTES: list[ApiRoute] = [
+    ApiRoute(
+        "GET",
+        _BASE,
+        list_prompts,
+        "List prompts with their newest version and labels",
+        "prompts",
+        response=PromptListOut,
+    ),
+    ApiRoute(
+        "POST",
+        _BASE,
+        push_prompts,
+        "Push prompt specs: new content becomes new versions (201), known content is unchanged",
+        "prompts",
+        body=PushBody,
+        response=PushOut,
+        auth="write",
+    ),
+    ApiRoute(
+        "GET",
+        _BASE + "/{name}",
+        get_prompt,
+        "One prompt version (by label, default production, or version) with pinned partials",
+        "prompts",
+        query=GetQuery,
+        response=registry.ResolvedPrompt,
+        errors=_NOT_FOUND,
+    ),
+    ApiRoute(
+        "GET",
+        _BASE + "/{name}/versions",
+        list_versions,
+        "Versions of a prompt, newest first",
+        "prompts",
+        response=VersionListOut,
+        errors=_NOT_FOUND,
+    ),
+    ApiRoute(
+        "GET",
+        _BASE + "/{name}/log",
+        prompt_log,
+        "Versions, labels and the label history of a prompt",
+        "prompts",
+        response=registry.PromptLog,
+        errors=_NOT_FOUND,
+    ),
+    ApiRoute(
+        "GET",
+        _BASE + "/{name}/diff",
+        prompt_diff,
+        "Unified diff of two versions or labels",
+        "prompts",
+        query=DiffQuery,
+        response=DiffOut,
+        errors=_NOT_FOUND,
+    ),
+    ApiRoute(
+        "PUT",
+        _BASE + "/{name}/labels/{label}",
+        set_label,
+        "Point a label at a version (a deploy); protected labels need an admin key",
+        "prompts",
+        body=LabelBody,
+        response=registry.LabelChange,
+        auth="write",
+        errors=_NOT_FOUND,
+    ),
+    ApiRoute(
+        "POST",
+        _BASE + "/{name}/labels/{label}/rollback",
+        rollback_label,
+        "Move a label back to where it pointed before its last move",
+        "prompts",
+        body=RollbackBody,
+        response=registry.LabelChange,
+        auth="write",
+        errors=(*_NOT_FOUND, (409, "the label has no previous version")),
+    ),
+    ApiRoute(
+        "POST",
+        _BASE + "/{name}/labels/{label}/protect",
+        protect_label,
+        "Protect (or unprotect) a label: only admin keys may then move it",
+        "prompts",
+        body=ProtectBody,
+        response=registry.LabelChange,
+        auth="admin",
+        errors=_NOT_FOUND,
+    ),
+]
