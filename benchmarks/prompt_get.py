@@ -178,7 +178,7 @@ def measure(url: str, key: str, home: Path, args: argparse.Namespace) -> dict[st
 
         console.print("[bold]uncached gets over loopback[/bold]")
         rows["uncached"] = {
-            "bastion get (keep-alive, parse, disk write)": latencies_ms(uncached, args.requests),
+            "bastion get (keep-alive, parse)": latencies_ms(uncached, args.requests),
             "raw urllib GET (new connection)": latencies_ms(raw_urllib, args.requests),
             "raw http.client GET (keep-alive)": latencies_ms(raw_keepalive, args.requests),
         }

@@ -102,6 +102,9 @@ class PromptClient:
         self._disk_dir = cache_dir / namespace
         self._fallback_dir = fallback_dir
         self._memory: dict[Key, _Entry] = {}
+        # What this client last wrote to each last-known-good file, so that fetching the same
+        # version again (after a TTL or a clear()) does not rewrite it.
+        self._saved: dict[Key, tuple[str, int | None]] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[Key, threading.Lock] = {}
         self._refreshing: dict[Key, threading.Thread] = {}
@@ -262,16 +265,11 @@ class PromptClient:
         """Write the last-known-good file on the writer thread: a write (temporary file, then
         rename) costs ~0.1-1 ms, which a fetch should not wait for. One writer, first in first
         out, so the newest fetch of a key is the last write."""
-        current = self._memory.get(key)
-        if (
-            current is not None
-            and current.hit.content_hash == prompt.content_hash
-            and (current.hit.version == prompt.version and current.hit.source in ("cache", "stale"))
-        ):
-            return  # a refresh that changed nothing: the file already holds it
+        written = (prompt.content_hash, prompt.version)
         with self._lock:
-            if self._writer_closed:
-                return
+            if self._writer_closed or self._saved.get(key) == written:
+                return  # a fetch that changed nothing: the file already holds it
+            self._saved[key] = written
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="bastion-prompt-cache")
             self._writer.submit(self._save, key, data)
@@ -290,6 +288,8 @@ class PromptClient:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
+            with self._lock:
+                self._saved.pop(key, None)  # try again on the next fetch
             log.warning("cannot write the prompt cache file %s: %s", path, exc)
 
     def _offline(self, key: Key, reason: str) -> PromptVersion:
