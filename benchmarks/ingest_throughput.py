@@ -34,6 +34,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from harness import free_port
+
 console = Console()
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SPANS_PER_REQUEST = 500
@@ -94,12 +96,6 @@ def build_request(seed: int) -> bytes:
             ]
         )
     return request.SerializeToString()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(

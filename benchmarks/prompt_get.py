@@ -25,8 +25,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from rich.table import Table
 
 import bastion
 from bastion.prompts import render
+from harness import free_port, per_call_us, wait_ready
 
 console = Console(width=140)
 CACHED_BAR_US = 50.0
@@ -60,25 +59,6 @@ SUMMARIZE = {
 TICKET = "The app crashes when I upload a file larger than 10 MB."
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up:\n{log.read_text()}")
-
-
 def api(method: str, url: str, key: str, body: Any) -> Any:
     request = urllib.request.Request(
         url,
@@ -88,18 +68,6 @@ def api(method: str, url: str, key: str, body: Any) -> Any:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return orjson.loads(response.read())
-
-
-def per_call_us(fn: Callable[[], Any], repeats: int, number: int) -> float:
-    """Median over `repeats` batches of the per-call time of `number` calls, in µs."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - started) / number * 1e6)
-    return statistics.median(samples)
 
 
 def latencies_ms(fn: Callable[[], Any], requests: int) -> list[float]:

@@ -15,8 +15,6 @@ under 100 µs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +24,7 @@ from rich.table import Table
 
 from bastion.prompts import PromptSpec, render
 from bastion.prompts.template import _ENV
+from harness import per_call_us
 
 console = Console(width=140)
 BAR_US = 100.0
@@ -70,18 +69,6 @@ FEW_SHOT_VARS = {
     "examples": EXAMPLES,
     "review": "  Battery life is great but the screen scratches.",
 }
-
-
-def per_call_us(fn: Callable[[], Any], repeats: int, number: int) -> float:
-    """Median over `repeats` batches of the per-call time of `number` calls, in µs."""
-    fn()  # warm: fill caches, as a long-running gateway has them
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - started) / number * 1e6)
-    return statistics.median(samples)
 
 
 def summarize_cases() -> dict[str, Callable[[], Any]]:
