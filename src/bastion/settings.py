@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=0, le=65535)
     log_level: str = "INFO"
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)"
+    )
+    worker_index: int | None = Field(
+        None, exclude=True, description="set inside a worker process: which one it is"
+    )
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     prices: dict[str, PriceOverride] = Field(
@@ -139,7 +145,9 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        return self.home / "spool"
+        """This process's spool: each worker of ``serve --workers N`` has its own."""
+        root = self.home / "spool"
+        return root if self.worker_index is None else root / f"worker-{self.worker_index}"
 
     def where(self, key: str) -> str:
         """``"bastion.yaml:12: "`` for a dotted config key, for error messages; else ``""``."""

@@ -50,11 +50,22 @@ SimulatorOption = Annotated[
 ]
 
 
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=64,
+        help="server processes sharing the port (default 1; use the number of cores)",
+    ),
+]
+
+
 def _run(
     config: Path | None,
     host: str | None,
     port: int | None,
     with_simulator: bool,
+    workers: int | None,
     *,
     api: bool,
     what: str,
@@ -63,6 +74,7 @@ def _run(
 
     from bastion.server.app import create_app
     from bastion.server.malloc import limit_malloc_arenas
+    from bastion.server.workers import rebalance_spool
 
     limit_malloc_arenas()  # before any thread allocates
     overrides: dict[str, object] = {}
@@ -70,17 +82,25 @@ def _run(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if workers is not None:
+        overrides["workers"] = workers
     settings = load(config, **overrides)
     if with_simulator:
         settings.gateway.simulator = True
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    application = create_app(settings, api=api, gateway=True)
+    processes = "" if settings.workers == 1 else f", {settings.workers} workers"
     console.print(
         f"bastion {__version__} {what} on http://{settings.host}:{settings.port}  "
-        f"(database: {_redacted(settings.resolved_database_url)})"
+        f"(database: {_redacted(settings.resolved_database_url)}{processes})"
     )
+    if settings.workers > 1:
+        from bastion.server.workers import serve_workers
+
+        raise SystemExit(serve_workers(settings, settings.workers, api=api))
+    rebalance_spool(settings.spool_dir, 1)  # segments a former multi-worker run left
+    application = create_app(settings, api=api, gateway=True)
     web.run_app(application, host=settings.host, port=settings.port, print=None)
 
 
@@ -90,9 +110,10 @@ def serve(
     host: HostOption = None,
     port: PortOption = None,
     with_simulator: SimulatorOption = False,
+    workers: WorkersOption = None,
 ) -> None:
     """Run the server: gateway, read API, OTLP receiver, health and metrics."""
-    _run(config, host, port, with_simulator, api=True, what="server")
+    _run(config, host, port, with_simulator, workers, api=True, what="server")
 
 
 @app.command()
@@ -101,9 +122,10 @@ def gateway(
     host: HostOption = None,
     port: PortOption = None,
     with_simulator: SimulatorOption = False,
+    workers: WorkersOption = None,
 ) -> None:
     """Run the model gateway alone (with health and metrics), e.g. as extra replicas."""
-    _run(config, host, port, with_simulator, api=False, what="gateway")
+    _run(config, host, port, with_simulator, workers, api=False, what="gateway")
 
 
 def _redacted(url: str) -> str:
