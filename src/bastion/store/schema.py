@@ -99,8 +99,17 @@ spans = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "trace_id", "span_id"),
     sa.Index(None, "project_id", "start_ns"),
     sa.Index(None, "project_id", "request_model", "start_ns"),
-    # Per prompt version usage (bastion.prompts.usage): counts, p95 and recent traces.
-    sa.Index(None, "project_id", "prompt_name", "prompt_version", "start_ns"),
+    # Per prompt version usage (bastion.prompts.usage): counts, p95 and recent traces. Partial:
+    # most spans name no prompt, and an index entry for each would tax every insert.
+    sa.Index(
+        None,
+        "project_id",
+        "prompt_name",
+        "prompt_version",
+        "start_ns",
+        sqlite_where=sa.text("prompt_name IS NOT NULL"),
+        postgresql_where=sa.text("prompt_name IS NOT NULL"),
+    ),
 )
 
 # One row per trace, maintained by additive upserts as its spans arrive in any order.
