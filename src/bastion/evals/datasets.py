@@ -1,0 +1,375 @@
+"""Golden datasets: items loaded from JSONL, CSV or YAML files, with stable ids and hashes.
+
+An item is a set of input variables (rendered into the prompt under test), an optional expected
+output, tags and metadata. Its id comes from the file (``id``) or, failing that, from the hash
+of its content, so re-running a dataset pairs the same items run after run. A dataset version's
+hash covers its items' ids and hashes in order: any change to any item changes it.
+
+File formats (reserved keys: ``id``, ``expected`` / ``__expected``, ``tags``, ``metadata``;
+everything else is a variable):
+
+- ``.jsonl``: one JSON object per line, either ``{"vars": {...}, "expected": ...}`` or flat
+  (``{"question": ..., "expected": ...}``). Blank lines are skipped.
+- ``.csv``: a header row; ``tags`` are split on ``;`` (or ``,`` when there is no ``;``),
+  ``metadata`` is a JSON object, an empty ``expected`` cell means no expected output.
+- ``.yaml`` / ``.yml``: a list of mappings, same rules as JSONL.
+
+Every problem is a :class:`DatasetError` naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DatasetError", "DatasetVersion", "Item", "check_variables", "load_items"]
+
+RESERVED = frozenset({"id", "expected", "__expected", "tags", "metadata", "vars"})
+_ID_HEX = 16  # a content-derived id is the first 16 hex digits of the item's hash
+_MAX_LISTED = 20  # check_variables names at most this many items
+
+
+class DatasetError(ValueError):
+    """A dataset file or item is unusable; ``path`` and ``line`` say where when known."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        elif line is not None:
+            where = f"line {line}: "
+        super().__init__(where + message)
+        self.path = None if path is None else Path(path)
+        self.line = line
+        self.problem = message
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value, key=repr) if isinstance(value, set | frozenset) else list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"values of type {type(value).__name__} cannot be hashed")
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One dataset row.
+
+    Attributes:
+        id: stable identity: the file's ``id``, or derived from :meth:`content_hash`.
+        vars: input variables for the prompt template.
+        expected: the expected output, if any.
+        tags: labels for slicing results.
+        metadata: anything else worth keeping with the item.
+    """
+
+    id: str
+    vars: Mapping[str, Any]
+    expected: Any = None
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        """``sha256:<hex>`` of the canonical JSON of vars, expected, tags and metadata (the
+        id is left out: a content-derived id is made from this hash)."""
+        body = {
+            "vars": dict(self.vars),
+            "expected": self.expected,
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+        }
+        return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetVersion:
+    """A named, ordered, immutable set of items; ids are unique."""
+
+    name: str
+    items: tuple[Item, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", tuple(self.items))
+        seen: dict[str, int] = {}
+        for index, item in enumerate(self.items):
+            if item.id in seen:
+                raise DatasetError(
+                    f"dataset {self.name!r}: item {index + 1} repeats id {item.id!r} "
+                    f"(first used by item {seen[item.id] + 1})"
+                )
+            seen[item.id] = index
+
+    def content_hash(self) -> str:
+        """``sha256:<hex>`` over every item's id and content hash, in order."""
+        digest = hashlib.sha256()
+        for item in self.items:
+            digest.update(item.id.encode())
+            digest.update(b"\0")
+            digest.update(item.content_hash().encode())
+            digest.update(b"\n")
+        return "sha256:" + digest.hexdigest()
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _split_tags(text: str) -> tuple[str, ...]:
+    sep = ";" if ";" in text else ","
+    return tuple(t.strip() for t in text.split(sep) if t.strip())
+
+
+def _tags(value: Any, where: tuple[Path, int]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return _split_tags(value)
+    if isinstance(value, list | tuple) and all(isinstance(t, str | int) for t in value):
+        return tuple(str(t).strip() for t in value if str(t).strip())
+    raise DatasetError(
+        f"'tags' must be a list of strings or a separated string, got {value!r}",
+        path=where[0],
+        line=where[1],
+    )
+
+
+def _make_item(row: Mapping[str, Any], where: tuple[Path, int], *, flat_ok: bool = True) -> Item:
+    path, line = where
+    bad = [k for k in row if not isinstance(k, str)]
+    if bad:
+        raise DatasetError(f"keys must be strings, got {bad[0]!r}", path=path, line=line)
+    if "expected" in row and "__expected" in row:
+        raise DatasetError("both 'expected' and '__expected' given", path=path, line=line)
+    if "vars" in row:
+        variables = row["vars"]
+        if not isinstance(variables, Mapping):
+            raise DatasetError(
+                f"'vars' must be an object, got {type(variables).__name__}", path=path, line=line
+            )
+        unknown = sorted(k for k in row if k not in RESERVED)
+        if unknown:
+            raise DatasetError(
+                f"unknown key(s) {', '.join(map(repr, unknown))} beside 'vars' "
+                f"(allowed: {', '.join(sorted(RESERVED - {'vars'}))})",
+                path=path,
+                line=line,
+            )
+        bad = [k for k in variables if not isinstance(k, str)]
+        if bad:
+            raise DatasetError(
+                f"variable names must be strings, got {bad[0]!r}", path=path, line=line
+            )
+        variables = dict(variables)
+    elif flat_ok:
+        variables = {k: v for k, v in row.items() if k not in RESERVED}
+    else:  # pragma: no cover - every format allows the flat form today
+        raise DatasetError("missing 'vars'", path=path, line=line)
+    expected = row.get("expected", row.get("__expected"))
+    metadata = row.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise DatasetError(
+            f"'metadata' must be an object, got {type(metadata).__name__}", path=path, line=line
+        )
+    raw_id = row.get("id")
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)):
+        raise DatasetError(
+            f"'id' must be a string or an integer, got {raw_id!r}", path=path, line=line
+        )
+    item_id = "" if raw_id is None else str(raw_id).strip()
+    if raw_id is not None and not item_id:
+        raise DatasetError("'id' is empty", path=path, line=line)
+    item = Item(
+        id=item_id or "-",
+        vars=variables,
+        expected=expected,
+        tags=_tags(row.get("tags"), where),
+        metadata=dict(metadata),
+    )
+    try:
+        digest = item.content_hash()
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(str(exc), path=path, line=line) from None
+    if not item_id:
+        item = Item(
+            id=digest.removeprefix("sha256:")[:_ID_HEX],
+            vars=item.vars,
+            expected=item.expected,
+            tags=item.tags,
+            metadata=item.metadata,
+        )
+    return item
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(
+                f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=number
+            ) from None
+        if not isinstance(row, dict):
+            raise DatasetError(
+                f"expected a JSON object, got {type(row).__name__}", path=path, line=number
+            )
+        yield number, row
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise DatasetError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from None
+    if header is None:
+        return
+    names = [h.strip() for h in header]
+    if any(not n for n in names):
+        raise DatasetError(
+            f"empty column name in header (column {names.index('') + 1})", path=path, line=1
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DatasetError(f"duplicate column(s) {', '.join(map(repr, dupes))}", path=path, line=1)
+    if "expected" in names and "__expected" in names:
+        raise DatasetError("both 'expected' and '__expected' columns", path=path, line=1)
+    if "vars" in names:
+        raise DatasetError("'vars' is reserved: give variables as columns", path=path, line=1)
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(f"malformed CSV: {exc}", path=path, line=start) from None
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if len(cells) != len(names):
+            raise DatasetError(
+                f"{len(cells)} cells but the header has {len(names)} columns", path=path, line=start
+            )
+        row: dict[str, Any] = dict(zip(names, cells, strict=True))
+        for key in ("expected", "__expected"):
+            if key in row and row[key] == "":
+                row[key] = None
+        if "id" in row and not row["id"].strip():
+            del row["id"]
+        metadata = row.get("metadata")
+        if isinstance(metadata, str):
+            if not metadata.strip():
+                row["metadata"] = {}
+            else:
+                try:
+                    row["metadata"] = json.loads(metadata)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(
+                        f"'metadata' is not valid JSON: {exc.msg}", path=path, line=start
+                    ) from None
+        yield start, row
+
+
+def _yaml_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DatasetError(f"invalid YAML: {problem}", path=path, line=line) from None
+    finally:
+        loader.dispose()
+    if data is None:
+        return
+    if not isinstance(data, list) or node is None or not isinstance(node, yaml.SequenceNode):
+        raise DatasetError(
+            f"expected a list of mappings at the top level, got {type(data).__name__}",
+            path=path,
+            line=1,
+        )
+    for child, row in zip(node.value, data, strict=True):
+        line = child.start_mark.line + 1
+        if not isinstance(row, dict):
+            raise DatasetError(
+                f"expected a mapping, got {type(row).__name__}", path=path, line=line
+            )
+        yield line, row
+
+
+_READERS = {".jsonl": _jsonl_rows, ".csv": _csv_rows, ".yaml": _yaml_rows, ".yml": _yaml_rows}
+
+
+def load_items(path: Path) -> list[Item]:
+    """The items of a ``.jsonl``, ``.csv``, ``.yaml`` or ``.yml`` file, in file order.
+
+    Raises:
+        DatasetError: unknown extension, unreadable file, a malformed row (naming file and
+            line) or a repeated id (naming both lines).
+    """
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DatasetError(
+            f"unknown dataset format {path.suffix!r} (use .jsonl, .csv, .yaml or .yml)", path=path
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read: {exc}", path=path) from None
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for line, row in reader(path, text):
+        item = _make_item(row, (path, line))
+        if item.id in seen:
+            raise DatasetError(
+                f"duplicate id {item.id!r} (first on line {seen[item.id]})", path=path, line=line
+            )
+        seen[item.id] = line
+        items.append(item)
+    return items
+
+
+def check_variables(items: Sequence[Item], required: Collection[str]) -> None:
+    """Check that every item provides every variable in ``required`` (a template's variables)
+    before any model is called.
+
+    Raises:
+        DatasetError: listing which items lack which variables.
+    """
+    wanted = sorted(set(required))
+    missing: list[tuple[str, list[str]]] = []
+    for item in items:
+        lacking = [name for name in wanted if name not in item.vars]
+        if lacking:
+            missing.append((item.id, lacking))
+    if not missing:
+        return
+    shown = "; ".join(
+        f"item {item_id!r} lacks {', '.join(map(repr, names))}"
+        for item_id, names in missing[:_MAX_LISTED]
+    )
+    more = f"; and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+    raise DatasetError(
+        f"{len(missing)} of {len(items)} items lack template variables: {shown}{more}"
+    )
