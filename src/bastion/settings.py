@@ -84,6 +84,16 @@ class GatewaySettings(BaseModel):
     simulator: bool = Field(
         False, description="start the provider simulator and register sim-small and sim-large"
     )
+    retry_base_delay_s: float = Field(
+        0.1, ge=0, description="first retry backoff ceiling; doubles per retry (full jitter)"
+    )
+    retry_max_delay_s: float = Field(2.0, ge=0, description="largest retry backoff ceiling")
+    retry_after_max_s: float = Field(
+        5.0,
+        ge=0,
+        description="longest provider Retry-After the gateway waits; a longer one moves the "
+        "request to the next deployment or fallback instead",
+    )
     prompt_refresh_s: float = Field(
         1.0,
         gt=0,

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from bastion import __version__
-from bastion.cli import demo, keys, prompts, simulate, traces
+from bastion.cli import demo, evals, keys, prompts, simulate, traces
 from bastion.cli.common import ConfigOption, load
 from bastion.settings import ConfigError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(traces.app, name="traces")
 app.add_typer(prompts.app, name="prompts")
+app.add_typer(evals.app, name="eval")
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("demo")(demo.demo)

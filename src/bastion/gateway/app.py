@@ -11,8 +11,10 @@ from contextlib import ExitStack
 from aiohttp import web
 
 from bastion.gateway import handlers
+from bastion.gateway.breaker import Breakers
 from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
+from bastion.gateway.resilience import Resilience
 from bastion.gateway.router import Router
 from bastion.gateway.state import GATEWAY, GatewayState
 from bastion.providers.config import (
@@ -88,10 +90,12 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
             except Exception as exc:  # noqa: BLE001 - the poller keeps trying; requests get 503
                 log.warning("could not load prompts at startup (retrying): %s", exc)
             poller = asyncio.create_task(prompts.run())
+            router = Router(config)
+            breakers = Breakers(config.aliases.values(), state.registry)
             app[GATEWAY] = GatewayState(
                 settings=settings.gateway,
                 config=config,
-                router=Router(config),
+                router=router,
                 upstream=upstream,
                 recorder=Recorder(
                     state.pipeline,
@@ -100,6 +104,10 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                     registry=state.registry,
                 ),
                 prompts=prompts,
+                breakers=breakers,
+                resilience=Resilience(
+                    settings.gateway, config, router, breakers, upstream, state.catalog
+                ),
             )
             try:
                 yield
@@ -107,6 +115,7 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+                await prompts.work.drain()  # its threads hold connections of the engine
                 await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)

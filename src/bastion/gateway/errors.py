@@ -39,7 +39,8 @@ class GatewayError(Exception):
     """A request the gateway answers itself with ``status`` and a message naming the problem.
 
     ``error_class`` is what the span records (``invalid_request``, ``model_not_found``,
-    ``upstream_timeout`` …).
+    ``upstream_timeout`` …). ``retry_after_s`` is the provider's own ``Retry-After``, which
+    the retry loop honours (the client-facing header may carry a default).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -59,6 +61,7 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.retry_after_s = retry_after_s  # what the provider asked for, if it did
 
 
 def error_body(api: Api, error: GatewayError) -> bytes:

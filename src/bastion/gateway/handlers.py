@@ -15,20 +15,13 @@ from bastion.auth import AuthError, Principal
 from bastion.gateway.errors import Api, GatewayError, error_response
 from bastion.gateway.prompt_requests import apply_prompt
 from bastion.gateway.recording import Call, TraceContext
-from bastion.gateway.relay import relay_body, relay_stream
 from bastion.gateway.state import GATEWAY, GatewayState
 from bastion.gateway.validation import (
     validate_anthropic_messages,
     validate_embeddings,
     validate_openai_chat,
 )
-from bastion.providers.config import Deployment, ModelAlias
-from bastion.providers.translate import (
-    TranslationError,
-    anthropic_to_openai_request,
-    openai_to_anthropic_request,
-)
-from bastion.providers.upstream import UpstreamUnavailable
+from bastion.providers.config import ModelAlias
 from bastion.server.auth import presented_key
 from bastion.server.state import STATE
 
@@ -122,49 +115,6 @@ def _headers(call: Call) -> dict[str, str]:
     return {"x-request-id": call.request_id, "x-bastion-trace-id": call.context.trace_id}
 
 
-def _upstream_headers(call: Call) -> dict[str, str]:
-    return {"traceparent": call.context.traceparent(), "x-request-id": call.request_id}
-
-
-async def _send(
-    gateway: GatewayState, call: Call, deployment: Deployment, endpoint: str, body: bytes
-) -> Any:
-    try:
-        return await gateway.upstream.send(deployment, endpoint, body, _upstream_headers(call))
-    except UpstreamUnavailable as exc:
-        raise GatewayError(
-            504 if exc.timeout else 502,
-            str(exc),
-            error_class="upstream_timeout" if exc.timeout else "upstream_unreachable",
-        ) from exc
-
-
-def _upstream_chat_body(
-    api: Api, body: dict[str, Any], deployment: Deployment
-) -> tuple[str, dict[str, Any]]:
-    kind = deployment.provider.kind
-    try:
-        if kind == "openai":
-            if api == "anthropic":
-                return "chat", anthropic_to_openai_request(body, deployment.model)
-            out = {**body, "model": deployment.model}
-            if body.get("stream"):
-                options = dict(body.get("stream_options") or {})
-                options["include_usage"] = True  # for the span; dropped if not asked for
-                out["stream_options"] = options
-            return "chat", out
-        if api == "openai":
-            return "messages", openai_to_anthropic_request(body, deployment.model)
-        return "messages", {**body, "model": deployment.model}
-    except TranslationError as exc:
-        raise GatewayError(
-            400,
-            f"{exc} (model {body.get('model')!r} is served by a {kind} deployment)",
-            error_class="invalid_request",
-            param=exc.param,
-        ) from exc
-
-
 async def _serve(
     request: web.Request,
     api: Api,
@@ -188,27 +138,8 @@ async def _serve(
         call.requested_model = body["model"]
         call.stream = bool(body.get("stream")) and operation == "chat"
         alias = _alias(gateway, body["model"])
-        deployment = gateway.router.choose(alias)
-        call.deployment = deployment.label
-        call.provider = deployment.provider.name
-        if operation == "embeddings":
-            if deployment.provider.kind != "openai":
-                raise GatewayError(
-                    400,
-                    f"the model {body['model']!r} does not support embeddings",
-                    error_class="invalid_request",
-                    param="model",
-                )
-            endpoint, upstream = "embeddings", {**body, "model": deployment.model}
-        else:
-            endpoint, upstream = _upstream_chat_body(api, body, deployment)
-        response = await _send(gateway, call, deployment, endpoint, orjson.dumps(upstream))
-        if call.stream:
-            wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await relay_stream(
-                request, call, api, deployment, response, headers, client_wants_usage=wants_usage
-            )
-        return await relay_body(call, api, deployment, response, headers)
+        # Deployment choice, retries, fallbacks, breakers and relaying: gateway.resilience.
+        return await gateway.resilience.serve(request, call, api, alias, body, headers)
     except GatewayError as exc:
         call.fail(exc.status, exc.error_class, exc.message)
         return error_response(api, exc, headers)

@@ -32,6 +32,7 @@ import orjson
 import sqlalchemy as sa
 
 from bastion.prompts import PromptSpec
+from bastion.server.background import ThreadWork
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts
 
 __all__ = ["CachedPrompt", "PromptCache", "PromptLookupError"]
@@ -213,6 +214,7 @@ class PromptCache:
         self, engine: sa.Engine, *, refresh_s: float = 1.0, miss_refresh_s: float = 0.5
     ) -> None:
         self.engine = engine
+        self.work = ThreadWork()  # drained at shutdown, before the engine is disposed
         self.refresh_s = refresh_s
         self.miss_refresh_s = miss_refresh_s
         self.loaded = False
@@ -239,7 +241,7 @@ class PromptCache:
         loop = asyncio.get_running_loop()
         self._inflight = future = loop.create_future()
         try:
-            changed = await loop.run_in_executor(None, self._refresh_sync, dict(self._projects))
+            changed = await self.work.run(self._refresh_sync, dict(self._projects))
             self._projects.update(changed)  # on the loop: readers never see a half-applied state
             self.loaded = True
             future.set_result(None)
@@ -318,9 +320,8 @@ class PromptCache:
             with self.engine.connect() as conn:
                 return _complete(conn, project_id, project.ids, project.versions, [(name, version)])
 
-        loop = asyncio.get_running_loop()
         try:
-            added = await loop.run_in_executor(None, fetch)
+            added = await self.work.run(fetch)
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             raise PromptLookupError(
                 503, f"prompt {name!r} version {version} could not be loaded: {exc}"

@@ -38,7 +38,13 @@ _MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 async def _read(response: aiohttp.ClientResponse, deployment: Deployment) -> bytes:
     try:
         raw = await response.content.read(_MAX_UPSTREAM_BODY + 1)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        raise GatewayError(
+            504,
+            f"provider {deployment.provider.name!r} stalled while sending its response",
+            error_class="upstream_timeout",
+        ) from exc
+    except aiohttp.ClientError as exc:
         raise GatewayError(
             502,
             f"provider {deployment.provider.name!r} broke off its response: {type(exc).__name__}",
@@ -90,6 +96,7 @@ def upstream_error(deployment: Deployment, status: int, raw: bytes, headers: Any
             f"provider {name!r} is rate limiting: {message or 'too many requests'}",
             error_class="upstream_rate_limited",
             headers={"Retry-After": retry} if retry else {"Retry-After": "1"},
+            retry_after_s=_seconds(retry),
         )
     if message is None:
         return GatewayError(
@@ -108,6 +115,17 @@ def upstream_error(deployment: Deployment, status: int, raw: bytes, headers: Any
         f"provider {name!r} failed (HTTP {status}): {message}",
         error_class="upstream_error",
     )
+
+
+def _seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds (the HTTP-date form is rare from LLM APIs: ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 and seconds == seconds else None
 
 
 def _json_object(raw: bytes, deployment: Deployment) -> dict[str, Any]:
@@ -226,6 +244,10 @@ async def relay_stream(
         relay = AnthropicToOpenAIStream(include_usage=client_wants_usage)
     else:
         relay = OpenAIToAnthropicStream(deployment.model)
+    # Nothing goes to the client before the provider's first event: until then a failure
+    # (timeout, reset, empty stream) is still retryable on another deployment.
+    parser = SseParser()
+    first = await _first_output(response, deployment, relay, parser)
     out = web.StreamResponse(
         headers={
             **headers,
@@ -234,10 +256,11 @@ async def relay_stream(
             "X-Accel-Buffering": "no",
         }
     )
-    await out.prepare(request)
-    parser = SseParser()
     try:
+        await out.prepare(request)
         try:
+            call.mark_first_byte()
+            await out.write(first)
             # One write per upstream read: the client sees each event as soon as the provider
             # sent it, without one syscall per event when several arrive together.
             async for chunk in response.content.iter_any():
@@ -274,6 +297,48 @@ async def relay_stream(
         response.release()
         _finish_summary(call, relay.summary, kind)
     return out
+
+
+async def _first_output(
+    response: aiohttp.ClientResponse,
+    deployment: Deployment,
+    relay: _Passthrough | AnthropicToOpenAIStream | OpenAIToAnthropicStream,
+    parser: SseParser,
+) -> bytes:
+    """Read until the relay has bytes for the client; failures here are retryable errors."""
+    name = deployment.provider.name
+    try:
+        while True:
+            chunk = await response.content.readany()
+            if not chunk:
+                data = b"".join([relay.feed(event) for event in parser.close()])
+                if data:
+                    return data
+                raise GatewayError(
+                    502,
+                    f"provider {name!r} ended its stream before the first event",
+                    error_class="upstream_interrupted",
+                )
+            data = b"".join([relay.feed(event) for event in parser.feed(chunk)])
+            if data:
+                return data
+    except TimeoutError as exc:
+        response.release()
+        raise GatewayError(
+            504,
+            f"provider {name!r} sent no stream event in time",
+            error_class="upstream_timeout",
+        ) from exc
+    except aiohttp.ClientError as exc:
+        response.release()
+        raise GatewayError(
+            502,
+            f"provider {name!r} broke off its stream before the first event: {type(exc).__name__}",
+            error_class="upstream_interrupted",
+        ) from exc
+    except (GatewayError, asyncio.CancelledError):
+        response.release()
+        raise
 
 
 def _interrupted(call: Call, deployment: Deployment, reason: str) -> None:

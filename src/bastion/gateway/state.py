@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from bastion.gateway.breaker import Breakers
 from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
+from bastion.gateway.resilience import Resilience
 from bastion.gateway.router import Router
 from bastion.providers.config import GatewayConfig
 from bastion.providers.upstream import Upstream
@@ -19,12 +21,16 @@ __all__ = ["GATEWAY", "GatewayState"]
 
 @dataclass
 class GatewayState:
+    """The gateway's configuration and in-memory machinery (router, breakers, pool, caches)."""
+
     settings: GatewaySettings
     config: GatewayConfig
     router: Router
     upstream: Upstream
     recorder: Recorder
     prompts: PromptCache
+    breakers: Breakers
+    resilience: Resilience
     started_at: float = field(default_factory=time.time)
 
 

@@ -8,6 +8,11 @@ models:
   chat:
     deployments:
       - {provider: openai, model: gpt-4o-mini, weight: 1}
+    fallbacks: [chat-backup]      # other aliases, tried in order when this one fails
+    retries: 2                    # extra attempts per alias on retryable failures
+    timeout: {connect_s: 2, first_byte_s: 10, idle_s: 15, total_s: 60}
+    routing: weighted             # weighted | least-latency | least-busy
+    breaker: {error_rate: 0.5, window_s: 60, min_requests: 5, cooldown_s: 30}
 ```
 
 Provider keys are only ever named (``api_key_env``), never written in the file; they are read
@@ -28,15 +33,19 @@ from bastion.settings import ConfigError, Settings
 
 __all__ = [
     "DEFAULT_BASE_URLS",
+    "BreakerPolicy",
     "Deployment",
     "GatewayConfig",
     "ModelAlias",
     "ProviderConfig",
     "ProviderKind",
+    "Routing",
+    "Timeouts",
     "load_gateway_config",
 ]
 
 ProviderKind = Literal["openai", "anthropic"]
+Routing = Literal["weighted", "least-latency", "least-busy"]
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -84,11 +93,34 @@ class _DeploymentSpec(BaseModel):
     weight: float = Field(1.0, gt=0)
 
 
+class _TimeoutSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float | None = Field(None, gt=0)
+    first_byte_s: float | None = Field(None, gt=0)
+    idle_s: float | None = Field(None, gt=0)
+    total_s: float | None = Field(None, gt=0)
+
+
+class _BreakerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window_s: float = Field(60.0, gt=0)
+    min_requests: int = Field(5, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+
+
 class _AliasSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     deployments: list[_DeploymentSpec] = Field(min_length=1)
     description: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    retries: int = Field(0, ge=0, le=10)
+    timeout: _TimeoutSpec | None = None
+    routing: Routing = "weighted"
+    breaker: _BreakerSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +143,47 @@ class Deployment:
     provider: ProviderConfig
     model: str
     weight: float = 1.0
+    label: str = field(init=False, compare=False, repr=False)
+    """``provider/model``: the key of breakers, router statistics and span attributes."""
 
-    @property
-    def label(self) -> str:
-        return f"{self.provider.name}/{self.model}"
+    def __post_init__(self) -> None:
+        # Computed once: the attempt loop reads it several times per request.
+        object.__setattr__(self, "label", f"{self.provider.name}/{self.model}")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-attempt upstream timeouts in seconds; None falls back to the gateway settings
+    (``connect_timeout_s``, ``read_timeout_s``) or, for ``total_s``, to no limit."""
+
+    connect_s: float | None = None
+    first_byte_s: float | None = None
+    idle_s: float | None = None
+    total_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a deployment's circuit opens (error rate over a sliding window) and for how long."""
+
+    error_rate: float = 0.5
+    window_s: float = 60.0
+    min_requests: int = 5
+    cooldown_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class ModelAlias:
-    """A public model name and the deployments that serve it."""
+    """A public model name, the deployments that serve it and how failures are handled."""
 
     name: str
     deployments: tuple[Deployment, ...]
     description: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    retries: int = 0
+    timeout: Timeouts | None = None
+    routing: Routing = "weighted"
+    breaker: BreakerPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +239,55 @@ def load_gateway_config(
                     f"(known: {known})"
                 )
             deployments.append(Deployment(provider=provider, model=dep.model, weight=dep.weight))
+        timeout = spec_alias.timeout
+        breaker = spec_alias.breaker
         aliases[str(name)] = ModelAlias(
-            name=str(name), deployments=tuple(deployments), description=spec_alias.description
+            name=str(name),
+            deployments=tuple(deployments),
+            description=spec_alias.description,
+            fallbacks=tuple(spec_alias.fallbacks),
+            retries=spec_alias.retries,
+            timeout=Timeouts(**timeout.model_dump()) if timeout is not None else None,
+            routing=spec_alias.routing,
+            breaker=BreakerPolicy(**breaker.model_dump()) if breaker is not None else None,
         )
+    _check_fallbacks(settings, aliases)
     return GatewayConfig(providers=providers, aliases=aliases)
+
+
+def _check_fallbacks(settings: Settings, aliases: Mapping[str, ModelAlias]) -> None:
+    """Every fallback names another alias, and no chain leads back to where it started."""
+    for name, alias in aliases.items():
+        for i, target in enumerate(alias.fallbacks):
+            key = f"models.{name}.fallbacks.{i}"
+            where = settings.where(key if key in settings.config_lines else key[: key.rfind(".")])
+            if target == name:
+                raise ConfigError(
+                    f"{where}models.{name}.fallbacks[{i}]: an alias cannot fall back to itself"
+                )
+            if target not in aliases:
+                known = ", ".join(sorted(aliases))
+                raise ConfigError(
+                    f"{where}models.{name}.fallbacks[{i}]: unknown model alias {target!r} "
+                    f"(known: {known})"
+                )
+    # Depth-first search for a cycle (a -> b -> a), reported with its path.
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in aliases[name].fallbacks:
+            if state.get(target) == 1:
+                cycle = " -> ".join([*path[path.index(target) :], target])
+                where = settings.where(f"models.{name}.fallbacks")
+                raise ConfigError(f"{where}models.{name}.fallbacks: fallback cycle {cycle}")
+            if target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in aliases:
+        if name not in state:
+            visit(name, [name])
 
 
 def _require_mapping(settings: Settings, key: str, value: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bastion import __version__
 from bastion.auth import AuthError
 from bastion.server import api_routes, otlp_routes, prompt_routes, prompt_usage_routes
+from bastion.server.background import ThreadWork
 from bastion.server.openapi import ApiError, json_response, openapi_document
 from bastion.server.state import STATE, AppState, build_state
 from bastion.settings import Settings
@@ -118,10 +120,14 @@ def create_app(
         )
         app[STATE] = app_state
         app_state.pipeline.start()
-        refresher = asyncio.create_task(_refresh_keys(app_state))
+        work = ThreadWork()
+        refresher = asyncio.create_task(_refresh_keys(app_state, work))
         log.info("bastion ready in %.0f ms", (time.perf_counter() - started) * 1000)
         yield
         refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await work.drain()  # a key reload still running holds a connection of the engine
         await loop.run_in_executor(None, app_state.close)
 
     app.cleanup_ctx.append(lifecycle)
@@ -143,12 +149,11 @@ def create_app(
     return app
 
 
-async def _refresh_keys(state: AppState) -> None:
+async def _refresh_keys(state: AppState, work: ThreadWork) -> None:
     """Reload the key table periodically so revocations take effect within seconds."""
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(state.keys.refresh_s)
         try:
-            await loop.run_in_executor(None, state.keys.reload)
+            await work.run(state.keys.reload)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("could not refresh API keys (keeping the cached ones): %s", exc)

@@ -11,6 +11,11 @@ import sqlalchemy as sa
 
 __all__ = [
     "api_keys",
+    "eval_dataset_items",
+    "eval_datasets",
+    "eval_results",
+    "eval_runs",
+    "eval_scores",
     "metadata",
     "projects",
     "prompt_label_events",
@@ -223,4 +228,96 @@ prompt_label_events = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Index(None, "project_id", "prompt_id", "label", "id"),
+)
+
+
+# -- evals -----------------------------------------------------------------------------------
+# A dataset version is immutable and content-addressed (like a prompt version); its items are
+# rows of eval_dataset_items. A run evaluates one target on one dataset version; each
+# (item, repeat) has one eval_results row and one eval_scores row per metric, written together.
+
+eval_datasets = sa.Table(
+    "eval_datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),  # 1, 2, 3, ... per name
+    sa.Column("content_hash", sa.String(80), nullable=False),  # DatasetVersion.content_hash()
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("locked", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("project_id", "name", "version"),
+    sa.UniqueConstraint("project_id", "name", "content_hash"),
+)
+
+eval_dataset_items = sa.Table(
+    "eval_dataset_items",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("dataset_version_id", sa.Integer, sa.ForeignKey("eval_datasets.id"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("item_hash", sa.String(80), nullable=False),
+    sa.Column("item", sa.Text, nullable=False),  # JSON {id, vars, expected, tags, metadata}
+    sa.PrimaryKeyConstraint("project_id", "dataset_version_id", "position"),
+)
+
+eval_runs = sa.Table(
+    "eval_runs",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),  # uuid4 hex
+    # What "prompt@label" in `bastion eval gate` finds: "name@label", "name:3" or "model:alias".
+    sa.Column("target_key", sa.String(300), nullable=False),
+    sa.Column("target", sa.Text, nullable=False),  # JSON {kind, name, label, version, model}
+    sa.Column("target_hash", sa.String(80), nullable=False),
+    sa.Column("dataset_name", sa.String(200), nullable=False),
+    sa.Column("dataset_version", sa.Integer, nullable=False),
+    sa.Column("dataset_hash", sa.String(80), nullable=False),
+    sa.Column("scorers", sa.Text, nullable=False),  # JSON list of scorer specs
+    sa.Column("params", sa.Text, nullable=False),  # JSON request parameters
+    sa.Column("repeats", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running | completed | failed
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("summary", sa.Text, nullable=True),  # JSON, set when the run ends
+    sa.PrimaryKeyConstraint("project_id", "run_id"),
+    sa.Index(None, "project_id", "dataset_name", "target_key", "started_at"),
+)
+
+eval_results = sa.Table(
+    "eval_results",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("repeat", sa.Integer, nullable=False),
+    sa.Column("output", sa.Text, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("trace_id", sa.String(32), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    # sha256 of (target hash, item hash, params hash, repeat): a stored output for the same key
+    # from any earlier run of the project is reused instead of calling the model again.
+    sa.Column("cache_key", sa.String(80), nullable=False),
+    sa.Column("cached", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "run_id", "item_id", "repeat"),
+    sa.Index(None, "project_id", "cache_key"),
+)
+
+eval_scores = sa.Table(
+    "eval_scores",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("repeat", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String(200), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # JSON
+    sa.PrimaryKeyConstraint("project_id", "run_id", "item_id", "repeat", "metric"),
 )

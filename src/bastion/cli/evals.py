@@ -1,0 +1,400 @@
+"""``bastion eval``: push datasets, run evals through the gateway, compare runs, gate CI.
+
+Datasets, runs and results live in the local store (``$BASTION_HOME`` or
+``BASTION_DATABASE_URL``); model calls go through a running gateway (``--gateway``/``--key``).
+
+Exit codes: 0 success (gate passed), 1 regression (gate failed), 2 error (bad input, unknown
+dataset/prompt/run/scorer, bad gate configuration) - nothing is called when the input is bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import sqlalchemy as sa
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bastion.auth import ensure_project
+from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.traces import ProjectOption
+from bastion.evals.gate import EXIT_ERROR
+
+app = typer.Typer(
+    help="Evals: datasets, runs through the gateway, comparison and the CI gate.",
+    no_args_is_help=True,
+)
+dataset_app = typer.Typer(help="Versioned golden datasets.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+console = Console()
+errors = Console(stderr=True)
+
+DEFAULT_GATE = {"margins": {"*": 0.02}}
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    errors.print(f"[red]{message}[/red]", highlight=False)
+    return typer.Exit(code)
+
+
+def _project(engine: sa.Engine, project: str) -> int:
+    with engine.begin() as conn:
+        return ensure_project(conn, project)
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+@dataset_app.command("push")
+def dataset_push(
+    name: Annotated[str, typer.Argument(help="dataset name")],
+    file: Annotated[Path, typer.Argument(help=".jsonl, .csv, .yaml or .yml file")],
+    lock: Annotated[bool, typer.Option("--lock", help="lock the version (a golden set)")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="add a version even if the newest is locked")
+    ] = False,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Store FILE's items as a version of dataset NAME (unchanged content: same version)."""
+    from bastion.evals import store
+    from bastion.evals.datasets import DatasetError, load_items
+
+    try:
+        items = load_items(file)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    settings = load(config)
+    with local_engine(settings) as engine:
+        project_id = _project(engine, project)
+        try:
+            pushed = store.push_dataset(engine, project_id, name, items, lock=lock, force=force)
+        except DatasetError as exc:
+            raise _fail(str(exc)) from exc
+    info = pushed.info
+    locked = ", locked" if info.locked else ""
+    console.print(
+        f"{info.name}@{info.version}: {pushed.status} ({info.item_count} items{locked}, "
+        f"{info.content_hash[:19]})",
+        highlight=False,
+    )
+
+
+@dataset_app.command("list")
+def dataset_list(project: ProjectOption = "default", config: ConfigOption = None) -> None:
+    """List dataset versions."""
+    from bastion.evals import store
+
+    settings = load(config)
+    with local_engine(settings) as engine:
+        project_id = _project(engine, project)
+        with engine.connect() as conn:
+            infos = store.list_datasets(conn, project_id)
+    table = Table("dataset", "version", "items", "locked", "hash", "created")
+    for info in infos:
+        table.add_row(
+            info.name,
+            str(info.version),
+            str(info.item_count),
+            "yes" if info.locked else "",
+            info.content_hash[:19],
+            info.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def _scorer_specs(inline: list[str], path: Path | None) -> list[dict[str, Any]]:
+    specs: list[dict[str, Any]] = []
+    for text in inline:
+        try:
+            spec = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise _fail(f"--scorer {text!r} is not JSON: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise _fail(f"--scorer {text!r} must be a JSON object")
+        specs.append(spec)
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise _fail(f"--scorers {path}: {exc}") from exc
+        if isinstance(data, dict) and "scorers" in data:
+            data = data["scorers"]
+        if not isinstance(data, list) or not all(isinstance(s, dict) for s in data):
+            raise _fail(f"--scorers {path}: expected a list of scorer specs (or 'scorers:')")
+        specs.extend(data)
+    return specs
+
+
+def _dataset_ref(text: str) -> tuple[str, int | None]:
+    name, _, version = text.partition("@")
+    if not version:
+        return name, None
+    raw = version.removeprefix("v")
+    if not raw.isdigit():
+        raise _fail(f"--dataset {text!r}: use NAME or NAME@VERSION")
+    return name, int(raw)
+
+
+def _price(settings: Any) -> Any:
+    from bastion.catalog import Catalog
+
+    catalog = Catalog.load(settings.prices)
+
+    def price(model: str | None, input_tokens: int | None, output_tokens: int | None) -> Any:
+        info = catalog.lookup(model)
+        return None if info is None else info.cost(input_tokens, output_tokens)
+
+    return price
+
+
+def _summary_table(summary: Any) -> Table:
+    table = Table("metric", "mean", "pass rate", "n", title=f"eval run {summary.run_id}")
+    for metric, values in summary.metrics.items():
+        table.add_row(
+            metric, f"{values['mean']:.3f}", f"{values['pass_rate']:.1%}", str(int(values["n"]))
+        )
+    return table
+
+
+@app.command("run")
+def run(
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="NAME or NAME@VERSION (default newest)")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="NAME, NAME@LABEL or NAME:VERSION")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="gateway model alias (alone: items give input/messages)"),
+    ] = None,
+    scorer: Annotated[
+        list[str] | None, typer.Option("--scorer", help="scorer spec as JSON (repeatable)")
+    ] = None,
+    scorers: Annotated[
+        Path | None, typer.Option("--scorers", help="YAML file with a list of scorer specs")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, max=100)] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 8,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="finish an interrupted run")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="call the model even for cached outputs")
+    ] = False,
+    gateway: Annotated[
+        str | None,
+        typer.Option("--gateway", envvar="BASTION_GATEWAY_URL", help="gateway base URL"),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", envvar="BASTION_API_KEY", help="gateway API key")
+    ] = None,
+    judge_model: Annotated[
+        str | None,
+        typer.Option("--judge-model", help="gateway model alias for LLM-as-judge scorers"),
+    ] = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Run an eval: every dataset item through the target, scored and stored."""
+    from bastion.evals import runner
+    from bastion.evals.scorers import JudgeClient, ScorerContext
+
+    settings = load(config)
+    url = gateway or f"http://{settings.host}:{settings.port}"
+    if not url.startswith(("http://", "https://")):
+        raise _fail(f"--gateway {url!r}: must start with http:// or https://")
+    if not key:
+        raise _fail("a gateway API key is needed: --key or BASTION_API_KEY")
+    # Judges are called through the same gateway (so their calls are traced too).
+    judge = (
+        JudgeClient(url.rstrip("/") + "/v1", model=judge_model, api_key=key)
+        if judge_model
+        else None
+    )
+    context = ScorerContext(judge=judge)
+    with local_engine(settings) as engine:
+        project_id = _project(engine, project)
+        try:
+            if resume:
+                if dataset or prompt or model or scorer or scorers:
+                    raise runner.EvalSetupError(
+                        "--resume takes the run's own dataset, target and scorers: "
+                        "give none of --dataset/--prompt/--model/--scorer(s)"
+                    )
+                plan = runner.plan_resume(engine, project_id, resume, context=context)
+            else:
+                if not dataset:
+                    raise runner.EvalSetupError("--dataset is required")
+                if not prompt and not model:
+                    raise runner.EvalSetupError("give --prompt NAME[@LABEL|:VERSION] or --model")
+                name, version = _dataset_ref(dataset)
+                target = (
+                    runner.parse_target(prompt) if prompt else runner.Target("model", str(model))
+                )
+                plan = runner.plan_run(
+                    engine,
+                    project_id,
+                    dataset=name,
+                    dataset_version=version,
+                    target=target,
+                    scorers=_scorer_specs(scorer or [], scorers),
+                    repeats=repeats,
+                    model=model if prompt else None,
+                    context=context,
+                )
+        except runner.EvalSetupError as exc:
+            raise _fail(str(exc)) from exc
+
+        async def go() -> runner.RunSummary:
+            async with contextlib.AsyncExitStack() as stack:
+                if judge is not None:
+                    await stack.enter_async_context(judge)  # one pooled session for the judge
+                return await runner.run_eval(
+                    engine,
+                    plan,
+                    gateway_url=url,
+                    api_key=str(key),
+                    concurrency=concurrency,
+                    use_cache=not no_cache,
+                    console=errors,
+                    price=_price(settings),
+                )
+
+        try:
+            summary = asyncio.run(go())
+        except KeyboardInterrupt:
+            raise _fail(
+                f"interrupted; results so far are stored. Resume with: bastion eval run "
+                f"--resume {plan.run_id}",
+                130,
+            ) from None
+    console.print(_summary_table(summary))
+    console.print(
+        f"run {summary.run_id}: {summary.results} results ({summary.cached} cached, "
+        f"{summary.skipped} already stored), {summary.calls} calls, {summary.errors} errors, "
+        f"{summary.wall_s:.1f}s"
+        + (f", p50 {summary.latency_p50_ms} ms" if summary.latency_p50_ms else ""),
+        highlight=False,
+    )
+    typer.echo(summary.run_id)
+
+
+# -- compare and gate ------------------------------------------------------------------------
+
+
+def _resolve_run(conn: sa.Connection, project_id: int, ref: str, dataset: str | None) -> str:
+    """A run id, or NAME@LABEL / NAME:VERSION / model:ALIAS: that target's latest completed
+    run on ``dataset``."""
+    from bastion.evals import runner, store
+
+    if _RUN_ID.match(ref):
+        store.get_run(conn, project_id, ref)
+        return ref
+    if dataset is None:
+        raise store.EvalStoreError(
+            f"{ref!r} is not a run id; to mean a target's latest run, give --dataset"
+        )
+    key = ref if ref.startswith("model:") else runner.parse_target(ref).key
+    return store.latest_run(conn, project_id, _dataset_ref(dataset)[0], key).run_id
+
+
+def _comparison(
+    config: Path | None, project: str, baseline: str, candidate: str, dataset: str | None
+) -> tuple[Any, Any]:
+    from bastion.evals import runner, store
+    from bastion.evals.compare import compare
+    from bastion.evals.gate import GateConfigError, GateRules, evaluate_gate
+
+    settings = load(config)
+    section = settings.sections.get("evals") or {}
+    try:
+        raw = section.get("gate") if isinstance(section, dict) else None
+        rules = GateRules.from_mapping(raw if raw is not None else DEFAULT_GATE)
+    except GateConfigError as exc:
+        raise _fail(f"bastion.yaml: {exc}") from exc
+    with local_engine(settings) as engine:
+        project_id = _project(engine, project)
+        with engine.connect() as conn:
+            try:
+                ids = [_resolve_run(conn, project_id, r, dataset) for r in (baseline, candidate)]
+                infos = [store.get_run(conn, project_id, run_id) for run_id in ids]
+                for which, info in zip(("baseline", "candidate"), infos, strict=True):
+                    if info.status != "completed":
+                        raise store.EvalStoreError(
+                            f"{which} run {info.run_id} is {info.status}, not completed "
+                            f"(finish it with `bastion eval run --resume {info.run_id}`)"
+                        )
+                results = [store.load_results(conn, project_id, run_id) for run_id in ids]
+            except (store.EvalStoreError, runner.EvalSetupError) as exc:
+                raise _fail(str(exc)) from exc
+    if infos[0].dataset_hash != infos[1].dataset_hash:
+        errors.print(
+            f"[yellow]note: the runs used different dataset versions "
+            f"({infos[0].dataset_name}@{infos[0].dataset_version} vs "
+            f"{infos[1].dataset_name}@{infos[1].dataset_version}); items pair by id[/yellow]"
+        )
+    try:
+        comparison = compare(results[0], results[1])
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    return comparison, evaluate_gate(comparison, rules)
+
+
+BaselineArg = Annotated[str, typer.Argument(help="run id, or NAME@LABEL with --dataset")]
+DatasetOption = Annotated[
+    str | None, typer.Option("--dataset", "-d", help="dataset for NAME@LABEL references")
+]
+
+
+@app.command("compare")
+def compare_runs(
+    baseline: BaselineArg,
+    candidate: Annotated[str, typer.Argument(help="run id, or NAME@LABEL with --dataset")],
+    dataset: DatasetOption = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Compare two runs item by item (paired statistics); always exits 0 when it can compare."""
+    from bastion.evals.report import render_terminal
+
+    comparison, verdict = _comparison(config, project, baseline, candidate, dataset)
+    render_terminal(comparison, verdict, console)
+
+
+@app.command("gate")
+def gate(
+    baseline: Annotated[str, typer.Option("--baseline", "-b", help="run id or NAME@LABEL")],
+    candidate: Annotated[str, typer.Option("--candidate", "-C", help="run id or NAME@LABEL")],
+    dataset: DatasetOption = None,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option("--output", "-o", help="report file: .md, .xml (JUnit), .json, .txt"),
+    ] = None,
+    project: ProjectOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Exit 0 when the candidate passes the gate rules (bastion.yaml evals.gate), 1 on a
+    regression, 2 on an error."""
+    from bastion.evals.report import render_terminal, write_reports
+
+    comparison, verdict = _comparison(config, project, baseline, candidate, dataset)
+    render_terminal(comparison, verdict, console)
+    if output:
+        try:
+            write_reports(output, comparison, verdict)
+        except (ValueError, OSError) as exc:
+            raise _fail(str(exc)) from exc
+    raise typer.Exit(verdict.exit_code)

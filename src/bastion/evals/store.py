@@ -1,0 +1,701 @@
+"""Eval storage: dataset versions, runs, and every output and score a run produces.
+
+Every function takes the caller's project id and never reads another project's rows.
+
+* **Dataset versions** are immutable and content-addressed, like prompt versions: pushing items
+  whose :meth:`~bastion.evals.datasets.DatasetVersion.content_hash` a version of that name
+  already has creates nothing and answers with that version. A *locked* version is a golden
+  set: pushing different content under the same name is refused while the newest version is
+  locked (``force=True`` overrides, creating a new version).
+* **Results** are written with their scores in one transaction per batch, keyed by
+  ``(run_id, item_id, repeat)``: writing a key again replaces it (a resumed run redoes only
+  failed calls), so a retry never duplicates rows.
+* **Output cache**: each result carries ``cache_key`` (target, item, params, repeat); an output
+  stored under that key by any earlier run of the project can stand in for a model call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import orjson
+import sqlalchemy as sa
+
+from bastion.evals.compare import ResultRow, RunResults
+from bastion.evals.datasets import DatasetError, DatasetVersion, Item
+from bastion.evals.scorers.base import Score
+from bastion.store.schema import (
+    eval_dataset_items,
+    eval_datasets,
+    eval_results,
+    eval_runs,
+    eval_scores,
+)
+
+__all__ = [
+    "CachedOutput",
+    "DatasetInfo",
+    "DatasetLockedError",
+    "EvalStoreError",
+    "PushedDataset",
+    "RecordedResult",
+    "RunInfo",
+    "StoredDataset",
+    "cache_key",
+    "cached_outputs",
+    "create_run",
+    "finish_run",
+    "finished_pairs",
+    "get_dataset",
+    "get_run",
+    "latest_run",
+    "list_datasets",
+    "load_results",
+    "lock_dataset",
+    "push_dataset",
+    "record_results",
+    "run_write",
+    "stable_hash",
+]
+
+RunStatus = Literal["running", "completed", "failed"]
+_CHUNK = 500  # keys per IN (...) query
+_T = TypeVar("_T")
+
+
+class EvalStoreError(LookupError):
+    """An unknown dataset, dataset version or run; the message names it."""
+
+
+class DatasetLockedError(DatasetError):
+    """New content pushed under a dataset name whose newest version is locked."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def stable_hash(value: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON of ``value``."""
+    return "sha256:" + hashlib.sha256(_json(value).encode()).hexdigest()
+
+
+def cache_key(target_hash: str, item_hash: str, params_hash: str, repeat: int) -> str:
+    """The output cache key: same target, item content, request parameters and repeat index.
+
+    The repeat index is part of the key so that a run with ``repeats=N`` reuses repeat *k* of an
+    earlier run for its own repeat *k*, keeping N distinct samples rather than N copies of one.
+    """
+    raw = f"{target_hash}\0{item_hash}\0{params_hash}\0{repeat}"
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _retryable(exc: sa.exc.DBAPIError) -> bool:
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
+
+
+def run_write(engine: sa.Engine, work: Callable[[sa.Connection], _T], *, attempts: int = 6) -> _T:
+    """Run ``work`` in one write transaction (``BEGIN IMMEDIATE`` on SQLite) and commit; retry
+    it whole on a lost race (unique violation, deadlock, busy database)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                result = work(conn)
+                conn.commit()
+                return result
+        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+            if attempt == attempts or not _retryable(exc):
+                raise
+            time.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    name: str
+    version: int
+    content_hash: str
+    item_count: int
+    locked: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PushedDataset:
+    info: DatasetInfo
+    status: Literal["created", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDataset:
+    """A dataset version with its items, as stored."""
+
+    info: DatasetInfo
+    items: tuple[Item, ...]
+    item_hashes: Mapping[str, str] = field(default_factory=dict)  # item id -> content hash
+
+    @property
+    def ref(self) -> str:
+        return f"{self.info.name}@{self.info.version}"
+
+
+def _info(row: Any) -> DatasetInfo:
+    return DatasetInfo(
+        name=row.name,
+        version=int(row.version),
+        content_hash=row.content_hash,
+        item_count=int(row.item_count),
+        locked=bool(row.locked),
+        created_at=row.created_at,
+    )
+
+
+def _item_json(item: Item) -> str:
+    return _json(
+        {
+            "id": item.id,
+            "vars": dict(item.vars),
+            "expected": item.expected,
+            "tags": list(item.tags),
+            "metadata": dict(item.metadata),
+        }
+    )
+
+
+def _item_from_json(text: str) -> Item:
+    data = orjson.loads(text)
+    return Item(
+        id=data["id"],
+        vars=data.get("vars") or {},
+        expected=data.get("expected"),
+        tags=tuple(data.get("tags") or ()),
+        metadata=data.get("metadata") or {},
+    )
+
+
+def push_dataset(
+    engine: sa.Engine,
+    project_id: int,
+    name: str,
+    items: Sequence[Item],
+    *,
+    lock: bool = False,
+    force: bool = False,
+) -> PushedDataset:
+    """Store ``items`` as a version of dataset ``name`` (or find the version that has them).
+
+    ``lock`` locks the resulting version (also an existing, unchanged one).
+
+    Raises:
+        DatasetError: repeated item ids, or an empty name.
+        DatasetLockedError: the content is new and the newest version is locked (unless
+            ``force``).
+    """
+    name = name.strip()
+    if not name:
+        raise DatasetError("a dataset needs a name")
+    version = DatasetVersion(name=name, items=tuple(items))
+    digest = version.content_hash()
+    encoded = [(item, item.content_hash(), _item_json(item)) for item in version.items]
+
+    def work(conn: sa.Connection) -> PushedDataset:
+        existing = conn.execute(
+            sa.select(eval_datasets).where(
+                eval_datasets.c.project_id == project_id,
+                eval_datasets.c.name == name,
+                eval_datasets.c.content_hash == digest,
+            )
+        ).one_or_none()
+        if existing is not None:
+            if lock and not existing.locked:
+                conn.execute(
+                    eval_datasets.update()
+                    .where(eval_datasets.c.id == existing.id)
+                    .values(locked=True)
+                )
+            info = _info(existing)
+            if lock:
+                info = DatasetInfo(
+                    info.name, info.version, info.content_hash, info.item_count, True,
+                    info.created_at,
+                )  # fmt: skip
+            return PushedDataset(info, "unchanged")
+        newest = conn.execute(
+            sa.select(eval_datasets.c.version, eval_datasets.c.locked)
+            .where(eval_datasets.c.project_id == project_id, eval_datasets.c.name == name)
+            .order_by(eval_datasets.c.version.desc())
+            .limit(1)
+        ).one_or_none()
+        if newest is not None and newest.locked and not force:
+            raise DatasetLockedError(
+                f"dataset {name!r} version {newest.version} is locked: its items changed, so "
+                "push them under a new name (or pass --force to add a new version)"
+            )
+        number = 1 if newest is None else int(newest.version) + 1
+        now = _now()
+        dataset_id = conn.execute(
+            eval_datasets.insert()
+            .values(
+                project_id=project_id,
+                name=name,
+                version=number,
+                content_hash=digest,
+                item_count=len(encoded),
+                locked=lock,
+                created_at=now,
+            )
+            .returning(eval_datasets.c.id)
+        ).scalar_one()
+        if encoded:
+            conn.execute(
+                eval_dataset_items.insert(),
+                [
+                    {
+                        "project_id": project_id,
+                        "dataset_version_id": dataset_id,
+                        "position": position,
+                        "item_id": item.id,
+                        "item_hash": item_hash,
+                        "item": text,
+                    }
+                    for position, (item, item_hash, text) in enumerate(encoded)
+                ],
+            )
+        info = DatasetInfo(name, number, digest, len(encoded), lock, now)
+        return PushedDataset(info, "created")
+
+    return run_write(engine, work)
+
+
+def lock_dataset(engine: sa.Engine, project_id: int, name: str, version: int) -> None:
+    """Lock one version of dataset ``name``."""
+
+    def work(conn: sa.Connection) -> None:
+        done = conn.execute(
+            eval_datasets.update()
+            .where(
+                eval_datasets.c.project_id == project_id,
+                eval_datasets.c.name == name,
+                eval_datasets.c.version == version,
+            )
+            .values(locked=True)
+        )
+        if done.rowcount == 0:
+            raise EvalStoreError(f"no dataset {name!r} version {version}")
+
+    run_write(engine, work)
+
+
+def get_dataset(
+    conn: sa.Connection, project_id: int, name: str, version: int | None = None
+) -> StoredDataset:
+    """A dataset version with its items in order (the newest version when ``version`` is None).
+
+    Raises:
+        EvalStoreError: no such dataset or version.
+    """
+    query = sa.select(eval_datasets).where(
+        eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
+    )
+    if version is None:
+        query = query.order_by(eval_datasets.c.version.desc()).limit(1)
+    else:
+        query = query.where(eval_datasets.c.version == version)
+    row = conn.execute(query).one_or_none()
+    if row is None:
+        if version is None:
+            raise EvalStoreError(f"no dataset {name!r} (push one with `bastion eval dataset push`)")
+        newest = conn.execute(
+            sa.select(sa.func.max(eval_datasets.c.version)).where(
+                eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
+            )
+        ).scalar()
+        have = f"newest is {newest}" if newest is not None else "no versions at all"
+        raise EvalStoreError(f"dataset {name!r} has no version {version} ({have})")
+    rows = conn.execute(
+        sa.select(eval_dataset_items.c.item, eval_dataset_items.c.item_hash)
+        .where(
+            eval_dataset_items.c.project_id == project_id,
+            eval_dataset_items.c.dataset_version_id == row.id,
+        )
+        .order_by(eval_dataset_items.c.position)
+    ).all()
+    items = tuple(_item_from_json(r.item) for r in rows)
+    hashes = {item.id: r.item_hash for item, r in zip(items, rows, strict=True)}
+    return StoredDataset(_info(row), items, hashes)
+
+
+def list_datasets(conn: sa.Connection, project_id: int) -> list[DatasetInfo]:
+    """Every dataset version of the project, by name then version."""
+    rows = conn.execute(
+        sa.select(eval_datasets)
+        .where(eval_datasets.c.project_id == project_id)
+        .order_by(eval_datasets.c.name, eval_datasets.c.version)
+    ).all()
+    return [_info(r) for r in rows]
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    run_id: str
+    target_key: str
+    target: Mapping[str, Any]
+    target_hash: str
+    dataset_name: str
+    dataset_version: int
+    dataset_hash: str
+    scorers: tuple[Mapping[str, Any], ...]
+    params: Mapping[str, Any]
+    repeats: int
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime | None
+    summary: Mapping[str, Any] | None
+
+    @property
+    def label(self) -> str:
+        """What was evaluated, for reports: ``summarize@production (v3)``."""
+        version = self.target.get("version")
+        if self.target.get("kind") == "prompt" and version is not None:
+            if self.target_key.endswith(f":{version}"):
+                return self.target_key
+            return f"{self.target_key} (v{version})"
+        return self.target_key
+
+
+def _run_info(row: Any) -> RunInfo:
+    return RunInfo(
+        run_id=row.run_id,
+        target_key=row.target_key,
+        target=orjson.loads(row.target),
+        target_hash=row.target_hash,
+        dataset_name=row.dataset_name,
+        dataset_version=int(row.dataset_version),
+        dataset_hash=row.dataset_hash,
+        scorers=tuple(orjson.loads(row.scorers)),
+        params=orjson.loads(row.params),
+        repeats=int(row.repeats),
+        status=row.status,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        summary=None if row.summary is None else orjson.loads(row.summary),
+    )
+
+
+def create_run(
+    engine: sa.Engine,
+    project_id: int,
+    *,
+    target_key: str,
+    target: Mapping[str, Any],
+    target_hash: str,
+    dataset: DatasetInfo,
+    scorers: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    repeats: int,
+) -> str:
+    """Record a new run (status ``running``) and return its id (uuid4 hex)."""
+    run_id = uuid.uuid4().hex
+
+    def work(conn: sa.Connection) -> None:
+        conn.execute(
+            eval_runs.insert().values(
+                project_id=project_id,
+                run_id=run_id,
+                target_key=target_key,
+                target=_json(dict(target)),
+                target_hash=target_hash,
+                dataset_name=dataset.name,
+                dataset_version=dataset.version,
+                dataset_hash=dataset.content_hash,
+                scorers=_json([dict(s) for s in scorers]),
+                params=_json(dict(params)),
+                repeats=repeats,
+                status="running",
+                started_at=_now(),
+                finished_at=None,
+                summary=None,
+            )
+        )
+
+    run_write(engine, work)
+    return run_id
+
+
+def finish_run(
+    engine: sa.Engine,
+    project_id: int,
+    run_id: str,
+    status: RunStatus,
+    summary: Mapping[str, Any] | None = None,
+) -> None:
+    """Mark a run ``completed`` or ``failed`` (or back to ``running``) with its summary."""
+
+    def work(conn: sa.Connection) -> None:
+        conn.execute(
+            eval_runs.update()
+            .where(eval_runs.c.project_id == project_id, eval_runs.c.run_id == run_id)
+            .values(
+                status=status,
+                finished_at=None if status == "running" else _now(),
+                summary=None if summary is None else _json(dict(summary)),
+            )
+        )
+
+    run_write(engine, work)
+
+
+def get_run(conn: sa.Connection, project_id: int, run_id: str) -> RunInfo:
+    row = conn.execute(
+        sa.select(eval_runs).where(
+            eval_runs.c.project_id == project_id, eval_runs.c.run_id == run_id
+        )
+    ).one_or_none()
+    if row is None:
+        raise EvalStoreError(f"no eval run {run_id!r} in this project")
+    return _run_info(row)
+
+
+def latest_run(
+    conn: sa.Connection,
+    project_id: int,
+    dataset_name: str,
+    target_key: str,
+    *,
+    status: RunStatus | None = "completed",
+) -> RunInfo:
+    """The newest run of ``target_key`` (``name@label``, ``name:3``, ``model:alias``) on
+    dataset ``dataset_name``, with ``status`` (any when None).
+
+    Raises:
+        EvalStoreError: there is none.
+    """
+    query = sa.select(eval_runs).where(
+        eval_runs.c.project_id == project_id,
+        eval_runs.c.dataset_name == dataset_name,
+        eval_runs.c.target_key == target_key,
+    )
+    if status is not None:
+        query = query.where(eval_runs.c.status == status)
+    row = conn.execute(
+        query.order_by(eval_runs.c.started_at.desc(), eval_runs.c.run_id.desc()).limit(1)
+    ).one_or_none()
+    if row is None:
+        which = f"{status} " if status else ""
+        raise EvalStoreError(f"no {which}eval run of {target_key!r} on dataset {dataset_name!r}")
+    return _run_info(row)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedResult:
+    """One (item, repeat) of a run: the output (or the error) and its scores."""
+
+    item_id: str
+    repeat: int
+    output: str | None
+    cache_key: str
+    scores: tuple[Score, ...] = ()
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    trace_id: str | None = None
+    error: str | None = None
+    cached: bool = False
+
+
+def record_results(
+    engine: sa.Engine,
+    project_id: int,
+    run_id: str,
+    results: Sequence[RecordedResult],
+    *,
+    replace: bool = True,
+) -> None:
+    """Store results and their scores in one transaction; a key already stored is replaced
+    (``replace=False`` skips that check, for keys known to be new: a unique violation then)."""
+    if not results:
+        return
+    now = _now()
+    result_rows = [
+        {
+            "project_id": project_id,
+            "run_id": run_id,
+            "item_id": r.item_id,
+            "repeat": r.repeat,
+            "output": r.output,
+            "latency_ms": r.latency_ms,
+            "cost_usd": r.cost_usd,
+            "trace_id": r.trace_id,
+            "error": r.error,
+            "cache_key": r.cache_key,
+            "cached": r.cached,
+            "created_at": now,
+        }
+        for r in results
+    ]
+    score_rows = [
+        {
+            "project_id": project_id,
+            "run_id": run_id,
+            "item_id": r.item_id,
+            "repeat": r.repeat,
+            "metric": s.metric,
+            "value": float(s.value),
+            "passed": bool(s.passed),
+            "reason": s.reason,
+            "details": _json(dict(s.details)),
+        }
+        for r in results
+        for s in r.scores
+    ]
+    keys = {(r.item_id, r.repeat) for r in results}
+    if len(keys) != len(results):
+        raise ValueError("record_results: the same (item, repeat) twice in one batch")
+
+    def work(conn: sa.Connection) -> None:
+        if replace:
+            for table in (eval_scores, eval_results):
+                _delete_keys(conn, table, project_id, run_id, keys)
+        conn.execute(eval_results.insert(), result_rows)
+        if score_rows:
+            conn.execute(eval_scores.insert(), score_rows)
+
+    run_write(engine, work)
+
+
+def _delete_keys(
+    conn: sa.Connection,
+    table: sa.Table,
+    project_id: int,
+    run_id: str,
+    keys: Iterable[tuple[str, int]],
+) -> None:
+    by_repeat: dict[int, list[str]] = {}
+    for item_id, repeat in keys:
+        by_repeat.setdefault(repeat, []).append(item_id)
+    for repeat, ids in by_repeat.items():
+        for start in range(0, len(ids), _CHUNK):
+            conn.execute(
+                table.delete().where(
+                    table.c.project_id == project_id,
+                    table.c.run_id == run_id,
+                    table.c.repeat == repeat,
+                    table.c.item_id.in_(ids[start : start + _CHUNK]),
+                )
+            )
+
+
+def finished_pairs(conn: sa.Connection, project_id: int, run_id: str) -> set[tuple[str, int]]:
+    """``(item_id, repeat)`` of the run's results that have an output (no error)."""
+    rows = conn.execute(
+        sa.select(eval_results.c.item_id, eval_results.c.repeat).where(
+            eval_results.c.project_id == project_id,
+            eval_results.c.run_id == run_id,
+            eval_results.c.error.is_(None),
+        )
+    )
+    return {(r.item_id, int(r.repeat)) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class CachedOutput:
+    output: str
+    latency_ms: float | None
+    cost_usd: float | None
+    trace_id: str | None
+
+
+def cached_outputs(
+    conn: sa.Connection, project_id: int, keys: Iterable[str]
+) -> dict[str, CachedOutput]:
+    """Stored outputs (without error) under each of ``keys``, from any run of the project."""
+    wanted = sorted(set(keys))
+    found: dict[str, CachedOutput] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        rows = conn.execute(
+            sa.select(
+                eval_results.c.cache_key,
+                eval_results.c.output,
+                eval_results.c.latency_ms,
+                eval_results.c.cost_usd,
+                eval_results.c.trace_id,
+            ).where(
+                eval_results.c.project_id == project_id,
+                eval_results.c.cache_key.in_(wanted[start : start + _CHUNK]),
+                eval_results.c.error.is_(None),
+                eval_results.c.output.is_not(None),
+            )
+        )
+        for r in rows:
+            found.setdefault(
+                r.cache_key, CachedOutput(r.output, r.latency_ms, r.cost_usd, r.trace_id)
+            )
+    return found
+
+
+def load_results(conn: sa.Connection, project_id: int, run_id: str) -> RunResults:
+    """Every score of a run as :class:`RunResults` (label: what was evaluated)."""
+    info = get_run(conn, project_id, run_id)
+    rows = conn.execute(
+        sa.select(
+            eval_scores.c.item_id,
+            eval_scores.c.repeat,
+            eval_scores.c.metric,
+            eval_scores.c.value,
+            eval_scores.c.passed,
+            eval_scores.c.reason,
+            eval_results.c.output,
+        )
+        .select_from(
+            eval_scores.join(
+                eval_results,
+                sa.and_(
+                    eval_results.c.project_id == eval_scores.c.project_id,
+                    eval_results.c.run_id == eval_scores.c.run_id,
+                    eval_results.c.item_id == eval_scores.c.item_id,
+                    eval_results.c.repeat == eval_scores.c.repeat,
+                ),
+            )
+        )
+        .where(eval_scores.c.project_id == project_id, eval_scores.c.run_id == run_id)
+        .order_by(eval_scores.c.item_id, eval_scores.c.repeat, eval_scores.c.metric)
+    )
+    return RunResults(
+        run_id=run_id,
+        label=info.label,
+        rows=tuple(
+            ResultRow(
+                item_id=r.item_id,
+                repeat=int(r.repeat),
+                metric=r.metric,
+                value=float(r.value),
+                passed=bool(r.passed),
+                output=r.output,
+                reason=r.reason,
+            )
+            for r in rows
+        ),
+    )
