@@ -17,12 +17,11 @@ Every function takes the caller's project id and never reads another project's r
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -37,6 +36,7 @@ from bastion.store.schema import (
     eval_runs,
     eval_scores,
 )
+from bastion.store.transactions import run_write
 
 __all__ = [
     "CachedOutput",
@@ -66,7 +66,6 @@ __all__ = [
 
 RunStatus = Literal["running", "completed", "failed"]
 _CHUNK = 500  # keys per IN (...) query
-_T = TypeVar("_T")
 
 
 class EvalStoreError(LookupError):
@@ -98,31 +97,6 @@ def cache_key(target_hash: str, item_hash: str, params_hash: str, repeat: int) -
     """
     raw = f"{target_hash}\0{item_hash}\0{params_hash}\0{repeat}"
     return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
-
-
-def _retryable(exc: sa.exc.DBAPIError) -> bool:
-    if isinstance(exc, sa.exc.IntegrityError):
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
-
-
-def run_write(engine: sa.Engine, work: Callable[[sa.Connection], _T], *, attempts: int = 6) -> _T:
-    """Run ``work`` in one write transaction (``BEGIN IMMEDIATE`` on SQLite) and commit; retry
-    it whole on a lost race (unique violation, deadlock, busy database)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.connect() as conn:
-                if conn.dialect.name == "sqlite":
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                result = work(conn)
-                conn.commit()
-                return result
-        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
-            if attempt == attempts or not _retryable(exc):
-                raise
-            time.sleep(0.01 * attempt)
-    raise AssertionError("unreachable")
 
 
 # -- datasets ----------------------------------------------------------------------------------

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -53,6 +52,7 @@ from bastion.prompts.registry_queries import (
     resolve,
 )
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts
+from bastion.store.transactions import run_write
 
 __all__ = [
     "DEFAULT_LABEL",
@@ -87,34 +87,6 @@ _LABEL_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 
 
 # -- transactions ------------------------------------------------------------------------------
-
-_T = TypeVar("_T")
-
-
-def _retryable(exc: sa.exc.DBAPIError) -> bool:
-    if isinstance(exc, sa.exc.IntegrityError):
-        return True  # a concurrent writer inserted the same key first: redo with fresh reads
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
-
-
-def run_write(engine: sa.Engine, work: Callable[[sa.Connection], _T], *, attempts: int = 6) -> _T:
-    """Run ``work`` in one write transaction and commit; retry it whole on a lost race."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.connect() as conn:
-                if conn.dialect.name == "sqlite":
-                    # Take the write lock up front: a deferred transaction that reads and then
-                    # writes can neither see nor wait for a concurrent writer's new version.
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                result = work(conn)
-                conn.commit()
-                return result
-        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
-            if attempt == attempts or not _retryable(exc):
-                raise
-            time.sleep(0.01 * attempt)
-    raise AssertionError("unreachable")
 
 
 def _insert_ignore(conn: sa.Connection, values: dict[str, Any]) -> None:
