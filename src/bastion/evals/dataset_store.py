@@ -1,0 +1,262 @@
+"""Dataset versions in the store: immutable and content-addressed, like prompt versions.
+
+Pushing items whose :meth:`~bastion.evals.datasets.DatasetVersion.content_hash` a version of
+that name already has creates nothing and answers with that version. A *locked* version is a
+golden set: pushing different content under the same name is refused while the newest version
+is locked (``force=True`` overrides, creating a new version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+
+from bastion.evals.datasets import DatasetError, DatasetVersion, Item
+from bastion.evals.store_common import (
+    DatasetLockedError,
+    EvalStoreError,
+    canonical_json,
+    utc_now,
+)
+from bastion.store.schema import eval_dataset_items, eval_datasets
+from bastion.store.transactions import run_write
+
+__all__ = [
+    "DatasetInfo",
+    "PushedDataset",
+    "StoredDataset",
+    "get_dataset",
+    "list_datasets",
+    "lock_dataset",
+    "push_dataset",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    name: str
+    version: int
+    content_hash: str
+    item_count: int
+    locked: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PushedDataset:
+    info: DatasetInfo
+    status: Literal["created", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDataset:
+    """A dataset version with its items, as stored."""
+
+    info: DatasetInfo
+    items: tuple[Item, ...]
+    item_hashes: Mapping[str, str] = field(default_factory=dict)  # item id -> content hash
+
+    @property
+    def ref(self) -> str:
+        return f"{self.info.name}@{self.info.version}"
+
+
+def _info(row: Any) -> DatasetInfo:
+    return DatasetInfo(
+        name=row.name,
+        version=int(row.version),
+        content_hash=row.content_hash,
+        item_count=int(row.item_count),
+        locked=bool(row.locked),
+        created_at=row.created_at,
+    )
+
+
+def _item_json(item: Item) -> str:
+    return canonical_json(
+        {
+            "id": item.id,
+            "vars": dict(item.vars),
+            "expected": item.expected,
+            "tags": list(item.tags),
+            "metadata": dict(item.metadata),
+        }
+    )
+
+
+def _item_from_json(text: str) -> Item:
+    data = orjson.loads(text)
+    return Item(
+        id=data["id"],
+        vars=data.get("vars") or {},
+        expected=data.get("expected"),
+        tags=tuple(data.get("tags") or ()),
+        metadata=data.get("metadata") or {},
+    )
+
+
+def push_dataset(
+    engine: sa.Engine,
+    project_id: int,
+    name: str,
+    items: Sequence[Item],
+    *,
+    lock: bool = False,
+    force: bool = False,
+) -> PushedDataset:
+    """Store ``items`` as a version of dataset ``name`` (or find the version that has them).
+
+    ``lock`` locks the resulting version (also an existing, unchanged one).
+
+    Raises:
+        DatasetError: repeated item ids, or an empty name.
+        DatasetLockedError: the content is new and the newest version is locked (unless
+            ``force``).
+    """
+    name = name.strip()
+    if not name:
+        raise DatasetError("a dataset needs a name")
+    version = DatasetVersion(name=name, items=tuple(items))
+    digest = version.content_hash()
+    encoded = [(item, item.content_hash(), _item_json(item)) for item in version.items]
+
+    def work(conn: sa.Connection) -> PushedDataset:
+        existing = conn.execute(
+            sa.select(eval_datasets).where(
+                eval_datasets.c.project_id == project_id,
+                eval_datasets.c.name == name,
+                eval_datasets.c.content_hash == digest,
+            )
+        ).one_or_none()
+        if existing is not None:
+            if lock and not existing.locked:
+                conn.execute(
+                    eval_datasets.update()
+                    .where(eval_datasets.c.id == existing.id)
+                    .values(locked=True)
+                )
+            info = _info(existing)
+            if lock:
+                info = DatasetInfo(
+                    info.name, info.version, info.content_hash, info.item_count, True,
+                    info.created_at,
+                )  # fmt: skip
+            return PushedDataset(info, "unchanged")
+        newest = conn.execute(
+            sa.select(eval_datasets.c.version, eval_datasets.c.locked)
+            .where(eval_datasets.c.project_id == project_id, eval_datasets.c.name == name)
+            .order_by(eval_datasets.c.version.desc())
+            .limit(1)
+        ).one_or_none()
+        if newest is not None and newest.locked and not force:
+            raise DatasetLockedError(
+                f"dataset {name!r} version {newest.version} is locked: its items changed, so "
+                "push them under a new name (or pass --force to add a new version)"
+            )
+        number = 1 if newest is None else int(newest.version) + 1
+        now = utc_now()
+        dataset_id = conn.execute(
+            eval_datasets.insert()
+            .values(
+                project_id=project_id,
+                name=name,
+                version=number,
+                content_hash=digest,
+                item_count=len(encoded),
+                locked=lock,
+                created_at=now,
+            )
+            .returning(eval_datasets.c.id)
+        ).scalar_one()
+        if encoded:
+            conn.execute(
+                eval_dataset_items.insert(),
+                [
+                    {
+                        "project_id": project_id,
+                        "dataset_version_id": dataset_id,
+                        "position": position,
+                        "item_id": item.id,
+                        "item_hash": item_hash,
+                        "item": text,
+                    }
+                    for position, (item, item_hash, text) in enumerate(encoded)
+                ],
+            )
+        info = DatasetInfo(name, number, digest, len(encoded), lock, now)
+        return PushedDataset(info, "created")
+
+    return run_write(engine, work)
+
+
+def lock_dataset(engine: sa.Engine, project_id: int, name: str, version: int) -> None:
+    """Lock one version of dataset ``name``."""
+
+    def work(conn: sa.Connection) -> None:
+        done = conn.execute(
+            eval_datasets.update()
+            .where(
+                eval_datasets.c.project_id == project_id,
+                eval_datasets.c.name == name,
+                eval_datasets.c.version == version,
+            )
+            .values(locked=True)
+        )
+        if done.rowcount == 0:
+            raise EvalStoreError(f"no dataset {name!r} version {version}")
+
+    run_write(engine, work)
+
+
+def get_dataset(
+    conn: sa.Connection, project_id: int, name: str, version: int | None = None
+) -> StoredDataset:
+    """A dataset version with its items in order (the newest version when ``version`` is None).
+
+    Raises:
+        EvalStoreError: no such dataset or version.
+    """
+    query = sa.select(eval_datasets).where(
+        eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
+    )
+    if version is None:
+        query = query.order_by(eval_datasets.c.version.desc()).limit(1)
+    else:
+        query = query.where(eval_datasets.c.version == version)
+    row = conn.execute(query).one_or_none()
+    if row is None:
+        if version is None:
+            raise EvalStoreError(f"no dataset {name!r} (push one with `bastion eval dataset push`)")
+        newest = conn.execute(
+            sa.select(sa.func.max(eval_datasets.c.version)).where(
+                eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
+            )
+        ).scalar()
+        have = f"newest is {newest}" if newest is not None else "no versions at all"
+        raise EvalStoreError(f"dataset {name!r} has no version {version} ({have})")
+    rows = conn.execute(
+        sa.select(eval_dataset_items.c.item, eval_dataset_items.c.item_hash)
+        .where(
+            eval_dataset_items.c.project_id == project_id,
+            eval_dataset_items.c.dataset_version_id == row.id,
+        )
+        .order_by(eval_dataset_items.c.position)
+    ).all()
+    items = tuple(_item_from_json(r.item) for r in rows)
+    hashes = {item.id: r.item_hash for item, r in zip(items, rows, strict=True)}
+    return StoredDataset(_info(row), items, hashes)
+
+
+def list_datasets(conn: sa.Connection, project_id: int) -> list[DatasetInfo]:
+    """Every dataset version of the project, by name then version."""
+    rows = conn.execute(
+        sa.select(eval_datasets)
+        .where(eval_datasets.c.project_id == project_id)
+        .order_by(eval_datasets.c.name, eval_datasets.c.version)
+    ).all()
+    return [_info(r) for r in rows]

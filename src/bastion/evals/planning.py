@@ -1,0 +1,417 @@
+"""Planning an eval run: everything that can fail before a model is called.
+
+Resolve the dataset version and the target (a registry prompt by label or version, or a plain
+gateway model), build the scorers, and check that every item has every variable the template
+and the scorers need. Each problem is an :class:`EvalSetupError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from bastion.evals import store
+from bastion.evals.datasets import DatasetError, Item, check_variables
+from bastion.evals.scorers.base import ScorerError
+from bastion.evals.scorers.registry import ConfiguredScorer, ScorerContext, make_scorer
+from bastion.prompts import PromptSpec, PromptSpecError, TemplateError, render
+
+__all__ = [
+    "EvalPlan",
+    "EvalSetupError",
+    "RetryPolicy",
+    "RunSummary",
+    "Target",
+    "parse_target",
+    "plan_resume",
+    "plan_run",
+]
+
+
+class EvalSetupError(ValueError):
+    """The run cannot start: unknown dataset, prompt, label or scorer type, items lacking
+    variables, an unusable target. Nothing was called."""
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What to evaluate: a registry prompt (``name`` with ``label`` or ``version``; the newest
+    version when neither) or, with ``kind="model"``, a gateway model alias ``name``."""
+
+    kind: Literal["prompt", "model"]
+    name: str
+    label: str | None = None
+    version: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``name@label``, ``name:3``, ``name@latest`` or ``model:alias``."""
+        if self.kind == "model":
+            return f"model:{self.name}"
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        return f"{self.name}@{self.label or 'latest'}"
+
+
+def parse_target(text: str) -> Target:
+    """``name``, ``name@label`` or ``name:VERSION`` (``name:v3`` too) as a prompt target."""
+    text = text.strip()
+    if "@" in text:
+        name, _, label = text.partition("@")
+        if not name or not label:
+            raise EvalSetupError(f"{text!r}: use NAME, NAME@LABEL or NAME:VERSION")
+        return Target("prompt", name, label=label)
+    if ":" in text:
+        name, _, raw = text.partition(":")
+        raw = raw.removeprefix("v")
+        if not name or not raw.isdigit() or int(raw) < 1:
+            raise EvalSetupError(f"{text!r}: use NAME, NAME@LABEL or NAME:VERSION")
+        return Target("prompt", name, version=int(raw))
+    if not text:
+        raise EvalSetupError("an empty prompt name")
+    return Target("prompt", text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    target: Target
+    description: dict[str, Any]  # stored with the run
+    target_hash: str
+    model: str
+    params: dict[str, Any]
+    spec: PromptSpec | None = None
+    partials: Mapping[str, PromptSpec] = field(default_factory=dict)
+    declared: frozenset[str] = frozenset()  # variables the prompt accepts
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of transient gateway failures: ``attempts`` in all, backoff ``base_delay_s``
+    doubling up to ``max_delay_s`` (full jitter), at least ``Retry-After`` but never more than
+    ``retry_after_max_s``; ``timeout_s`` bounds one attempt."""
+
+    attempts: int = 4
+    base_delay_s: float = 0.25
+    max_delay_s: float = 8.0
+    retry_after_max_s: float = 30.0
+    timeout_s: float = 120.0
+
+
+@dataclass
+class EvalPlan:
+    """A run ready to go: nothing in it can fail for want of a variable, a scorer or a prompt.
+
+    ``run_id`` is set by :func:`run_eval` when it records the run (or by :func:`plan_resume`).
+    """
+
+    project_id: int
+    dataset: store.StoredDataset
+    resolved: _Resolved
+    scorers: tuple[ConfiguredScorer, ...]
+    scorer_specs: tuple[dict[str, Any], ...]
+    repeats: int
+    run_id: str | None = None
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def target_key(self) -> str:
+        return self.resolved.target.key
+
+    @property
+    def params_hash(self) -> str:
+        return store.stable_hash(self.resolved.params)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run_id: str
+    status: Literal["completed", "failed"]
+    items: int
+    repeats: int
+    results: int  # (item, repeat) pairs stored in this invocation
+    skipped: int  # pairs already stored (resume)
+    calls: int  # gateway calls made (retries included)
+    cached: int  # pairs answered from the output cache
+    errors: int
+    wall_s: float
+    cost_usd: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    metrics: dict[str, dict[str, float]]  # metric -> {mean, pass_rate, n}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "repeats": self.repeats,
+            "results": self.results,
+            "skipped": self.skipped,
+            "calls": self.calls,
+            "cached": self.cached,
+            "errors": self.errors,
+            "wall_s": round(self.wall_s, 3),
+            "cost_usd": self.cost_usd,
+            "latency_p50_ms": self.latency_p50_ms,
+            "latency_p95_ms": self.latency_p95_ms,
+            "metrics": self.metrics,
+        }
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+
+def _resolve_target(
+    conn: sa.Connection,
+    project_id: int,
+    target: Target,
+    *,
+    model: str | None,
+    params: Mapping[str, Any],
+) -> _Resolved:
+    if target.kind == "model":
+        description: dict[str, Any] = {"kind": "model", "name": target.name, "model": target.name}
+        return _Resolved(
+            target=target,
+            description=description,
+            target_hash=store.stable_hash(description),
+            model=target.name,
+            params=dict(params),
+        )
+    from bastion.prompts import registry
+
+    try:
+        found = registry.get(
+            conn, project_id, target.name, label=target.label, version=target.version
+        )
+    except registry.RegistryError as exc:
+        raise EvalSetupError(str(exc)) from None
+    try:
+        spec = PromptSpec.from_dict(found.spec)
+        partials = {name: PromptSpec.from_dict(s) for name, s in found.partials.items()}
+    except PromptSpecError as exc:  # pragma: no cover - the registry validated it
+        raise EvalSetupError(f"prompt {target.name!r} v{found.version}: {exc}") from None
+    chosen = model or spec.model
+    if not chosen:
+        raise EvalSetupError(
+            f"prompt {target.name!r} v{found.version} names no model: give --model"
+        )
+    merged = {**dict(spec.params), **dict(params)}
+    if spec.tools is not None:
+        merged.setdefault("tools", [dict(t) for t in spec.tools])
+    if spec.response_format is not None:
+        merged.setdefault("response_format", dict(spec.response_format))
+    declared: set[str] = set(spec.variables)
+    for partial in partials.values():
+        declared |= set(partial.variables)
+    description = {
+        "kind": "prompt",
+        "name": target.name,
+        "label": target.label,
+        "version": found.version,
+        "content_hash": found.content_hash,
+        "model": chosen,
+    }
+    return _Resolved(
+        target=target,
+        description=description,
+        target_hash=store.stable_hash(
+            {"prompt": found.content_hash, "partials": found.partial_versions, "model": chosen}
+        ),
+        model=chosen,
+        params=merged,
+        spec=spec,
+        partials=partials,
+        declared=frozenset(declared),
+    )
+
+
+def _required_variables(resolved: _Resolved) -> set[str]:
+    if resolved.spec is None:
+        return set()
+    required = {n for n, v in resolved.spec.variables.items() if v.required}
+    for partial in resolved.partials.values():
+        required |= {
+            n
+            for n, v in partial.variables.items()
+            if v.required and n not in resolved.spec.variables
+        }
+    return required
+
+
+def _check_model_items(items: Sequence[Item]) -> None:
+    bad = []
+    for item in items:
+        messages = item.vars.get("messages")
+        text = item.vars.get("input")
+        if isinstance(text, str) or (isinstance(messages, list) and messages):
+            continue
+        bad.append(item.id)
+    if bad:
+        shown = ", ".join(repr(i) for i in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        raise EvalSetupError(
+            f"{len(bad)} of {len(items)} items have neither an 'input' string nor a 'messages' "
+            f"list, which a model target needs: {shown}"
+        )
+
+
+def _build_scorers(
+    specs: Sequence[Mapping[str, Any]], context: ScorerContext | None
+) -> tuple[ConfiguredScorer, ...]:
+    if not specs:
+        raise EvalSetupError("no scorers: give at least one --scorer or --scorers FILE")
+    built: list[ConfiguredScorer] = []
+    for index, spec in enumerate(specs, start=1):
+        try:
+            scorer = make_scorer(spec, context=context)
+        except ScorerError as exc:
+            raise EvalSetupError(f"scorer {index}: {exc}") from None
+        assert isinstance(scorer, ConfiguredScorer)
+        built.append(scorer)
+    names = [s.name for s in built]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EvalSetupError(
+            f"two scorers report the metric {dupes[0]!r}: give one of them a 'metric' name"
+        )
+    return tuple(built)
+
+
+def _plan(
+    conn: sa.Connection,
+    project_id: int,
+    dataset: store.StoredDataset,
+    target: Target,
+    scorer_specs: Sequence[Mapping[str, Any]],
+    *,
+    repeats: int,
+    model: str | None,
+    params: Mapping[str, Any],
+    context: ScorerContext | None,
+) -> EvalPlan:
+    if repeats < 1:
+        raise EvalSetupError(f"repeats must be at least 1, got {repeats}")
+    if not dataset.items:
+        raise EvalSetupError(f"dataset {dataset.ref} has no items")
+    resolved = _resolve_target(conn, project_id, target, model=model, params=params)
+    scorers = _build_scorers(scorer_specs, context)
+    try:
+        check_variables(dataset.items, _required_variables(resolved))
+        needed: set[str] = set()
+        for scorer in scorers:
+            needed |= scorer.variables
+        if needed:
+            check_variables(dataset.items, needed)
+    except DatasetError as exc:
+        raise EvalSetupError(f"dataset {dataset.ref}: {exc}") from None
+    if resolved.spec is None:
+        _check_model_items(dataset.items)
+    # Render every item now (kept for the calls): a template error surfaces before any call.
+    messages: dict[str, list[dict[str, Any]]] = {}
+    for item in dataset.items:
+        try:
+            messages[item.id] = _render(resolved, item)
+        except TemplateError as exc:
+            raise EvalSetupError(
+                f"prompt {target.key}: item {item.id!r} does not render: {exc}"
+            ) from None
+    return EvalPlan(
+        project_id=project_id,
+        dataset=dataset,
+        resolved=resolved,
+        scorers=scorers,
+        scorer_specs=tuple(dict(s) for s in scorer_specs),
+        repeats=repeats,
+        messages=messages,
+    )
+
+
+def plan_run(
+    engine: sa.Engine,
+    project_id: int,
+    *,
+    dataset: str,
+    dataset_version: int | None = None,
+    target: Target,
+    scorers: Sequence[Mapping[str, Any]],
+    repeats: int = 1,
+    model: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    context: ScorerContext | None = None,
+) -> EvalPlan:
+    """Check everything a run needs before any model call.
+
+    Raises:
+        EvalSetupError: naming what is wrong.
+    """
+    with engine.connect() as conn:
+        try:
+            stored = store.get_dataset(conn, project_id, dataset, dataset_version)
+        except store.EvalStoreError as exc:
+            raise EvalSetupError(str(exc)) from None
+        return _plan(
+            conn,
+            project_id,
+            stored,
+            target,
+            scorers,
+            repeats=repeats,
+            model=model,
+            params=params or {},
+            context=context,
+        )
+
+
+def plan_resume(
+    engine: sa.Engine, project_id: int, run_id: str, *, context: ScorerContext | None = None
+) -> EvalPlan:
+    """The plan of an earlier run, to finish it: same dataset version, the prompt *version*
+    it resolved to (not where its label points now), scorers, params and repeats."""
+    with engine.connect() as conn:
+        try:
+            info = store.get_run(conn, project_id, run_id)
+            stored = store.get_dataset(conn, project_id, info.dataset_name, info.dataset_version)
+        except store.EvalStoreError as exc:
+            raise EvalSetupError(str(exc)) from None
+        if info.status == "completed":
+            raise EvalSetupError(f"eval run {run_id} is already completed")
+        described = info.target
+        if described.get("kind") == "model":
+            target = Target("model", str(described["name"]))
+            model = None
+        else:
+            target = Target("prompt", str(described["name"]), version=int(described["version"]))
+            model = str(described["model"])
+        run_params = dict(info.params)
+        plan = _plan(
+            conn,
+            project_id,
+            stored,
+            target,
+            info.scorers,
+            repeats=info.repeats,
+            model=model,
+            params=run_params,
+            context=context,
+        )
+    if plan.resolved.target_hash != info.target_hash:
+        raise EvalSetupError(f"eval run {run_id}: its target changed since it started")
+    plan.run_id = run_id
+    return plan
+
+
+def _render(resolved: _Resolved, item: Item) -> list[dict[str, Any]]:
+    if resolved.spec is None:
+        messages = item.vars.get("messages")
+        if isinstance(messages, list) and messages:
+            return [dict(m) for m in messages]
+        return [{"role": "user", "content": str(item.vars["input"])}]
+    variables = {k: v for k, v in item.vars.items() if k in resolved.declared}
+    rendered = render(resolved.spec, variables, resolved.partials)
+    if isinstance(rendered, str):
+        return [{"role": "user", "content": rendered}]
+    return rendered
