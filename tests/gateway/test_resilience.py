@@ -296,6 +296,13 @@ def test_breaker_opens_and_a_dead_deployment_is_no_longer_waited_on(gateway: Gat
         f'bastion_gateway_breaker_transitions_total{{deployment="{label}",to="open"}} 1.0' in text
     )
     assert f'bastion_gateway_breaker_state{{deployment="{label}"}} 2.0' in text
+    # The transition is also kept as an event span, listed by the trace API.
+    opened = gateway.events(
+        "bastion.breaker.transition", where={"bastion.breaker.deployment": label}
+    )
+    assert [(e["attributes"]["bastion.breaker.from"], e["attributes"]["bastion.breaker.to"])
+            for e in opened] == [("closed", "open")]  # fmt: skip
+    assert opened[0]["attributes"]["bastion.breaker.remote"] is False
 
 
 def test_breaker_half_open_probe_closes_it_after_recovery(gw: tuple[Gateway, int]) -> None:

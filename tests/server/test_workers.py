@@ -101,7 +101,8 @@ def test_two_workers_share_the_port_and_stop_cleanly(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        while len(_workers(server.pid)) < 2 or not _ready(port):
+        # Both must listen before traffic: the kernel only spreads over bound sockets.
+        while len(_listening(_workers(server.pid), port)) < 2 or not _ready(port):
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.2)
@@ -140,6 +141,19 @@ def _ready(port: int) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def _listening(pids: set[int], port: int) -> set[int]:
+    """Those of ``pids`` that have a socket listening on ``port``."""
+    found = set()
+    for pid in pids:
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets):
+            found.add(pid)
+    return found
 
 
 def _workers(pid: int) -> set[int]:

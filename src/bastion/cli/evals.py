@@ -206,12 +206,43 @@ def run(
         typer.Option("--judge-model", help="gateway model alias for LLM-as-judge scorers"),
     ] = None,
     project: ProjectOption = "default",
-    config: ConfigOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="bastion.yaml, or a promptfoo config (promptfooconfig.yaml) to run",
+        ),
+    ] = None,
+    provider_map: Annotated[
+        list[str] | None,
+        typer.Option("--provider-map", help="promptfoo: provider ID=gateway ALIAS (repeatable)"),
+    ] = None,
+    pass_rate_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--pass-rate-threshold", min=0, max=100, help="promptfoo: exit 0 from this % passing"
+        ),
+    ] = None,
 ) -> None:
-    """Run an eval: every dataset item through the target, scored and stored."""
+    """Run an eval: every dataset item through the target, scored and stored; or, with
+    ``-c promptfooconfig.yaml``, a promptfoo config (exit 100 when tests fail)."""
     from bastion.evals import runner
+    from bastion.evals.promptfoo import is_promptfoo_config
     from bastion.evals.scorers import JudgeClient, ScorerContext
 
+    if config is not None and is_promptfoo_config(config):
+        if dataset or prompt or model or scorer or scorers or resume or repeats != 1:
+            raise _fail(
+                "a promptfoo config sets the tests, prompts and providers itself: "
+                "give none of --dataset/--prompt/--model/--scorer(s)/--resume/--repeats"
+            )
+        raise typer.Exit(_run_promptfoo(
+            config, project, gateway, key, judge_model, provider_map or [], pass_rate_threshold,
+            concurrency, no_cache,
+        ))  # fmt: skip
+    if provider_map or pass_rate_threshold is not None:
+        raise _fail("--provider-map and --pass-rate-threshold apply to promptfoo configs (-c)")
     settings = load(config)
     url = gateway or f"http://{settings.host}:{settings.port}"
     if not url.startswith(("http://", "https://")):
@@ -290,6 +321,38 @@ def run(
         highlight=False,
     )
     typer.echo(summary.run_id)
+
+
+def _run_promptfoo(
+    path: Path,
+    project: str,
+    gateway: str | None,
+    key: str | None,
+    judge_model: str | None,
+    provider_map: list[str],
+    pass_rate_threshold: float | None,
+    concurrency: int,
+    no_cache: bool,
+) -> int:
+    """``eval run -c promptfooconfig.yaml``; Bastion's own settings come from
+    ``$BASTION_HOME/bastion.yaml`` and ``BASTION_*`` variables."""
+    from bastion.evals.promptfoo import PromptfooOptions, run_config
+
+    settings = load(None)
+    url = gateway or f"http://{settings.host}:{settings.port}"
+    if not url.startswith(("http://", "https://")):
+        raise _fail(f"--gateway {url!r}: must start with http:// or https://")
+    options = PromptfooOptions(
+        config=path, gateway_url=url, api_key=key or "", provider_map=tuple(provider_map),
+        judge_model=judge_model, pass_rate_threshold=pass_rate_threshold,
+        # 8 is the option's default: then the config's evaluateOptions.maxConcurrency decides.
+        concurrency=concurrency if concurrency != 8 else None, use_cache=not no_cache,
+    )  # fmt: skip
+    with local_engine(settings) as engine:
+        project_id = _project(engine, project)
+        return run_config(
+            engine, project_id, options, console=console, errors=errors, price=_price(settings)
+        )
 
 
 # -- compare and gate ------------------------------------------------------------------------
@@ -398,3 +461,10 @@ def gate(
         except (ValueError, OSError) as exc:
             raise _fail(str(exc)) from exc
     raise typer.Exit(verdict.exit_code)
+
+
+# Commands kept in their own modules: datasets from traces / lock / show, and the red team.
+from bastion.cli import eval_datasets, eval_redteam  # noqa: E402
+
+eval_datasets.register(dataset_app)
+eval_redteam.register(app)

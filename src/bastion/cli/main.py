@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from bastion import __version__
-from bastion.cli import demo, evals, keys, prompts, simulate, traces
+from bastion.cli import demo, evals, keys, prompts, releases, replay, simulate, traces
 from bastion.cli.common import ConfigOption, load
 from bastion.settings import ConfigError
 
@@ -26,10 +26,12 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(traces.app, name="traces")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(evals.app, name="eval")
+app.add_typer(releases.app, name="release")
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("demo")(demo.demo)
 app.command("simulate")(simulate.simulate)
+app.command("replay")(replay.replay)
 
 console = Console(stderr=True)
 

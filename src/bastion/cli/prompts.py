@@ -469,7 +469,7 @@ def usage(
         _echo_json(found)
         return
     columns = ("version", "labels", "deployed", "spans", "traces", "errors", "p95 ms", "tokens")
-    table = Table(*columns, "cost $", "last seen", "recent trace", title=name)
+    table = Table(*columns, "cost $", "last seen", "recent trace", "eval scores", title=name)
     for v in found["versions"]:
         deployed = ", ".join(
             f"{d['label']} {d['at'][:16].replace('T', ' ')}" for d in v["deployments"]
@@ -487,5 +487,16 @@ def usage(
             "" if v["cost_usd"] is None else f"{v['cost_usd']:.4f}",
             (v["last_seen"] or "")[:19].replace("T", " "),
             (v["recent_trace_ids"] or [""])[0],
+            _eval_cell(v.get("evals") or []),
         )
     console.print(table)
+
+
+def _eval_cell(evals: list[dict[str, Any]]) -> str:
+    """``golden@2: equals 0.92, refusal 1.00`` per dataset (newest run of each), one per line."""
+    lines = []
+    for entry in evals:
+        means = ", ".join(f"{m} {v:.2f}" for m, v in sorted(entry["metrics"].items()))
+        kind = " (red team)" if entry["kind"] == "redteam" else ""
+        lines.append(f"{entry['dataset']}{kind}: {means or 'no metrics'}")
+    return "\n".join(lines)

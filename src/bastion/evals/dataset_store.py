@@ -23,7 +23,7 @@ from bastion.evals.store_common import (
     canonical_json,
     utc_now,
 )
-from bastion.store.schema import eval_dataset_items, eval_datasets
+from bastion.store.schema import eval_dataset_items, eval_datasets, eval_item_sources
 from bastion.store.transactions import run_write
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "PushedDataset",
     "StoredDataset",
     "get_dataset",
+    "item_sources",
     "list_datasets",
     "lock_dataset",
     "push_dataset",
@@ -108,10 +109,12 @@ def push_dataset(
     *,
     lock: bool = False,
     force: bool = False,
+    sources: Mapping[str, tuple[str, str]] | None = None,
 ) -> PushedDataset:
     """Store ``items`` as a version of dataset ``name`` (or find the version that has them).
 
-    ``lock`` locks the resulting version (also an existing, unchanged one).
+    ``lock`` locks the resulting version (also an existing, unchanged one). ``sources`` maps
+    item ids to the ``(trace_id, span_id)`` they were made from, stored with a new version.
 
     Raises:
         DatasetError: repeated item ids, or an empty name.
@@ -188,29 +191,80 @@ def push_dataset(
                     for position, (item, item_hash, text) in enumerate(encoded)
                 ],
             )
+        links = [
+            {
+                "project_id": project_id,
+                "dataset_version_id": dataset_id,
+                "item_id": item.id,
+                "trace_id": sources[item.id][0],
+                "span_id": sources[item.id][1],
+            }
+            for item in version.items
+            if sources and item.id in sources
+        ]
+        if links:
+            conn.execute(eval_item_sources.insert(), links)
         info = DatasetInfo(name, number, digest, len(encoded), lock, now)
         return PushedDataset(info, "created")
 
     return run_write(engine, work)
 
 
-def lock_dataset(engine: sa.Engine, project_id: int, name: str, version: int) -> None:
-    """Lock one version of dataset ``name``."""
+def lock_dataset(
+    engine: sa.Engine, project_id: int, name: str, version: int | None = None
+) -> DatasetInfo:
+    """Lock one version of dataset ``name`` (the newest when ``version`` is None) and return
+    it. Locking is one-way: a golden set stays golden; new content needs a new version.
 
-    def work(conn: sa.Connection) -> None:
-        done = conn.execute(
-            eval_datasets.update()
-            .where(
-                eval_datasets.c.project_id == project_id,
-                eval_datasets.c.name == name,
-                eval_datasets.c.version == version,
-            )
-            .values(locked=True)
+    Raises:
+        EvalStoreError: no such dataset or version.
+    """
+
+    def work(conn: sa.Connection) -> DatasetInfo:
+        query = sa.select(eval_datasets).where(
+            eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
         )
-        if done.rowcount == 0:
-            raise EvalStoreError(f"no dataset {name!r} version {version}")
+        if version is None:
+            query = query.order_by(eval_datasets.c.version.desc()).limit(1)
+        else:
+            query = query.where(eval_datasets.c.version == version)
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            which = "" if version is None else f" version {version}"
+            raise EvalStoreError(f"no dataset {name!r}{which} in this project")
+        if not row.locked:
+            conn.execute(
+                eval_datasets.update().where(eval_datasets.c.id == row.id).values(locked=True)
+            )
+        info = _info(row)
+        return DatasetInfo(
+            info.name, info.version, info.content_hash, info.item_count, True, info.created_at
+        )
 
-    run_write(engine, work)
+    return run_write(engine, work)
+
+
+def item_sources(
+    conn: sa.Connection, project_id: int, name: str, version: int
+) -> dict[str, tuple[str, str]]:
+    """``item id -> (trace_id, span_id)`` for the items of a version made from traces."""
+    rows = conn.execute(
+        sa.select(
+            eval_item_sources.c.item_id, eval_item_sources.c.trace_id, eval_item_sources.c.span_id
+        )
+        .select_from(
+            eval_item_sources.join(
+                eval_datasets, eval_datasets.c.id == eval_item_sources.c.dataset_version_id
+            )
+        )
+        .where(
+            eval_item_sources.c.project_id == project_id,
+            eval_datasets.c.project_id == project_id,
+            eval_datasets.c.name == name,
+            eval_datasets.c.version == version,
+        )
+    )
+    return {r.item_id: (r.trace_id, r.span_id) for r in rows}
 
 
 def get_dataset(

@@ -31,7 +31,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DatasetError", "DatasetVersion", "Item", "check_variables", "load_items"]
+__all__ = [
+    "DatasetError",
+    "DatasetVersion",
+    "Item",
+    "check_variables",
+    "load_items",
+    "parse_items",
+    "parse_text",
+]
 
 RESERVED = frozenset({"id", "expected", "__expected", "tags", "metadata", "vars"})
 _ID_HEX = 16  # a content-derived id is the first 16 hex digits of the item's hash
@@ -337,6 +345,57 @@ def load_items(path: Path) -> list[Item]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read: {exc}", path=path) from None
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for line, row in reader(path, text):
+        item = _make_item(row, (path, line))
+        if item.id in seen:
+            raise DatasetError(
+                f"duplicate id {item.id!r} (first on line {seen[item.id]})", path=path, line=line
+            )
+        seen[item.id] = line
+        items.append(item)
+    return items
+
+
+def parse_items(rows: Sequence[Any], *, where: str = "items") -> list[Item]:
+    """Items from already-decoded rows (JSON objects in the file shapes above), e.g. an API
+    body; problems name the row as ``items[3]``.
+
+    Raises:
+        DatasetError: a row that is not an object, a malformed row or a repeated id.
+    """
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        label = f"{where}[{index}]"
+        if not isinstance(row, Mapping):
+            raise DatasetError(f"{label}: expected an object, got {type(row).__name__}")
+        try:
+            item = _make_item(row, (Path(label), 0))
+        except DatasetError as exc:
+            raise DatasetError(f"{label}: {exc.problem}") from None
+        if item.id in seen:
+            raise DatasetError(
+                f"{label}: duplicate id {item.id!r} (first in {where}[{seen[item.id]}])"
+            )
+        seen[item.id] = index
+        items.append(item)
+    return items
+
+
+def parse_text(text: str, fmt: str, *, name: str = "upload") -> list[Item]:
+    """Items from the text of a ``jsonl``, ``csv`` or ``yaml`` file (e.g. uploaded over the
+    API); problems name ``name`` and the line, as :func:`load_items` does for files.
+
+    Raises:
+        DatasetError: an unknown format or a malformed row.
+    """
+    suffix = "." + fmt.lower().lstrip(".")
+    reader = _READERS.get(suffix)
+    if reader is None:
+        raise DatasetError(f"unknown dataset format {fmt!r} (use jsonl, csv or yaml)")
+    path = Path(name)
     items: list[Item] = []
     seen: dict[str, int] = {}
     for line, row in reader(path, text):

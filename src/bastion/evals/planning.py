@@ -118,6 +118,7 @@ class EvalPlan:
     repeats: int
     run_id: str | None = None
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    kind: store.RunKind = "quality"  # redteam runs are reported and gated apart
 
     @property
     def target_key(self) -> str:
@@ -401,6 +402,7 @@ def plan_resume(
     if plan.resolved.target_hash != info.target_hash:
         raise EvalSetupError(f"eval run {run_id}: its target changed since it started")
     plan.run_id = run_id
+    plan.kind = info.kind
     return plan
 
 

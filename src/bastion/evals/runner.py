@@ -319,6 +319,7 @@ async def run_eval(
             scorers=plan.scorer_specs,
             params=resolved.params,
             repeats=plan.repeats,
+            kind=plan.kind,
         )
         done: set[tuple[str, int]] = set()
     else:

@@ -33,6 +33,7 @@ from bastion.evals.dataset_store import (
     PushedDataset,
     StoredDataset,
     get_dataset,
+    item_sources,
     list_datasets,
     lock_dataset,
     push_dataset,
@@ -68,8 +69,10 @@ __all__ = [
     "finished_pairs",
     "get_dataset",
     "get_run",
+    "item_sources",
     "latest_run",
     "list_datasets",
+    "list_runs",
     "load_results",
     "lock_dataset",
     "push_dataset",
@@ -79,6 +82,8 @@ __all__ = [
 ]
 
 RunStatus = Literal["running", "completed", "failed"]
+RunKind = Literal["quality", "redteam"]
+RUN_KINDS: tuple[RunKind, ...] = ("quality", "redteam")
 _CHUNK = 500  # keys per IN (...) query
 
 
@@ -111,6 +116,9 @@ class RunInfo:
     started_at: datetime
     finished_at: datetime | None
     summary: Mapping[str, Any] | None
+    kind: RunKind = "quality"
+    prompt_name: str | None = None
+    prompt_version: int | None = None
 
     @property
     def label(self) -> str:
@@ -139,6 +147,9 @@ def _run_info(row: Any) -> RunInfo:
         started_at=row.started_at,
         finished_at=row.finished_at,
         summary=None if row.summary is None else orjson.loads(row.summary),
+        kind=row.kind,
+        prompt_name=row.prompt_name,
+        prompt_version=None if row.prompt_version is None else int(row.prompt_version),
     )
 
 
@@ -153,9 +164,18 @@ def create_run(
     scorers: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     repeats: int,
+    kind: RunKind = "quality",
 ) -> str:
-    """Record a new run (status ``running``) and return its id (uuid4 hex)."""
+    """Record a new run (status ``running``) and return its id (uuid4 hex).
+
+    A prompt target's name and resolved version (``target["kind"] == "prompt"``) are kept in
+    their own columns, so scores can be shown per prompt version.
+    """
+    if kind not in RUN_KINDS:
+        raise ValueError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
     run_id = uuid.uuid4().hex
+    is_prompt = target.get("kind") == "prompt"
+    version = target.get("version") if is_prompt else None
 
     def work(conn: sa.Connection) -> None:
         conn.execute(
@@ -175,6 +195,9 @@ def create_run(
                 started_at=utc_now(),
                 finished_at=None,
                 summary=None,
+                kind=kind,
+                prompt_name=str(target.get("name"))[:200] if is_prompt else None,
+                prompt_version=version if isinstance(version, int) else None,
             )
         )
 
@@ -244,6 +267,35 @@ def latest_run(
         which = f"{status} " if status else ""
         raise EvalStoreError(f"no {which}eval run of {target_key!r} on dataset {dataset_name!r}")
     return _run_info(row)
+
+
+def list_runs(
+    conn: sa.Connection,
+    project_id: int,
+    *,
+    dataset_name: str | None = None,
+    kind: RunKind | None = None,
+    status: RunStatus | None = None,
+    prompt_name: str | None = None,
+    limit: int = 50,
+) -> list[RunInfo]:
+    """The project's runs, newest first, optionally narrowed by dataset, kind, status and
+    prompt; at most ``limit`` (1 to 1000)."""
+    if isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise ValueError(f"limit must be from 1 to 1000, got {limit!r}")
+    query = sa.select(eval_runs).where(eval_runs.c.project_id == project_id)
+    if dataset_name is not None:
+        query = query.where(eval_runs.c.dataset_name == dataset_name)
+    if kind is not None:
+        query = query.where(eval_runs.c.kind == kind)
+    if status is not None:
+        query = query.where(eval_runs.c.status == status)
+    if prompt_name is not None:
+        query = query.where(eval_runs.c.prompt_name == prompt_name)
+    rows = conn.execute(
+        query.order_by(eval_runs.c.started_at.desc(), eval_runs.c.run_id.desc()).limit(limit)
+    ).all()
+    return [_run_info(r) for r in rows]
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -7,16 +7,23 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
+from functools import partial
 
 from aiohttp import web
 
 from bastion.gateway import handlers
-from bastion.gateway.breaker import Breakers
+from bastion.gateway.admission import Admission
+from bastion.gateway.breaker import Breakers, Transition
+from bastion.gateway.cache import make_response_cache
+from bastion.gateway.cache_config import load_cache_config
+from bastion.gateway.limits_config import load_limits_config
 from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
 from bastion.gateway.resilience import Resilience
 from bastion.gateway.router import Router
+from bastion.gateway.shared_state import SharedState
 from bastion.gateway.state import GATEWAY, GatewayState
+from bastion.gateway.tiers import TierRouter
 from bastion.providers.config import (
     Deployment,
     GatewayConfig,
@@ -25,6 +32,7 @@ from bastion.providers.config import (
     load_gateway_config,
 )
 from bastion.providers.upstream import Upstream
+from bastion.releases.serving import install_route_table
 from bastion.server.state import STATE
 from bastion.settings import Settings
 
@@ -56,13 +64,29 @@ def _warn_missing_keys(config: GatewayConfig) -> None:
             )
 
 
+def _record_transition(recorder: Recorder, transition: Transition) -> None:
+    recorder.event(
+        "bastion.breaker.transition",
+        {
+            "bastion.breaker.deployment": transition.deployment,
+            "bastion.breaker.from": transition.from_state,
+            "bastion.breaker.to": transition.to_state,
+            "bastion.breaker.reason": transition.reason,
+            "bastion.breaker.remote": transition.remote,
+        },
+    )
+
+
 def install_gateway(app: web.Application, settings: Settings) -> None:
     """Add the gateway routes; providers, pool and simulator start with the application.
 
     The configuration is validated here, before the server starts, so a bad ``bastion.yaml``
     stops ``serve`` with a message naming the key.
     """
-    load_gateway_config(settings)  # fail fast; reloaded below with the simulator's models
+    checked = load_gateway_config(settings)  # fail fast; reloaded below with the simulator's
+    load_limits_config(settings, None if settings.gateway.simulator else checked)
+    load_cache_config(settings)
+    TierRouter.from_config(checked, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
@@ -92,22 +116,46 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
             poller = asyncio.create_task(prompts.run())
             router = Router(config)
             breakers = Breakers(config.aliases.values(), state.registry)
+            # Rate limits, budgets and breaker state: in memory, or shared through Redis.
+            shared_state = SharedState(
+                settings.redis_url, prefix=settings.gateway.redis_prefix, registry=state.registry
+            )
+            await shared_state.start(breakers)
+            admission = Admission(
+                load_limits_config(settings, config),
+                config,
+                state.catalog,
+                shared_state,
+                default_max_tokens=settings.gateway.budget_default_max_tokens,
+                registry=state.registry,
+            )
+            response_cache = make_response_cache(
+                settings, config, router, upstream, registry=state.registry, catalog=state.catalog
+            )
+            recorder = Recorder(
+                state.pipeline,
+                max_message_chars=settings.ingest.max_message_chars,
+                default_project_id=state.default_project_id,
+                registry=state.registry,
+            )
+            # Breaker transitions and budget thresholds are kept as event spans (audit trail).
+            breakers.listeners.append(partial(_record_transition, recorder))
+            admission.on_event = recorder.event
             app[GATEWAY] = GatewayState(
                 settings=settings.gateway,
                 config=config,
                 router=router,
                 upstream=upstream,
-                recorder=Recorder(
-                    state.pipeline,
-                    max_message_chars=settings.ingest.max_message_chars,
-                    default_project_id=state.default_project_id,
-                    registry=state.registry,
-                ),
+                recorder=recorder,
                 prompts=prompts,
                 breakers=breakers,
                 resilience=Resilience(
                     settings.gateway, config, router, breakers, upstream, state.catalog
                 ),
+                admission=admission,
+                shared_state=shared_state,
+                cache=response_cache,
+                tiers=TierRouter.from_config(config, settings),
             )
             try:
                 yield
@@ -116,7 +164,10 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
                 await prompts.work.drain()  # its threads hold connections of the engine
+                await shared_state.close()
+                await response_cache.close()
                 await upstream.close()
 
     app.cleanup_ctx.append(lifecycle)
+    install_route_table(app, settings)  # release routes, from memory (bastion.releases)
     app.router.add_routes(handlers.routes)

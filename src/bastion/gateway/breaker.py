@@ -39,6 +39,7 @@ class Transition:
     from_state: BreakerState
     to_state: BreakerState
     reason: str
+    remote: bool = False  # learnt from another replica (shared state), not caused here
 
 
 class Breaker:
@@ -132,8 +133,17 @@ class Breaker:
             )
         return None
 
-    def _move(self, to: BreakerState, reason: str) -> Transition:
-        transition = Transition(self.deployment, self.state, to, reason)
+    def trip(self, remaining_s: float) -> Transition | None:
+        """Open a closed breaker because another replica opened it ``remaining_s`` of its
+        cooldown ago; a breaker already open or probing keeps its own state."""
+        if self.state != "closed":
+            return None
+        self._buckets.clear()
+        self._opened_at = self._clock() - max(0.0, self.policy.cooldown_s - remaining_s)
+        return self._move("open", "opened on another replica", remote=True)
+
+    def _move(self, to: BreakerState, reason: str, *, remote: bool = False) -> Transition:
+        transition = Transition(self.deployment, self.state, to, reason, remote)
         self.state = to
         return transition
 
@@ -158,6 +168,9 @@ class Breakers:
                     self._breakers[label] = Breaker(label, alias.breaker, clock=clock)
         self._transitions: Counter | None = None
         self._state: Gauge | None = None
+        self.listeners: list[Callable[[Transition], None]] = []
+        """Told of every transition after it is counted (shared state announces opens, the
+        recorder keeps each as an event span)."""
         if registry is not None:
             self._transitions = Counter(
                 "bastion_gateway_breaker_transitions",
@@ -173,6 +186,10 @@ class Breakers:
             )
             for label in self._breakers:
                 self._state.labels(label).set(0)
+
+    def labels(self) -> list[str]:
+        """The deployments that have a breaker."""
+        return list(self._breakers)
 
     def get(self, deployment: str) -> Breaker | None:
         """The deployment's breaker, or None when its alias declares none."""
@@ -192,4 +209,6 @@ class Breakers:
         if self._transitions is not None and self._state is not None:
             self._transitions.labels(transition.deployment, transition.to_state).inc()
             self._state.labels(transition.deployment).set(_GAUGE[transition.to_state])
+        for listener in self.listeners:
+            listener(transition)
         return transition

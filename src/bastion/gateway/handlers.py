@@ -22,6 +22,7 @@ from bastion.gateway.validation import (
     validate_openai_chat,
 )
 from bastion.providers.config import ModelAlias
+from bastion.releases.serving import apply_release
 from bastion.server.auth import presented_key
 from bastion.server.state import STATE
 
@@ -124,6 +125,7 @@ async def _serve(
     gateway = request.app[GATEWAY]
     call = _new_call(request, api, operation)
     headers = _headers(call)
+    ticket = None
     try:
         principal = await _principal(request)
         call.project_id = principal.project_id
@@ -131,6 +133,8 @@ async def _serve(
         call.request_body = raw
         call.attribute_from(request, raw)
         if operation == "chat":
+            # A named route → its release (stable or rollout arm) decides model, params, prompt.
+            raw = await apply_release(request, call, api, raw)
             raw = await apply_prompt(
                 gateway.prompts, principal.project_id, api, raw, request.headers, call
             )
@@ -138,12 +142,25 @@ async def _serve(
         call.requested_model = body["model"]
         call.stream = bool(body.get("stream")) and operation == "chat"
         alias = _alias(gateway, body["model"])
+        # Tiered alias → the alias of the tier its classifier chooses (gateway.tiers).
+        alias = gateway.tiers.route(alias, call, api, body)
+        # Rate limits and budgets (may degrade the alias); settled in `finally`.
+        ticket = await gateway.admission.admit(call, principal, alias, body)
+        if ticket is not None:
+            alias = ticket.alias
+        # Exact and semantic response cache (gateway.cache): a hit is the answer.
+        cached = await gateway.cache.lookup(request, call, api, alias, body, headers)
+        if cached is not None:
+            return cached
         # Deployment choice, retries, fallbacks, breakers and relaying: gateway.resilience.
-        return await gateway.resilience.serve(request, call, api, alias, body, headers)
+        response = await gateway.resilience.serve(request, call, api, alias, body, headers)
+        gateway.cache.store(call)  # keeps the answer if it completed (see lookup)
+        return response
     except GatewayError as exc:
         call.fail(exc.status, exc.error_class, exc.message)
         return error_response(api, exc, headers)
     finally:
+        gateway.admission.settle(ticket, call)
         gateway.recorder.record(call)
 
 

@@ -176,6 +176,9 @@ async def apply_prompt(
         raise GatewayError(exc.status, exc.message, error_class=kind, param="prompt") from exc
     call.prompt_version = cached.version
     call.attributes["bastion.prompt.hash"] = cached.content_hash
+    if ref.variables:
+        # Kept so a dataset made from this trace can re-run the prompt (evals.from_traces).
+        call.attributes["bastion.prompt.variables"] = dict(ref.variables)
     spec = cached.spec
     try:
         rendered = render(spec, ref.variables, cached.partials)

@@ -17,12 +17,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from bastion.providers.translate import Usage
+from bastion.providers.translate import StreamSummary, Usage
 from bastion.tracing.ingest import Backpressure, IngestPipeline
 from bastion.tracing.model import Span, SpanKind, StatusCode
 from bastion.tracing.normalize import truncate
 
-__all__ = ["Call", "Recorder", "TraceContext", "estimate_tokens"]
+__all__ = ["AnswerCapture", "Call", "Recorder", "TraceContext", "estimate_tokens"]
 
 log = logging.getLogger("bastion.gateway")
 
@@ -31,6 +31,7 @@ _ATTRIBUTION_HEADERS = {
     "x-bastion-session": "session_id",
     "x-bastion-feature": "feature",
     "x-bastion-tenant": "tenant",
+    "x-bastion-team": "team",
 }
 _METADATA_KEYS = {
     "user": "user_id",
@@ -39,6 +40,7 @@ _METADATA_KEYS = {
     "session_id": "session_id",
     "feature": "feature",
     "tenant": "tenant",
+    "team": "team",
 }
 
 
@@ -86,6 +88,18 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4 if text else 0
 
 
+class AnswerCapture:
+    """Set on a call whose answer should be kept (response cache): the relay fills in the
+    client-format body, or the provider-format summary of a stream that completed."""
+
+    __slots__ = ("body", "kind", "summary")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.summary: StreamSummary | None = None
+        self.kind: str | None = None
+
+
 @dataclass(slots=True)
 class Call:
     """One gateway request, filled in as it is served."""
@@ -113,6 +127,9 @@ class Call:
     attributes: dict[str, Any] = field(default_factory=dict)
     prompt_name: str | None = None  # a request naming a registry prompt
     prompt_version: int | None = None
+    capture: AnswerCapture | None = None  # None: the relay keeps no copy of the answer
+    cost_usd: float | None = None  # set when known here (a cache hit costs 0); else priced later
+    release_id: str | None = None  # the release a routed request was served by (releases)
 
     def attribute_from(self, request: web.Request, body: Any) -> None:
         """User, session, feature and tenant from headers, else the body's ``user``/metadata."""
@@ -158,6 +175,9 @@ class Call:
             attributes["bastion.usage.estimated"] = True
         if self.error_message:
             attributes["error.message"] = truncate(self.error_message, 2000)
+        team = self.attribution.get("team")
+        if team is not None:
+            attributes["bastion.team"] = team
         if self.prompt_name is not None:
             attributes["bastion.prompt.name"] = self.prompt_name
         if self.prompt_version is not None:
@@ -181,6 +201,7 @@ class Call:
             response_model=self.served_model,
             input_tokens=self.usage.input_tokens,
             output_tokens=self.usage.output_tokens,
+            cost_usd=self.cost_usd,
             cached_tokens=self.usage.cached_tokens,
             cache_write_tokens=self.usage.cache_write_tokens,
             ttft_ms=self.ttft_ms,
@@ -191,6 +212,7 @@ class Call:
             tenant=self.attribution.get("tenant"),
             prompt_name=self.prompt_name,
             prompt_version=self.prompt_version,
+            release_id=self.release_id,
             input=_text(self.request_body, max_message_chars),
             output=_text(self.output, max_message_chars),
         )
@@ -228,6 +250,33 @@ class Recorder:
             ["api", "operation", "outcome"],
             registry=registry,
         )
+
+    def event(
+        self, name: str, attributes: dict[str, Any], *, project_id: int | None = None
+    ) -> None:
+        """Record a gateway event (a breaker transition, a budget threshold) as a span of
+        operation ``event``: durable through the same queue as calls, listed by the trace API
+        (``operation=event``), never counted as a model call."""
+        now = time.time_ns()
+        span = Span(
+            trace_id=os.urandom(16).hex(),
+            span_id=os.urandom(8).hex(),
+            name=name,
+            start_ns=now,
+            end_ns=now,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            service_name="bastion-gateway",
+            operation="event",
+        )
+        try:
+            self.pipeline.submit_nowait(
+                self.default_project_id if project_id is None else project_id,
+                [span],
+                _log_failure,
+            )
+        except Backpressure:
+            self.dropped.inc()
 
     def record(self, call: Call) -> None:
         outcome = "ok" if call.error_class is None else call.error_class

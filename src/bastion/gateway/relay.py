@@ -160,6 +160,8 @@ async def relay_body(
     if call.operation == "embeddings":
         call.usage = openai_usage(data.get("usage"))
         call.served_model = data.get("model") or deployment.model
+        if call.capture is not None:
+            call.capture.body = raw
         return web.Response(body=raw, content_type="application/json", headers=headers)
     if kind == "openai":
         call.usage = openai_usage(data.get("usage"))
@@ -175,6 +177,8 @@ async def relay_body(
         body = orjson.dumps(anthropic_to_openai_response(data))
     else:
         body = orjson.dumps(openai_to_anthropic_response(data))
+    if call.capture is not None:
+        call.capture.body = body
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
@@ -286,6 +290,9 @@ async def relay_stream(
                 tail = relay.finish()
                 if tail:
                     await out.write(tail)
+                if call.capture is not None:  # complete: the only stream worth keeping
+                    call.capture.summary = relay.summary
+                    call.capture.kind = kind
         if call.error_class is not None and relay.summary.error is None:
             await out.write(_stream_error_event(api, call.error_message or "stream interrupted"))
         await out.write_eof()

@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from bastion.gateway.admission import Admission
 from bastion.gateway.breaker import Breakers
+from bastion.gateway.cache import ResponseCache
 from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
 from bastion.gateway.resilience import Resilience
 from bastion.gateway.router import Router
+from bastion.gateway.shared_state import SharedState
+from bastion.gateway.tiers import TierRouter
 from bastion.providers.config import GatewayConfig
 from bastion.providers.upstream import Upstream
 from bastion.settings import GatewaySettings
@@ -31,6 +35,10 @@ class GatewayState:
     prompts: PromptCache
     breakers: Breakers
     resilience: Resilience
+    admission: Admission
+    shared_state: SharedState
+    cache: ResponseCache
+    tiers: TierRouter
     started_at: float = field(default_factory=time.time)
 
 

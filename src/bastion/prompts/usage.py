@@ -6,7 +6,9 @@ OTLP spans that carry ``bastion.prompt.version``) with:
 - its **deployments**: each label move (set or rollback) that pointed a label at it, and when
   that label moved away again;
 - its **traffic** since a time: spans and traces, errors and error rate, p95 latency (exact,
-  nearest rank), input/output tokens, cost, first/last seen and the most recent trace ids.
+  nearest rank), input/output tokens, cost, first/last seen and the most recent trace ids;
+- its **eval scores**: the newest completed eval run per dataset (and kind) that evaluated
+  that version, with each metric's mean and pass rate (:mod:`bastion.prompts.eval_scores`).
 
 One grouped query, one window query for p95 and one for recent traces, each over the
 ``(project_id, prompt_name, prompt_version, start_ns)`` index of ``spans``; SQLAlchemy Core
@@ -21,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
+from bastion.prompts.eval_scores import VersionEvalScores, eval_scores_by_version
 from bastion.prompts.registry_queries import MOVES, NotFoundError, RegistryError
 from bastion.store.queries_common import span_is_error
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts, spans
@@ -61,6 +64,10 @@ class VersionUsage(BaseModel):
     first_seen: datetime | None
     last_seen: datetime | None
     recent_trace_ids: list[str] = Field(description="newest first")
+    evals: list[VersionEvalScores] = Field(
+        default_factory=list,
+        description="newest completed eval run per dataset and kind that evaluated this version",
+    )
 
 
 class PromptUsage(BaseModel):
@@ -234,9 +241,10 @@ def prompt_usage(
     if since is not None:
         conds.append(spans.c.start_ns >= int(since.timestamp() * 1_000_000_000))
     totals, p95, traces = _traffic(conn, conds, recent)
-    if prompt_id is None and not totals:
+    scores = eval_scores_by_version(conn, project_id, name)
+    if prompt_id is None and not totals and not scores:
         raise NotFoundError(f"no prompt {name!r} in this project, and no spans name it")
-    numbers: set[int | None] = {*registered, *totals}
+    numbers: set[int | None] = {*registered, *totals, *scores}
     ordered = sorted(numbers, key=lambda v: (v is None, -(v or 0)))
     versions = []
     for number in ordered:
@@ -262,6 +270,7 @@ def prompt_usage(
                 first_seen=_time(total.first_ns) if total is not None else None,
                 last_seen=_time(total.last_ns) if total is not None else None,
                 recent_trace_ids=traces.get(number, []),
+                evals=scores.get(number, []) if number is not None else [],
             )
         )
     return PromptUsage(name=name, since=since, versions=versions)

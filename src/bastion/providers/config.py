@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bastion.settings import ConfigError, Settings
 
@@ -114,13 +114,34 @@ class _BreakerSpec(BaseModel):
 class _AliasSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    deployments: list[_DeploymentSpec] = Field(min_length=1)
+    deployments: list[_DeploymentSpec] | None = Field(None, min_length=1)
     description: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
     retries: int = Field(0, ge=0, le=10)
     timeout: _TimeoutSpec | None = None
     routing: Routing = "weighted"
     breaker: _BreakerSpec | None = None
+    # Tiered alias (gateway.tiers): tier name → alias; no deployments of its own.
+    tiers: dict[str, str] | None = Field(None, min_length=1)
+    classifier: dict[str, Any] | None = None
+    default_tier: str | None = None
+
+    @model_validator(mode="after")
+    def _deployments_or_tiers(self) -> _AliasSpec:
+        if self.tiers is None:
+            if self.deployments is None:
+                raise ValueError("needs deployments (or tiers, for a tiered alias)")
+            for key in ("classifier", "default_tier"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is only for a tiered alias (with tiers)")
+            return self
+        if self.deployments is not None:
+            raise ValueError("a tiered alias has tiers instead of deployments, not both")
+        if self.fallbacks:
+            raise ValueError("a tiered alias has no fallbacks: give them to its tiers' aliases")
+        if self.default_tier is not None and self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier!r} is not one of its tiers")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +205,10 @@ class ModelAlias:
     timeout: Timeouts | None = None
     routing: Routing = "weighted"
     breaker: BreakerPolicy | None = None
+    tiers: Mapping[str, str] = field(default_factory=dict)
+    """Tiered alias: tier name → the alias serving that tier (then ``deployments`` is empty)."""
+    classifier: Mapping[str, Any] = field(default_factory=dict)
+    default_tier: str = "complex"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +254,7 @@ def load_gateway_config(
     for name, raw in raw_models.items():
         spec_alias = _validate(settings, f"models.{name}", _AliasSpec, raw)
         deployments = []
-        for i, dep in enumerate(spec_alias.deployments):
+        for i, dep in enumerate(spec_alias.deployments or ()):
             provider = providers.get(dep.provider)
             if provider is None:
                 known = ", ".join(sorted(providers)) or "none declared"
@@ -250,8 +275,10 @@ def load_gateway_config(
             timeout=Timeouts(**timeout.model_dump()) if timeout is not None else None,
             routing=spec_alias.routing,
             breaker=BreakerPolicy(**breaker.model_dump()) if breaker is not None else None,
+            **_tiering(spec_alias),
         )
     _check_fallbacks(settings, aliases)
+    _check_tiers(settings, aliases)
     return GatewayConfig(providers=providers, aliases=aliases)
 
 
@@ -288,6 +315,45 @@ def _check_fallbacks(settings: Settings, aliases: Mapping[str, ModelAlias]) -> N
     for name in aliases:
         if name not in state:
             visit(name, [name])
+
+
+def _tiering(spec: _AliasSpec) -> dict[str, Any]:
+    if spec.tiers is None:
+        return {}
+    default = spec.default_tier or (
+        "complex" if "complex" in spec.tiers else next(iter(spec.tiers))
+    )
+    return {
+        "tiers": dict(spec.tiers),
+        "classifier": dict(spec.classifier or {}),
+        "default_tier": default,
+    }
+
+
+def _check_tiers(settings: Settings, aliases: Mapping[str, ModelAlias]) -> None:
+    """Tier targets are aliases with deployments (so tiers never chain or cycle), and a
+    tiered alias is nobody's fallback (it has nothing to try)."""
+    for name, alias in aliases.items():
+        for tier, target in alias.tiers.items():
+            key = f"models.{name}.tiers.{tier}"
+            where = settings.where(key) or settings.where(f"models.{name}.tiers")
+            found = aliases.get(target)
+            if found is None:
+                known = ", ".join(sorted(aliases))
+                raise ConfigError(f"{where}{key}: unknown model alias {target!r} (known: {known})")
+            if found.tiers or target == name:
+                raise ConfigError(
+                    f"{where}{key}: {target!r} is a tiered alias; a tier must name an alias "
+                    "with deployments"
+                )
+        for i, target in enumerate(alias.fallbacks):
+            if aliases[target].tiers:
+                key = f"models.{name}.fallbacks.{i}"
+                where = settings.where(key) or settings.where(f"models.{name}.fallbacks")
+                raise ConfigError(
+                    f"{where}models.{name}.fallbacks[{i}]: {target!r} is a tiered alias; "
+                    "fall back to one of its tiers instead"
+                )
 
 
 def _require_mapping(settings: Settings, key: str, value: Any) -> None:

@@ -66,6 +66,28 @@ class TraceListQuery(_FilterQuery):
     cursor: str | None = Field(None, description="next_cursor from the previous page")
 
 
+class SpanListQuery(TraceListQuery):
+    operation: str | None = Field(
+        None, description="chat, embeddings, …, or event (breaker transitions, budget warnings)"
+    )
+    provider: str | None = None
+    prompt: str | None = Field(None, description="prompt name")
+    release: str | None = Field(None, description="release id")
+    trace_id: str | None = None
+    llm_only: bool = Field(False, description="only spans that describe a model call")
+
+    def to_filter(self) -> queries.SpanFilter:
+        return queries.SpanFilter(
+            **super().to_filter().model_dump(),
+            operation=self.operation,
+            provider=self.provider,
+            prompt_name=self.prompt,
+            release_id=self.release,
+            trace_id=self.trace_id,
+            llm_only=self.llm_only,
+        )
+
+
 class SummaryQuery(_FilterQuery):
     group_by: list[str] = Field(
         default_factory=list, description="model|feature|user|tenant|provider, day|hour"
@@ -107,7 +129,7 @@ async def list_traces(request: web.Request) -> web.Response:
 
 async def list_spans(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
-    params = parse_query(request, TraceListQuery)
+    params = parse_query(request, SpanListQuery)
     try:
         page = await _db(
             request,
@@ -268,7 +290,7 @@ API_ROUTES: list[ApiRoute] = [
         list_spans,
         "List spans, newest first",
         "traces",
-        query=TraceListQuery,
+        query=SpanListQuery,
         response=queries.SpanPage,
     ),
     ApiRoute(

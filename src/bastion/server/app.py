@@ -15,7 +15,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion import __version__
 from bastion.auth import AuthError
-from bastion.server import api_routes, otlp_routes, prompt_routes, prompt_usage_routes
+from bastion.server import (
+    api_routes,
+    eval_routes,
+    otlp_routes,
+    prompt_routes,
+    prompt_usage_routes,
+    release_routes,
+)
 from bastion.server.background import ThreadWork
 from bastion.server.malloc import trim_malloc
 from bastion.server.openapi import ApiError, json_response, openapi_document
@@ -88,6 +95,8 @@ async def openapi(_request: web.Request) -> web.Response:
                 *api_routes.API_ROUTES,
                 *prompt_routes.PROMPT_ROUTES,
                 *prompt_usage_routes.PROMPT_USAGE_ROUTES,
+                *eval_routes.EVAL_ROUTES,
+                *release_routes.RELEASE_ROUTES,
             ],
             version=__version__,
         )
@@ -145,6 +154,8 @@ def create_app(
         app.router.add_routes(
             [route.aiohttp() for route in prompt_usage_routes.PROMPT_USAGE_ROUTES]
         )
+        app.router.add_routes([route.aiohttp() for route in eval_routes.EVAL_ROUTES])
+        release_routes.install_releases(app, settings)  # API and rollout analysis
     if gateway:
         from bastion.gateway.app import install_gateway
 

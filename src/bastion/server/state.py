@@ -65,6 +65,8 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
         engine = create_engine(
             url,
             sqlite_synchronous=settings.ingest.sqlite_synchronous,
+            sqlite_cache_mib=settings.ingest.sqlite_cache_mib,
+            sqlite_heap_limit_mib=settings.ingest.sqlite_heap_limit_mib,
             connect_args=_connect_args(url),
         )
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,9 @@ def is_sqlite(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _sqlite_on_connect(synchronous: str, busy_timeout_ms: int) -> Any:
+def _sqlite_on_connect(
+    synchronous: str, busy_timeout_ms: int, cache_mib: int, heap_limit_mib: int
+) -> Any:
     def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         # WAL lets readers run beside the single writer; FULL makes a commit an fsync'd,
         # acknowledged-and-durable point, which the ingest pipeline relies on.
@@ -28,7 +30,11 @@ def _sqlite_on_connect(synchronous: str, busy_timeout_ms: int) -> Any:
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA temp_store=MEMORY")
-        cursor.execute("PRAGMA cache_size=-65536")
+        # The page cache is per connection and fills up to its size as the database grows,
+        # so with a pool of connections it dominates the process's resident memory: keep each
+        # one small, and cap SQLite's heap for the whole process (the limit is global).
+        cursor.execute(f"PRAGMA cache_size={-1024 * int(cache_mib)}")
+        cursor.execute(f"PRAGMA soft_heap_limit={1024 * 1024 * int(heap_limit_mib)}")
         cursor.close()
         dbapi_connection.create_function(
             "bastion_hist_merge", 2, histogram.merge_encoded, deterministic=True
@@ -42,9 +48,15 @@ def create_engine(
     *,
     sqlite_synchronous: str = "FULL",
     sqlite_busy_timeout_ms: int = 10_000,
+    sqlite_cache_mib: int = 4,
+    sqlite_heap_limit_mib: int = 32,
     **kwargs: Any,
 ) -> sa.Engine:
-    """Create an engine for ``url``, creating the SQLite file's directory when needed."""
+    """Create an engine for ``url``, creating the SQLite file's directory when needed.
+
+    ``sqlite_cache_mib`` is each SQLite connection's page cache and ``sqlite_heap_limit_mib``
+    the soft limit on SQLite's memory in this process, page caches of all connections included.
+    """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -52,7 +64,14 @@ def create_engine(
         connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
         engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
         event.listen(
-            engine, "connect", _sqlite_on_connect(sqlite_synchronous, sqlite_busy_timeout_ms)
+            engine,
+            "connect",
+            _sqlite_on_connect(
+                sqlite_synchronous,
+                sqlite_busy_timeout_ms,
+                sqlite_cache_mib,
+                sqlite_heap_limit_mib,
+            ),
         )
         return engine
     kwargs.setdefault("pool_pre_ping", True)

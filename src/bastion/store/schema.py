@@ -13,6 +13,7 @@ __all__ = [
     "api_keys",
     "eval_dataset_items",
     "eval_datasets",
+    "eval_item_sources",
     "eval_results",
     "eval_runs",
     "eval_scores",
@@ -22,6 +23,10 @@ __all__ = [
     "prompt_labels",
     "prompt_versions",
     "prompts",
+    "release_events",
+    "release_rollouts",
+    "release_routes",
+    "releases",
     "span_rollups",
     "spans",
     "traces",
@@ -114,6 +119,15 @@ spans = sa.Table(
         "start_ns",
         sqlite_where=sa.text("prompt_name IS NOT NULL"),
         postgresql_where=sa.text("prompt_name IS NOT NULL"),
+    ),
+    # Canary analysis reads one release's spans since a rollout step began (bastion.releases).
+    sa.Index(
+        None,
+        "project_id",
+        "release_id",
+        "start_ns",
+        sqlite_where=sa.text("release_id IS NOT NULL"),
+        postgresql_where=sa.text("release_id IS NOT NULL"),
     ),
 )
 
@@ -263,6 +277,20 @@ eval_dataset_items = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "dataset_version_id", "position"),
 )
 
+# Where an item of a dataset version made from production traces came from (also kept in the
+# item's metadata); indexed by trace so a trace can tell which datasets it feeds.
+eval_item_sources = sa.Table(
+    "eval_item_sources",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("dataset_version_id", sa.Integer, sa.ForeignKey("eval_datasets.id"), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("span_id", sa.String(16), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "dataset_version_id", "item_id"),
+    sa.Index(None, "project_id", "trace_id"),
+)
+
 eval_runs = sa.Table(
     "eval_runs",
     metadata,
@@ -282,8 +310,14 @@ eval_runs = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("summary", sa.Text, nullable=True),  # JSON, set when the run ends
+    # quality (a dataset scored for quality) or redteam (an attack suite; reported apart).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="quality"),
+    # The prompt version evaluated (null for a plain model target): scores per version.
+    sa.Column("prompt_name", sa.String(200), nullable=True),
+    sa.Column("prompt_version", sa.Integer, nullable=True),
     sa.PrimaryKeyConstraint("project_id", "run_id"),
     sa.Index(None, "project_id", "dataset_name", "target_key", "started_at"),
+    sa.Index(None, "project_id", "prompt_name", "prompt_version", "started_at"),
 )
 
 eval_results = sa.Table(
@@ -320,4 +354,87 @@ eval_scores = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("details", sa.Text, nullable=False),  # JSON
     sa.PrimaryKeyConstraint("project_id", "run_id", "item_id", "repeat", "metric"),
+)
+
+
+# -- releases --------------------------------------------------------------------------------
+# A release is an immutable, content-addressed bundle (prompt versions, model, params, tools,
+# guard policy). A route points at one stable release per environment; a rollout moves a
+# candidate towards it step by step; every change is appended to release_events (the history).
+
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("release_id", sa.String(64), nullable=False),  # first 16 hex of the content hash
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("content_hash", sa.String(80), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # canonical JSON of the ReleaseSpec
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "release_id"),
+    sa.Index(None, "project_id", "name", "created_at"),
+)
+
+release_routes = sa.Table(
+    "release_routes",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("environment", sa.String(64), nullable=False),
+    sa.Column("release_id", sa.String(64), nullable=False),  # the stable release
+    sa.Column("updated_by", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "route", "environment"),
+)
+
+release_rollouts = sa.Table(
+    "release_rollouts",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("rollout_id", sa.String(32), nullable=False),  # uuid4 hex
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("environment", sa.String(64), nullable=False),
+    sa.Column("strategy", sa.String(16), nullable=False),  # canary | ab | shadow
+    sa.Column("stable_release_id", sa.String(64), nullable=False),
+    sa.Column("candidate_release_id", sa.String(64), nullable=False),
+    sa.Column("policy", sa.Text, nullable=False),  # JSON RolloutPolicy
+    # running | paused | promoted | rolled_back | aborted
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),  # index into policy.steps
+    sa.Column("weight", sa.Float, nullable=False),  # percent of traffic on the candidate
+    sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("analysis", sa.Text, nullable=True),  # JSON of the latest analysis
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("gate", sa.Text, nullable=True),  # JSON evidence of the eval gate it required
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The replica whose analysis controller may decide for this rollout, and until when.
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "rollout_id"),
+    sa.Index(None, "project_id", "route", "environment", "state"),
+)
+
+# Append-only: every deploy, rollout start, step, pause, promotion, abort and rollback.
+release_events = sa.Table(
+    "release_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("environment", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("rollout_id", sa.String(32), nullable=True),
+    # What serves after the event: the stable release, and the candidate with its weight.
+    sa.Column("stable_release_id", sa.String(64), nullable=True),
+    sa.Column("candidate_release_id", sa.String(64), nullable=True),
+    sa.Column("strategy", sa.String(16), nullable=True),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("step", sa.Integer, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index(None, "project_id", "route", "environment", "at"),
 )

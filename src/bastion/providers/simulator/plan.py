@@ -208,6 +208,7 @@ def make_plan(
             messages=messages,
             system=system,
             quality=config.quality,
+            safety=config.safety,
             length=forced_length,
             min_tokens=config.min_tokens,
             max_tokens=config.max_tokens,

@@ -1,0 +1,442 @@
+"""Admission of gateway requests against rate limits and budgets, and their settlement.
+
+:meth:`Admission.admit` runs once per request, after routing and before the cache lookup and
+the upstream call: it finds the rules that apply (by project, key, team, feature, user, model),
+estimates the request's tokens and maximum cost, and asks the store (memory or Redis, see
+:mod:`bastion.gateway.shared_state`) to check and reserve everything in one atomic step. A
+refusal is a 429 in the API's own error shape with ``Retry-After``; an exhausted budget whose
+rule says ``on_exceed: {degrade_to: alias}`` serves the cheaper alias instead. Admission comes
+before the cache lookup because a degraded request is cached under the alias it is served by.
+
+:meth:`Admission.settle` runs in the handler's ``finally``: the actual cost (0 for a cache hit,
+else tokens times catalog prices of the served model) and tokens replace the reservation, off the
+response path.
+
+The maximum cost is ``input estimate * input price + max output * output price`` of the most
+expensive deployment in the alias's fallback chain; max output is the request's
+``max_tokens`` (or ``max_completion_tokens``), else ``gateway.budget_default_max_tokens``. A
+deployment without a price reserves nothing and the span says so
+(``bastion.budget.price_unknown``): unknown prices never block traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from bastion.auth import Principal
+from bastion.catalog import Catalog
+from bastion.gateway.errors import GatewayError
+from bastion.gateway.limit_store import (
+    WINDOW_S,
+    BudgetCheck,
+    BudgetCommit,
+    BudgetWarning,
+    RateCheck,
+    TokenCommit,
+    Verdict,
+)
+from bastion.gateway.limits_config import BudgetRule, LimitsConfig, RateRule, period_bounds
+from bastion.gateway.recording import Call
+from bastion.gateway.shared_state import SharedState
+from bastion.providers.config import GatewayConfig, ModelAlias
+
+__all__ = ["Admission", "Ticket"]
+
+log = logging.getLogger("bastion.gateway")
+
+_PERIOD_WORD = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What one admitted request holds until it is settled."""
+
+    alias: ModelAlias
+    shared: bool
+    window: int
+    project_id: int
+    rates: list[RateCheck] = field(default_factory=list)
+    budgets: list[BudgetCheck] = field(default_factory=list)
+    settled: bool = False
+
+
+class Admission:
+    """Rate limits and budgets of the gateway (see the module docstring)."""
+
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        config: GatewayConfig,
+        catalog: Catalog | None,
+        shared: SharedState,
+        *,
+        default_max_tokens: int = 4096,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = limits
+        self.config = config
+        self.catalog = catalog
+        self.shared = shared
+        self.default_max_tokens = default_max_tokens
+        self.clock = clock
+        self._chains = _chains(config)
+        shared.on_warning = self._on_warning
+        self.on_event: Callable[..., None] | None = None
+        self._project_ids: dict[str, int] = {}  # slug → id, for events of project budgets
+        """Told of every budget threshold crossed (the recorder keeps it as an event span)."""
+        self._decisions: Counter | None = None
+        self._warnings: Counter | None = None
+        if registry is not None:
+            self._decisions = Counter(
+                "bastion_gateway_admission",
+                "Gateway admission decisions (admitted, rate_limited, budget_exceeded, degraded)",
+                ["outcome"],
+                registry=registry,
+            )
+            self._warnings = Counter(
+                "bastion_gateway_budget_warnings",
+                "Budget thresholds crossed (once per budget and period; 1.0 = exhausted)",
+                ["scope", "period", "threshold"],
+                registry=registry,
+            )
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        call: Call,
+        principal: Principal,
+        alias: ModelAlias,
+        body: Mapping[str, Any],
+    ) -> Ticket | None:
+        """Check and reserve; the ticket's ``alias`` is the one to serve (a budget may have
+        degraded it). Raises a 429 :class:`GatewayError` when a limit refuses the request;
+        returns None when no rule is configured."""
+        if self.limits.empty:
+            return None
+        now = self.clock()
+        values = _values(call, principal)
+        self._project_ids[principal.project_slug] = principal.project_id
+        ticket = await self._admit(call, principal, alias, body, values, now, frozenset())
+        self._count("admitted")
+        return ticket
+
+    async def _admit(
+        self,
+        call: Call,
+        principal: Principal,
+        alias: ModelAlias,
+        body: Mapping[str, Any],
+        values: dict[str, str],
+        now: float,
+        forced: frozenset[int],
+    ) -> Ticket:
+        values = {**values, "model": alias.name}
+        estimate = _Estimate(body, self.default_max_tokens)
+        rate_rules: list[tuple[RateRule, str]] = []
+        rates: list[RateCheck] = []
+        for rule in self.limits.rate_limits:
+            value = _applies(rule.scope, rule.match, values, principal)
+            if value is not None:
+                tokens = estimate.tokens() if rule.tpm is not None else 0
+                rate_rules.append((rule, value))
+                rates.append(RateCheck(f"{rule.id}:{value}", rule.rpm, rule.tpm, tokens))
+        budget_rules: list[tuple[BudgetRule, str]] = []
+        budgets: list[BudgetCheck] = []
+        reserve: float | None = None
+        for budget in self.limits.budgets:
+            value = _applies(budget.scope, budget.match, values, principal)
+            if value is None:
+                continue
+            if reserve is None:
+                reserve = self._max_cost(call, alias, estimate, principal.project_id)
+            start, end = period_bounds(budget.period, now)
+            budget_rules.append((budget, value))
+            budgets.append(
+                BudgetCheck(
+                    f"{budget.id}:{int(start)}:{value}",
+                    budget.limit_usd,
+                    reserve,
+                    ttl_s=int(end - now) + 3600,
+                    force=budget.id in forced,
+                )
+            )
+        verdict, shared = await self.shared.admit(rates, budgets, now)
+        call.attributes["bastion.admission.store"] = "redis" if shared else "memory"
+        if rates:
+            call.attributes["bastion.ratelimit.rules"] = len(rates)
+            call.attributes["bastion.ratelimit.decision"] = (
+                "rejected" if verdict.rate_denied is not None else "admitted"
+            )
+        if verdict.rate_denied is not None:
+            rule, value = rate_rules[verdict.rate_denied]
+            self._count("rate_limited")
+            raise self._rate_error(call, rule, value, verdict, rates[verdict.rate_denied], now)
+        if verdict.ok:
+            if budgets:
+                call.attributes.setdefault("bastion.budget.decision", "admitted")
+                call.attributes["bastion.budget.reserved_usd"] = reserve
+            return Ticket(alias, shared, verdict.window, principal.project_id, rates, budgets)
+        exceeded = [budget_rules[i] for i in verdict.exceeded]
+        blocking = [(r, v) for r, v in exceeded if r.degrade_to is None]
+        if blocking or forced:
+            rule_b, value = (blocking or exceeded)[0]
+            spent = verdict.spent[[r.id for r, _ in budget_rules].index(rule_b.id)]
+            self._count("budget_exceeded")
+            raise self._budget_error(call, rule_b, value, spent, now)
+        rule_d, value = exceeded[0]
+        assert rule_d.degrade_to is not None
+        target = self.config.alias(rule_d.degrade_to)
+        if target is None:  # validated at load; the alias table may have been swapped since
+            raise self._budget_error(call, rule_d, value, verdict.spent[0], now)
+        self._count("degraded")
+        call.attributes["bastion.budget.decision"] = "degraded"
+        call.attributes["bastion.budget.rule"] = _describe(rule_d, value)
+        call.attributes["bastion.budget.degraded_from"] = alias.name
+        call.attributes["bastion.budget.degraded_to"] = target.name
+        forced_ids = frozenset(r.id for r, _ in exceeded)
+        return await self._admit(call, principal, target, body, values, now, forced_ids)
+
+    def _max_cost(
+        self, call: Call, alias: ModelAlias, estimate: _Estimate, project_id: int
+    ) -> float:
+        catalog = self.catalog
+        if catalog is None:
+            return 0.0
+        worst = 0.0
+        unknown: list[str] = []
+        for member in self._chains.get(alias.name, (alias,)):
+            for dep in member.deployments:
+                info = catalog.lookup(dep.model, project_id=project_id)
+                cost = (
+                    info.cost(estimate.input_tokens(), estimate.max_output())
+                    if info is not None
+                    else None
+                )
+                if cost is None:
+                    unknown.append(dep.model)
+                else:
+                    worst = max(worst, cost)
+        if unknown:
+            call.attributes["bastion.budget.price_unknown"] = sorted(set(unknown))
+        return worst
+
+    def _rate_error(
+        self,
+        call: Call,
+        rule: RateRule,
+        value: str,
+        verdict: Verdict,
+        check: RateCheck,
+        now: float,
+    ) -> GatewayError:
+        wait = max(1, math.ceil(WINDOW_S - (now % WINDOW_S)))
+        requests, tokens = verdict.rate_load
+        if rule.rpm is not None and requests + 1 > rule.rpm:
+            what = f"{rule.rpm} requests per minute ({requests:.0f} in the last minute)"
+        else:
+            what = (
+                f"{rule.tpm} tokens per minute (about {tokens:.0f} in the last minute, "
+                f"this request needs about {check.tokens})"
+            )
+        where = f"rate_limits[{rule.id}]"
+        call.attributes["bastion.ratelimit.rule"] = f"{where} {rule.scope}={value}"
+        return GatewayError(
+            429,
+            f"rate limit exceeded: {rule.scope} {value!r} may send {what} ({where}); "
+            f"retry in {wait}s",
+            error_class="rate_limited",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
+
+    def _budget_error(
+        self, call: Call, rule: BudgetRule, value: str, spent: float, now: float
+    ) -> GatewayError:
+        _, end = period_bounds(rule.period, now)
+        wait = max(1, math.ceil(end - now))
+        call.attributes["bastion.budget.decision"] = "blocked"
+        call.attributes["bastion.budget.rule"] = _describe(rule, value)
+        return GatewayError(
+            429,
+            f"budget exceeded: {rule.scope} {value!r} has spent ${spent:.4f} (including "
+            f"requests in flight) of its {_PERIOD_WORD[rule.period]} budget of "
+            f"${rule.limit_usd:.2f} (budgets[{rule.id}]); it resets in {wait}s",
+            error_class="budget_exceeded",
+            code="budget_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
+
+    # -- settlement ------------------------------------------------------------------------
+
+    def settle(self, ticket: Ticket | None, call: Call) -> None:
+        """Replace the reservation by the actual cost and tokens (never waits; idempotent)."""
+        if ticket is None or ticket.settled:
+            return
+        ticket.settled = True
+        budgets: list[BudgetCommit] = []
+        if ticket.budgets:
+            actual = self._actual_cost(call, ticket.project_id)
+            call.attributes["bastion.budget.cost_usd"] = actual
+            budgets = [
+                BudgetCommit(b.key, b.limit, b.reserve, actual, b.ttl_s) for b in ticket.budgets
+            ]
+        tokens: list[TokenCommit] = []
+        used = 0 if call.cost_usd == 0 else _used_tokens(call)
+        for check in ticket.rates:
+            if check.tpm is not None and used != check.tokens:
+                tokens.append(TokenCommit(check.key, ticket.window, used - check.tokens))
+        self.shared.settle(budgets, tokens, ticket.shared)
+
+    def _actual_cost(self, call: Call, project_id: int) -> float:
+        if call.cost_usd is not None:
+            return call.cost_usd  # known here already (a cache hit costs nothing)
+        usage = call.usage
+        if self.catalog is None or (usage.input_tokens is None and usage.output_tokens is None):
+            return 0.0
+        names = [call.served_model]
+        if call.deployment:
+            names.append(call.deployment.partition("/")[2])
+        for name in names:
+            info = self.catalog.lookup(name, project_id=project_id)
+            if info is not None:
+                cost = info.cost(
+                    usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+                    usage.cache_write_tokens,
+                )  # fmt: skip
+                if cost is not None:
+                    return cost
+        call.attributes["bastion.budget.price_unknown"] = [n for n in names if n]
+        return 0.0
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_warning(self, warning: BudgetWarning) -> None:
+        rule_id, _, value = warning.key.split(":", 2)
+        rule = self.limits.budgets[int(rule_id)]
+        percent = round(warning.threshold * 100)
+        if self._warnings is not None:
+            self._warnings.labels(rule.scope, rule.period, f"{warning.threshold:g}").inc()
+        log.warning(
+            "budget event=budget_threshold scope=%s value=%r period=%s threshold=%d%% "
+            "spent_usd=%.6f limit_usd=%.2f rule=budgets[%d]",
+            rule.scope,
+            value,
+            rule.period,
+            percent,
+            warning.spent,
+            warning.limit,
+            rule.id,
+        )
+        if self.on_event is not None:
+            self.on_event(
+                "bastion.budget.threshold",
+                {
+                    "bastion.budget.scope": rule.scope,
+                    "bastion.budget.value": value,
+                    "bastion.budget.period": rule.period,
+                    "bastion.budget.threshold_percent": percent,
+                    "bastion.budget.spent_usd": round(warning.spent, 6),
+                    "bastion.budget.limit_usd": warning.limit,
+                    "bastion.budget.rule": f"budgets[{rule.id}]",
+                },
+                # A project's own budget is its business; the others are the operator's.
+                project_id=self._project_ids.get(value) if rule.scope == "project" else None,
+            )
+
+    def _count(self, outcome: str) -> None:
+        if self._decisions is not None:
+            self._decisions.labels(outcome).inc()
+
+
+class _Estimate:
+    """The request's token estimate, computed at most once and only when a rule needs it."""
+
+    __slots__ = ("_body", "_default_max", "_input")
+
+    def __init__(self, body: Mapping[str, Any], default_max: int) -> None:
+        self._body = body
+        self._default_max = default_max
+        self._input: int | None = None
+
+    def input_tokens(self) -> int:
+        if self._input is None:
+            body = self._body
+            parts = [body.get(k) for k in ("messages", "system", "tools", "input") if k in body]
+            self._input = (len(orjson.dumps(parts)) + 3) // 4
+        return self._input
+
+    def max_output(self) -> int:
+        body = self._body
+        if "input" in body and "messages" not in body:
+            return 0  # embeddings
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return self._default_max
+
+    def tokens(self) -> int:
+        """Input estimate plus the output the client asked for at most (for ``tpm``)."""
+        body = self._body
+        asked = body.get("max_tokens") or body.get("max_completion_tokens")
+        output = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
+        return self.input_tokens() + max(0, output)
+
+
+def _values(call: Call, principal: Principal) -> dict[str, str]:
+    values = {"project": principal.project_slug, "key": str(principal.key_id)}
+    attribution = call.attribution
+    for scope, name in (("team", "team"), ("feature", "feature"), ("user", "user_id")):
+        value = attribution.get(name)
+        if value:
+            values[scope] = value
+    return values
+
+
+def _applies(
+    scope: str, match: str | None, values: Mapping[str, str], principal: Principal
+) -> str | None:
+    value = values.get(scope)
+    if value is None:
+        return None
+    if match is None or match == value:
+        return value
+    if scope == "project" and match == str(principal.project_id):
+        return value
+    return None
+
+
+def _describe(rule: BudgetRule, value: str) -> str:
+    return f"budgets[{rule.id}] {rule.scope}={value} {rule.period} ${rule.limit_usd:g}"
+
+
+def _used_tokens(call: Call) -> int:
+    usage = call.usage
+    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
+
+
+def _chains(config: GatewayConfig) -> dict[str, tuple[ModelAlias, ...]]:
+    """Each alias and every alias its fallbacks may reach (the deployments a request may hit)."""
+    out: dict[str, tuple[ModelAlias, ...]] = {}
+    for name in config.aliases:
+        seen: dict[str, ModelAlias] = {}
+        stack = [name]
+        while stack:
+            current = stack.pop()
+            alias = config.aliases.get(current)
+            if alias is None or current in seen:
+                continue
+            seen[current] = alias
+            stack.extend(alias.fallbacks)
+        out[name] = tuple(seen.values())
+    return out

@@ -1,0 +1,605 @@
+"""Rollouts: a candidate release going out on a route, step by step, and its state changes.
+
+States: ``running`` → (``paused`` ⇄ ``running``) → ``promoted`` | ``rolled_back`` | ``aborted``.
+Every change — manual (``promote``, ``pause``, ``resume``, ``abort``, ``rollback``) or by the
+analysis controller (``step``, ``promote``, ``rollback``) — is one transaction that updates the
+rollout row, the route's stable release when it changes, and appends the history event. The
+controller's changes name the step they were decided for, so a decision that raced a manual
+change (or another replica) finds the row moved on and does nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from bastion.releases.model import RolloutPolicy
+from bastion.releases.store import (
+    ACTIVE_STATES,
+    ConflictError,
+    NotFoundError,
+    aware,
+    check_route,
+    get_release,
+    lock_route,
+    now_utc,
+    previous_stable,
+    record_event,
+    set_stable,
+)
+from bastion.store.schema import release_rollouts
+
+__all__ = [
+    "Rollout",
+    "abort",
+    "active_rollout",
+    "advance",
+    "claim_lease",
+    "fail",
+    "get_rollout",
+    "list_rollouts",
+    "pause",
+    "promote",
+    "resume",
+    "rollback",
+    "running_rollouts",
+    "save_analysis",
+    "start_rollout",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """One rollout as stored."""
+
+    project_id: int
+    rollout_id: str
+    route: str
+    environment: str
+    strategy: str
+    stable_release_id: str
+    candidate_release_id: str
+    policy: RolloutPolicy
+    state: str
+    step: int
+    weight: float
+    step_started_at: datetime
+    analysis: dict[str, Any] | None
+    reason: str | None
+    gate: dict[str, Any] | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rollout_id": self.rollout_id,
+            "route": self.route,
+            "environment": self.environment,
+            "strategy": self.strategy,
+            "stable_release_id": self.stable_release_id,
+            "candidate_release_id": self.candidate_release_id,
+            "policy": self.policy.to_dict(),
+            "state": self.state,
+            "step": self.step,
+            "weight": self.weight,
+            "step_started_at": self.step_started_at.isoformat(),
+            "analysis": self.analysis,
+            "reason": self.reason,
+            "gate": self.gate,
+            "created_by": self.created_by,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _rollout(row: Any) -> Rollout:
+    return Rollout(
+        project_id=int(row.project_id),
+        rollout_id=row.rollout_id,
+        route=row.route,
+        environment=row.environment,
+        strategy=row.strategy,
+        stable_release_id=row.stable_release_id,
+        candidate_release_id=row.candidate_release_id,
+        policy=RolloutPolicy.from_dict(orjson.loads(row.policy)),
+        state=row.state,
+        step=int(row.step),
+        weight=float(row.weight),
+        step_started_at=aware(row.step_started_at),
+        analysis=orjson.loads(row.analysis) if row.analysis else None,
+        reason=row.reason,
+        gate=orjson.loads(row.gate) if row.gate else None,
+        created_by=row.created_by,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+    )
+
+
+def _where(project_id: int, rollout_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        release_rollouts.c.project_id == project_id, release_rollouts.c.rollout_id == rollout_id
+    )
+
+
+def _locked(conn: sa.Connection, project_id: int, rollout_id: str) -> Rollout:
+    query = sa.select(release_rollouts).where(_where(project_id, rollout_id))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(f"no rollout {rollout_id!r} in this project")
+    return _rollout(row)
+
+
+def get_rollout(conn: sa.Connection, project_id: int, rollout_id: str) -> Rollout:
+    row = conn.execute(sa.select(release_rollouts).where(_where(project_id, rollout_id))).first()
+    if row is None:
+        raise NotFoundError(f"no rollout {rollout_id!r} in this project")
+    return _rollout(row)
+
+
+def active_rollout(
+    conn: sa.Connection, project_id: int, route: str, environment: str
+) -> Rollout | None:
+    """The route's running or paused rollout, if any (at most one exists)."""
+    row = conn.execute(
+        sa.select(release_rollouts)
+        .where(
+            release_rollouts.c.project_id == project_id,
+            release_rollouts.c.route == route,
+            release_rollouts.c.environment == environment,
+            release_rollouts.c.state.in_(ACTIVE_STATES),
+        )
+        .order_by(release_rollouts.c.created_at.desc())
+        .limit(1)
+    ).first()
+    return _rollout(row) if row is not None else None
+
+
+def list_rollouts(
+    conn: sa.Connection, project_id: int, route: str | None = None, *, limit: int = 50
+) -> list[Rollout]:
+    query = sa.select(release_rollouts).where(release_rollouts.c.project_id == project_id)
+    if route is not None:
+        query = query.where(release_rollouts.c.route == route)
+    rows = conn.execute(query.order_by(release_rollouts.c.created_at.desc()).limit(limit)).all()
+    return [_rollout(r) for r in rows]
+
+
+def running_rollouts(conn: sa.Connection) -> list[Rollout]:
+    """Every running rollout of every project (the analysis controller's work list)."""
+    rows = conn.execute(
+        sa.select(release_rollouts).where(release_rollouts.c.state == "running")
+    ).all()
+    return [_rollout(r) for r in rows]
+
+
+def start_rollout(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    candidate_ref: str,
+    policy: RolloutPolicy,
+    *,
+    actor: str,
+    gate: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> Rollout:
+    """Begin rolling ``candidate_ref`` out on a route that already has a stable release."""
+    check_route(route, environment)
+    candidate = get_release(conn, project_id, candidate_ref)
+    current = lock_route(conn, project_id, route, environment)
+    if current is None:
+        raise ConflictError(
+            f"route {route!r} has no stable release in {environment}: deploy one first "
+            f"(bastion release deploy {route} RELEASE --env {environment})"
+        )
+    if current.release_id == candidate.release_id:
+        raise ConflictError(
+            f"release {candidate.release_id} is already the stable release of {route!r}"
+        )
+    existing = active_rollout(conn, project_id, route, environment)
+    if existing is not None:
+        raise ConflictError(
+            f"route {route!r} in {environment} already has rollout {existing.rollout_id} "
+            f"({existing.state}): promote, abort or roll it back first"
+        )
+    now = now_utc()
+    rollout_id = uuid.uuid4().hex
+    weight = policy.first_weight()
+    conn.execute(
+        release_rollouts.insert().values(
+            project_id=project_id,
+            rollout_id=rollout_id,
+            route=route,
+            environment=environment,
+            strategy=policy.strategy,
+            stable_release_id=current.release_id,
+            candidate_release_id=candidate.release_id,
+            policy=orjson.dumps(policy.to_dict()).decode(),
+            state="running",
+            step=0,
+            weight=weight,
+            step_started_at=now,
+            analysis=None,
+            reason=reason,
+            gate=orjson.dumps(gate).decode() if gate is not None else None,
+            created_by=actor[:200],
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    record_event(
+        conn,
+        project_id,
+        route,
+        environment,
+        "start",
+        actor=actor,
+        stable=current.release_id,
+        candidate=candidate.release_id,
+        weight=weight,
+        rollout_id=rollout_id,
+        strategy=policy.strategy,
+        step=0,
+        reason=reason,
+        at=now,
+    )
+    return get_rollout(conn, project_id, rollout_id)
+
+
+def _require_active(rollout: Rollout, what: str) -> None:
+    if not rollout.active:
+        raise ConflictError(f"rollout {rollout.rollout_id} is {rollout.state}: cannot {what} it")
+
+
+def _finish(
+    conn: sa.Connection,
+    rollout: Rollout,
+    state: str,
+    action: str,
+    *,
+    actor: str,
+    reason: str | None,
+    analysis: dict[str, Any] | None = None,
+) -> Rollout:
+    now = now_utc()
+    values: dict[str, Any] = {
+        "state": state,
+        "reason": reason,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+    }
+    if state == "promoted":
+        values["weight"] = 100.0
+    else:
+        values["weight"] = 0.0
+    if analysis is not None:
+        values["analysis"] = orjson.dumps(analysis).decode()
+    conn.execute(
+        release_rollouts.update()
+        .where(_where(rollout.project_id, rollout.rollout_id))
+        .values(**values)
+    )
+    stable = rollout.stable_release_id
+    if state == "promoted":
+        stable = rollout.candidate_release_id
+        set_stable(conn, rollout.project_id, rollout.route, rollout.environment, stable, actor)
+    record_event(
+        conn,
+        rollout.project_id,
+        rollout.route,
+        rollout.environment,
+        action,
+        actor=actor,
+        stable=stable,
+        rollout_id=rollout.rollout_id,
+        strategy=rollout.strategy,
+        step=rollout.step,
+        reason=reason,
+        at=now,
+    )
+    return get_rollout(conn, rollout.project_id, rollout.rollout_id)
+
+
+def _active_locked(conn: sa.Connection, project_id: int, route: str, environment: str) -> Rollout:
+    lock_route(conn, project_id, route, environment)
+    found = active_rollout(conn, project_id, route, environment)
+    if found is None:
+        raise ConflictError(f"route {route!r} in {environment} has no rollout in progress")
+    return _locked(conn, project_id, found.rollout_id)
+
+
+def promote(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> Rollout:
+    """Make the candidate the stable release now, whatever step the rollout is at."""
+    rollout = _active_locked(conn, project_id, route, environment)
+    return _finish(
+        conn, rollout, "promoted", "promote", actor=actor, reason=reason or "promoted by hand"
+    )
+
+
+def abort(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> Rollout:
+    """Stop the rollout; the stable release serves everything again."""
+    rollout = _active_locked(conn, project_id, route, environment)
+    return _finish(
+        conn, rollout, "aborted", "abort", actor=actor, reason=reason or "aborted by hand"
+    )
+
+
+def _pause_or_resume(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    *,
+    actor: str,
+    reason: str | None,
+    pause: bool,
+) -> Rollout:
+    rollout = _active_locked(conn, project_id, route, environment)
+    want, action = ("paused", "pause") if pause else ("running", "resume")
+    if rollout.state == want:
+        raise ConflictError(f"rollout {rollout.rollout_id} is already {want}")
+    now = now_utc()
+    values: dict[str, Any] = {"state": want, "updated_at": now, "reason": reason}
+    if not pause:
+        values["step_started_at"] = now  # the bake starts over: the paused time proves nothing
+    conn.execute(
+        release_rollouts.update().where(_where(project_id, rollout.rollout_id)).values(**values)
+    )
+    record_event(
+        conn,
+        project_id,
+        route,
+        environment,
+        action,
+        actor=actor,
+        stable=rollout.stable_release_id,
+        candidate=rollout.candidate_release_id,
+        weight=rollout.weight,
+        rollout_id=rollout.rollout_id,
+        strategy=rollout.strategy,
+        step=rollout.step,
+        reason=reason,
+        at=now,
+    )
+    return get_rollout(conn, project_id, rollout.rollout_id)
+
+
+def pause(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> Rollout:
+    """Hold the rollout at its current weight: no automatic step, promotion or rollback."""
+    return _pause_or_resume(
+        conn, project_id, route, environment, actor=actor, reason=reason, pause=True
+    )
+
+
+def resume(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> Rollout:
+    return _pause_or_resume(
+        conn, project_id, route, environment, actor=actor, reason=reason, pause=False
+    )
+
+
+def rollback(
+    conn: sa.Connection,
+    project_id: int,
+    route: str,
+    environment: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> str:
+    """Roll back now: end the rollout in progress (stable serves everything), or, with none,
+    point the route back at the stable release it had before. Returns the serving release."""
+    current = lock_route(conn, project_id, route, environment)
+    if current is None:
+        raise NotFoundError(f"route {route!r} has no release in {environment}")
+    found = active_rollout(conn, project_id, route, environment)
+    if found is not None:
+        rollout = _locked(conn, project_id, found.rollout_id)
+        _finish(
+            conn,
+            rollout,
+            "rolled_back",
+            "rollback",
+            actor=actor,
+            reason=reason or "rolled back by hand",
+        )
+        return rollout.stable_release_id
+    before = previous_stable(conn, project_id, route, environment, current.release_id)
+    if before is None:
+        raise ConflictError(
+            f"route {route!r} in {environment} has had only one release: nothing to roll back to"
+        )
+    set_stable(conn, project_id, route, environment, before, actor)
+    record_event(
+        conn,
+        project_id,
+        route,
+        environment,
+        "rollback",
+        actor=actor,
+        stable=before,
+        reason=reason or f"rolled back from {current.release_id}",
+    )
+    return before
+
+
+# -- the analysis controller's transitions -------------------------------------------------------
+
+
+def claim_lease(
+    conn: sa.Connection, project_id: int, rollout_id: str, owner: str, ttl_s: float
+) -> bool:
+    """Take or renew the right to decide for a running rollout (one replica at a time).
+
+    One conditional UPDATE: it succeeds when nobody holds the lease, this owner holds it, or
+    the holder let it expire; the database serialises concurrent claims on the row.
+    """
+    now = now_utc()
+    result = conn.execute(
+        release_rollouts.update()
+        .where(
+            _where(project_id, rollout_id),
+            release_rollouts.c.state == "running",
+            sa.or_(
+                release_rollouts.c.lease_owner.is_(None),
+                release_rollouts.c.lease_owner == owner,
+                release_rollouts.c.lease_until < now,
+            ),
+        )
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl_s))
+    )
+    return result.rowcount == 1
+
+
+def _current(conn: sa.Connection, project_id: int, rollout_id: str, step: int) -> Rollout | None:
+    # Locks in the order every change takes them — route row, then rollout row — so the
+    # controller and a person acting at once queue instead of deadlocking (PostgreSQL).
+    found = get_rollout(conn, project_id, rollout_id)
+    lock_route(conn, project_id, found.route, found.environment)
+    rollout = _locked(conn, project_id, rollout_id)
+    if rollout.state != "running" or rollout.step != step:
+        return None  # changed by hand or by another replica since the analysis began
+    return rollout
+
+
+def save_analysis(
+    conn: sa.Connection,
+    project_id: int,
+    rollout_id: str,
+    step: int,
+    analysis: dict[str, Any],
+    reason: str | None,
+) -> None:
+    """Keep the latest analysis (shown by ``release status``) without changing the state."""
+    conn.execute(
+        release_rollouts.update()
+        .where(
+            _where(project_id, rollout_id),
+            release_rollouts.c.step == step,
+            release_rollouts.c.state == "running",
+        )
+        .values(analysis=orjson.dumps(analysis).decode(), reason=reason)
+    )
+
+
+def advance(
+    conn: sa.Connection,
+    project_id: int,
+    rollout_id: str,
+    step: int,
+    analysis: dict[str, Any],
+    *,
+    actor: str = "analysis",
+) -> Rollout | None:
+    """Go to the next step (reaching 100% promotes). ``None`` if the rollout moved meanwhile."""
+    rollout = _current(conn, project_id, rollout_id, step)
+    if rollout is None:
+        return None
+    steps = rollout.policy.steps
+    next_step = step + 1
+    if next_step >= len(steps) or steps[next_step] >= 100:
+        return _finish(
+            conn,
+            rollout,
+            "promoted",
+            "promote",
+            actor=actor,
+            analysis=analysis,
+            reason=f"passed analysis at {rollout.weight:g}%: promoted",
+        )
+    now = now_utc()
+    weight = steps[next_step]
+    reason = f"passed analysis at {rollout.weight:g}%: next step {weight:g}%"
+    conn.execute(
+        release_rollouts.update()
+        .where(_where(project_id, rollout_id))
+        .values(
+            step=next_step,
+            weight=weight,
+            step_started_at=now,
+            updated_at=now,
+            analysis=orjson.dumps(analysis).decode(),
+            reason=reason,
+        )
+    )
+    record_event(
+        conn,
+        project_id,
+        rollout.route,
+        rollout.environment,
+        "step",
+        actor=actor,
+        stable=rollout.stable_release_id,
+        candidate=rollout.candidate_release_id,
+        weight=weight,
+        rollout_id=rollout_id,
+        strategy=rollout.strategy,
+        step=next_step,
+        reason=reason,
+        at=now,
+    )
+    return get_rollout(conn, project_id, rollout_id)
+
+
+def fail(
+    conn: sa.Connection,
+    project_id: int,
+    rollout_id: str,
+    step: int,
+    analysis: dict[str, Any],
+    reason: str,
+    *,
+    actor: str = "analysis",
+) -> Rollout | None:
+    """Roll back automatically after a failed analysis. ``None`` if the rollout moved."""
+    rollout = _current(conn, project_id, rollout_id, step)
+    if rollout is None:
+        return None
+    return _finish(
+        conn, rollout, "rolled_back", "rollback", actor=actor, reason=reason, analysis=analysis
+    )
