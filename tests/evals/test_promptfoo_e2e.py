@@ -11,12 +11,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,7 +27,7 @@ from bastion.evals.compare import compare
 from bastion.evals.promptfoo.config import load_suite
 from bastion.evals.promptfoo.running import plan_suite, run_suite
 from bastion.store.engine import create_engine
-from tests.gateway.conftest import Process, free_port
+from tests.evals.conftest import Stack, gateway_stack, point_cli_at
 
 CONFIG = """
 providers:
@@ -68,58 +64,17 @@ Japan,Tokyo,starts-with: Tok,levenshtein(2): Tokio
 """
 
 
-@dataclass
-class Env:
-    url: str
-    key: str
-    sim_url: str
-    home: Path
-
-    def sim_requests(self) -> int:
-        import urllib.request
-
-        with urllib.request.urlopen(self.sim_url + "/_sim/stats", timeout=10) as response:
-            return int(json.loads(response.read())["requests"])
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    home = tmp_path_factory.mktemp("promptfoo-home")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
-    environ["BASTION_HOME"] = str(home)
-    sim_port, gw_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    simulator = Process(
-        ["simulate", "--port", str(sim_port), "--seed", "5"], environ, home / "sim.log",
-        sim_url + "/healthz",
-    )  # fmt: skip
-    (home / "bastion.yaml").write_text(CONFIG.format(sim=sim_url))
-    key = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet"],
-        env=environ, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    url = f"http://127.0.0.1:{gw_port}"
-    server = Process(
-        ["serve", "--port", str(gw_port)], environ, home / "serve.log", url + "/readyz"
-    )
-    try:
-        yield Env(url, key, sim_url, home)
-    finally:
-        server.stop()
-        simulator.stop()
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with gateway_stack(tmp_path_factory.mktemp("promptfoo-home"), CONFIG, seed=5) as stack:
+        yield stack
 
 
 @pytest.fixture
-def cli_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    for name in ("BASTION_URL", "BASTION_CONFIG", "BASTION_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+def cli_env(env: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     for name in ("PROMPTFOO_PASS_RATE_THRESHOLD", "PROMPTFOO_FAILED_TEST_EXIT_CODE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("BASTION_HOME", str(env.home))
-    monkeypatch.setenv("BASTION_API_KEY", env.key)
-    monkeypatch.setenv("BASTION_GATEWAY_URL", env.url)
-    monkeypatch.setenv("COLUMNS", "200")
-    return env
+    return point_cli_at(env, monkeypatch)
 
 
 def run(*args: str) -> Result:
@@ -139,7 +94,9 @@ def run_ids(result: Result) -> list[str]:
     return [line for line in result.output.split() if len(line) == 32 and line.isalnum()]
 
 
-def test_a_passing_config_exits_0_and_stores_a_comparable_run(cli_env: Env, tmp_path: Path) -> None:
+def test_a_passing_config_exits_0_and_stores_a_comparable_run(
+    cli_env: Stack, tmp_path: Path
+) -> None:
     path = write(tmp_path / "ok", PASSING, tests_csv=CSV)
     before = cli_env.sim_requests()
     first = run("-c", str(path))
@@ -160,7 +117,7 @@ def test_a_passing_config_exits_0_and_stores_a_comparable_run(cli_env: Env, tmp_
 
 
 def test_a_failing_config_exits_100_unless_the_pass_rate_threshold_is_met(
-    cli_env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli_env: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = PASSING.replace("Reply with: {{ capital }}", "Answer briefly.")
     path = write(tmp_path / "bad", broken, tests_csv=CSV)
@@ -187,7 +144,7 @@ def test_a_failing_config_exits_100_unless_the_pass_rate_threshold_is_met(
     assert run("-c", str(path)).exit_code == 3
 
 
-def test_judged_assertions_use_the_mapped_grading_models(cli_env: Env, tmp_path: Path) -> None:
+def test_judged_assertions_use_the_mapped_grading_models(cli_env: Stack, tmp_path: Path) -> None:
     verdict = json.dumps({"pass": True, "score": 0.9, "reason": "on topic"})
     closed = json.dumps({"pass": True, "reason": "names Paris"})
     fact = json.dumps({"category": "C", "reason": "same answer"})
@@ -250,7 +207,7 @@ TOOLS = """[{"type": "function", "function": {"name": "get_weather", "parameters
   {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"""
 
 
-def test_tool_calls_are_checked_against_the_providers_tools(cli_env: Env, tmp_path: Path) -> None:
+def test_tool_calls_are_checked_against_the_providers_tools(cli_env: Stack, tmp_path: Path) -> None:
     config = """
     prompts: ["Use get_weather for {{ city }}"]
     providers:
@@ -269,7 +226,9 @@ def test_tool_calls_are_checked_against_the_providers_tools(cli_env: Env, tmp_pa
     assert cli_env.sim_requests() == before + 1
 
 
-def test_bad_configs_fail_before_any_call_naming_the_problem(cli_env: Env, tmp_path: Path) -> None:
+def test_bad_configs_fail_before_any_call_naming_the_problem(
+    cli_env: Stack, tmp_path: Path
+) -> None:
     before = cli_env.sim_requests()
     sim = "openai:chat:sim-small"
     cases = [

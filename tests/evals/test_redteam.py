@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -20,7 +16,6 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
-from bastion.auth import ensure_project
 from bastion.cli.main import app
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item
@@ -37,8 +32,7 @@ from bastion.evals.redteam import (
 from bastion.evals.redteam.scorers import find_pii, luhn_valid, ngram_overlap
 from bastion.evals.scorers import Output, make_scorer
 from bastion.prompts import PromptSpec, registry
-from bastion.store.engine import create_engine
-from tests.gateway.conftest import Process, free_port
+from tests.evals.conftest import Stack, gateway_stack, point_cli_at
 
 CONFIG = """
 providers:
@@ -174,54 +168,15 @@ def test_success_limits_config() -> None:
 # -- end to end ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Env:
-    url: str
-    key: str
-    home: Path
-    engine: sa.Engine
-    project_id: int
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    home = tmp_path_factory.mktemp("redteam-home")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
-    environ["BASTION_HOME"] = str(home)
-    sim_port, gw_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    simulator = Process(
-        ["simulate", "--port", str(sim_port)], environ, home / "sim.log", sim_url + "/healthz"
-    )
-    (home / "bastion.yaml").write_text(CONFIG.format(sim=sim_url))
-    key = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet"],
-        env=environ, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    url = f"http://127.0.0.1:{gw_port}"
-    server = Process(
-        ["serve", "--port", str(gw_port)], environ, home / "serve.log", url + "/readyz"
-    )
-    engine = create_engine(f"sqlite:///{home / 'bastion.db'}")
-    with engine.begin() as conn:
-        project_id = ensure_project(conn)
-    try:
-        yield Env(url, key, home, engine, project_id)
-    finally:
-        engine.dispose()
-        server.stop()
-        simulator.stop()
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with gateway_stack(tmp_path_factory.mktemp("redteam-home"), CONFIG) as stack:
+        yield stack
 
 
 @pytest.fixture
-def cli_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    for name in ("BASTION_URL", "BASTION_CONFIG", "BASTION_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("BASTION_HOME", str(env.home))
-    monkeypatch.setenv("BASTION_API_KEY", env.key)
-    monkeypatch.setenv("BASTION_GATEWAY_URL", env.url)
-    monkeypatch.setenv("COLUMNS", "200")
-    return env
+def cli_env(env: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    return point_cli_at(env, monkeypatch)
 
 
 def cli(*args: str) -> Result:
@@ -233,7 +188,7 @@ def verdict_of(result: Result) -> dict[str, str]:
     return data
 
 
-def test_a_leaking_model_fails_and_a_refusing_one_passes(cli_env: Env, tmp_path: Path) -> None:
+def test_a_leaking_model_fails_and_a_refusing_one_passes(cli_env: Stack, tmp_path: Path) -> None:
     env = cli_env
     reports = [tmp_path / "rt.md", tmp_path / "rt.json", tmp_path / "rt.xml", tmp_path / "rt.txt"]
     outputs = [x for path in reports for x in ("-o", str(path))]
@@ -274,7 +229,7 @@ def test_a_leaking_model_fails_and_a_refusing_one_passes(cli_env: Env, tmp_path:
     assert "jailbreak" not in tolerant.output
 
 
-def push_assistant(env: Env) -> None:
+def push_assistant(env: Stack) -> None:
     """The prompt under attack, labelled production (idempotent)."""
 
     def work(conn: sa.Connection) -> None:
@@ -286,7 +241,7 @@ def push_assistant(env: Env) -> None:
     registry.run_write(env.engine, work)
 
 
-def test_a_prompt_target_is_attacked_through_its_variable(cli_env: Env) -> None:
+def test_a_prompt_target_is_attacked_through_its_variable(cli_env: Stack) -> None:
     push_assistant(cli_env)
     safe = cli("redteam", "-t", "assistant@production", "-s", "system-prompt")
     assert safe.exit_code == 0, safe.output
@@ -297,7 +252,7 @@ def test_a_prompt_target_is_attacked_through_its_variable(cli_env: Env) -> None:
     assert "of the system prompt's 5-grams" in " ".join(leaky.output.split())
 
 
-def test_bad_input_is_refused_before_any_call(cli_env: Env, tmp_path: Path) -> None:
+def test_bad_input_is_refused_before_any_call(cli_env: Stack, tmp_path: Path) -> None:
     push_assistant(cli_env)
     for args, message in (
         (("-t", "model:sim-safe", "-s", "bogus"), "unknown red-team suite 'bogus'"),
@@ -313,7 +268,7 @@ def test_bad_input_is_refused_before_any_call(cli_env: Env, tmp_path: Path) -> N
         assert message in " ".join(result.output.split()), (args, result.output)
 
 
-def test_dataset_from_the_gateways_own_traces(cli_env: Env) -> None:
+def test_dataset_from_the_gateways_own_traces(cli_env: Stack) -> None:
     """Named-prompt requests through the gateway record their variables; a snapshot of those
     spans runs straight against the prompt."""
     env = cli_env
@@ -366,7 +321,7 @@ def test_dataset_from_the_gateways_own_traces(cli_env: Env) -> None:
     assert "equals" in run.output
 
 
-def test_an_interrupted_red_team_run_resumes(cli_env: Env) -> None:
+def test_an_interrupted_red_team_run_resumes(cli_env: Stack) -> None:
     from bastion.evals.redteam import prepare
     from bastion.evals.runner import Target
 
@@ -404,7 +359,7 @@ def test_an_interrupted_red_team_run_resumes(cli_env: Env) -> None:
     assert "--target is required" in missing.output
 
 
-def test_unanswered_attacks_are_an_error_not_a_pass(cli_env: Env, tmp_path: Path) -> None:
+def test_unanswered_attacks_are_an_error_not_a_pass(cli_env: Stack, tmp_path: Path) -> None:
     report = tmp_path / "down.json"
     down = cli("redteam", "-t", "model:sim-down", "-s", "jailbreak", "-o", str(report))
     assert down.exit_code == 2, down.output

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
-from bastion.auth import ensure_project
 from bastion.cli.main import app
 from bastion.evals import runner, store
 from bastion.evals.datasets import Item
 from bastion.prompts import PromptSpec, registry
-from bastion.store.engine import create_engine
-from tests.gateway.conftest import Process, free_port
+from tests.evals.conftest import Stack, gateway_stack, point_cli_at
 
 CONFIG = """
 providers:
@@ -51,69 +45,22 @@ EQUALS = '{"type": "equals", "value": "{{ expected }}"}'
 N_ITEMS = 12
 
 
-@dataclass
-class Env:
-    url: str
-    key: str
-    sim_url: str
-    home: Path
-    engine: sa.Engine
-    project_id: int
-
-    def sim_requests(self) -> int:
-        import urllib.request
-
-        with urllib.request.urlopen(self.sim_url + "/_sim/stats", timeout=10) as response:
-            return int(json.loads(response.read())["requests"])
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    home = tmp_path_factory.mktemp("evals-home")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
-    environ["BASTION_HOME"] = str(home)
-    sim_port, gw_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    simulator = Process(
-        ["simulate", "--port", str(sim_port), "--seed", "3"], environ, home / "sim.log",
-        sim_url + "/healthz",
-    )  # fmt: skip
-    (home / "bastion.yaml").write_text(CONFIG.format(sim=sim_url))
-    key = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet"],
-        env=environ, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    url = f"http://127.0.0.1:{gw_port}"
-    server = Process(
-        ["serve", "--port", str(gw_port)], environ, home / "serve.log", url + "/readyz"
-    )
-    engine = create_engine(f"sqlite:///{home / 'bastion.db'}")
-    with engine.begin() as conn:
-        project_id = ensure_project(conn)
-    try:
-        yield Env(url, key, sim_url, home, engine, project_id)
-    finally:
-        engine.dispose()
-        server.stop()
-        simulator.stop()
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with gateway_stack(tmp_path_factory.mktemp("evals-home"), CONFIG, seed=3) as stack:
+        yield stack
 
 
 @pytest.fixture
-def cli_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    for name in ("BASTION_URL", "BASTION_CONFIG", "BASTION_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("BASTION_HOME", str(env.home))
-    monkeypatch.setenv("BASTION_API_KEY", env.key)
-    monkeypatch.setenv("BASTION_GATEWAY_URL", env.url)
-    monkeypatch.setenv("COLUMNS", "200")
-    return env
+def cli_env(env: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    return point_cli_at(env, monkeypatch)
 
 
 def cli(*args: str) -> Result:
     return CliRunner().invoke(app, ["eval", *args])
 
 
-def push_prompt(env: Env, spec: dict[str, object], label: str) -> int:
+def push_prompt(env: Stack, spec: dict[str, object], label: str) -> int:
     def work(conn: sa.Connection) -> int:
         pushed = registry.push(
             conn, env.project_id, [PromptSpec.from_dict(spec)], message="t", author="test"
@@ -143,7 +90,7 @@ def run_id_of(result: Result) -> str:
 
 
 def test_gate_blocks_a_broken_candidate_and_passes_an_identical_one(
-    cli_env: Env, tmp_path: Path
+    cli_env: Stack, tmp_path: Path
 ) -> None:
     env = cli_env
     push_prompt(env, GOOD, "production")
@@ -198,7 +145,7 @@ def test_gate_blocks_a_broken_candidate_and_passes_an_identical_one(
     assert "equals" in compared.output
 
 
-def test_bad_input_fails_before_any_call(cli_env: Env, tmp_path: Path) -> None:
+def test_bad_input_fails_before_any_call(cli_env: Stack, tmp_path: Path) -> None:
     env = cli_env
     push_prompt(env, GOOD, "production")
     cli("dataset", "push", "no-answer", str(write_dataset(tmp_path / "n.jsonl", answer=False)))
@@ -234,7 +181,7 @@ def model_items(n: int) -> list[Item]:
     ]
 
 
-def test_an_interrupted_run_resumes_without_redoing_stored_items(env: Env) -> None:
+def test_an_interrupted_run_resumes_without_redoing_stored_items(env: Stack) -> None:
     store.push_dataset(env.engine, env.project_id, "resumable", model_items(20))
     scorers = [{"type": "equals", "value": "{{ expected }}"}, {"type": "contains", "value": "out"}]
     plan = runner.plan_run(
@@ -281,7 +228,7 @@ def test_an_interrupted_run_resumes_without_redoing_stored_items(env: Env) -> No
         runner.plan_resume(env.engine, env.project_id, plan.run_id)
 
 
-def test_failing_calls_are_retried_then_stored_as_failed_scores(env: Env) -> None:
+def test_failing_calls_are_retried_then_stored_as_failed_scores(env: Stack) -> None:
     store.push_dataset(env.engine, env.project_id, "tiny", model_items(2))
     plan = runner.plan_run(
         env.engine, env.project_id, dataset="tiny", target=runner.Target("model", "broken"),
@@ -353,7 +300,7 @@ def test_transient_errors_are_retried_honouring_retry_after() -> None:
 
 
 def test_judge_scorers_call_the_judge_model_through_the_gateway(
-    cli_env: Env, tmp_path: Path
+    cli_env: Stack, tmp_path: Path
 ) -> None:
     env = cli_env
     push_prompt(env, GOOD, "production")

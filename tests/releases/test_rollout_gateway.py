@@ -39,6 +39,7 @@ models:
   flaky: {{deployments: [{{provider: sim, model: "sim-small~error_rate=0.5~faults=500"}}]}}
   slow: {{deployments: [{{provider: sim, model: "sim-small~latency_ms=1500"}}]}}
   poor: {{deployments: [{{provider: sim, model: "sim-small~quality=bad"}}]}}
+  dead: {{deployments: [{{provider: sim, model: "sim-small~error_rate=1~faults=500"}}]}}
 releases: {{refresh_s: 0.2, analysis_interval_s: 0.5, lease_s: 5}}
 gateway: {{read_timeout_s: 10}}
 """
@@ -259,6 +260,33 @@ def _spans(db_url: str, trace_ids: list[str], timeout: float = 20.0) -> dict[str
             time.sleep(0.2)
     finally:
         engine.dispose()
+
+
+def test_the_release_decides_its_fallbacks(server: Server) -> None:
+    server.call("POST", "/api/v1/prompts", {"prompts": [PROMPT]})
+    release = server.call(
+        "POST",
+        "/api/v1/releases",
+        {
+            "spec": {
+                "name": "checkout",
+                "prompts": {"assist": 1},
+                "model": "dead",  # its alias has no fallbacks of its own
+                "fallbacks": ["nowhere", "good"],
+            }
+        },
+    )["release_id"]
+    server.call("POST", "/api/v1/routes/checkout/deploy", {"release": release})
+    answers = [server.chat(f"user-{i}") for i in range(3)]
+    assert [status for status, _ in answers] == [200, 200, 200]
+    spans = _spans(server.db_url, [trace for _, trace in answers])
+    for _, trace in answers:
+        release_id, attributes = spans[trace]
+        assert release_id == release
+        assert attributes["bastion.gateway.fallback_alias"] == "good"
+        assert attributes["bastion.release.unknown_fallbacks"] == ["nowhere"]
+        tried = [(a["alias"], a["outcome"]) for a in attributes["bastion.gateway.attempts"]]
+        assert tried == [("dead", "error"), ("good", "ok")]
 
 
 def test_bad_candidate_is_rolled_back_and_then_never_served(any_server: Server) -> None:

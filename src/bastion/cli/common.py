@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import getpass
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 import typer
+from rich.console import Console
 
 from bastion.auth import ensure_project
 from bastion.settings import Settings, load_settings
 from bastion.store import migrate
 from bastion.store.engine import create_engine
 
-__all__ = ["ConfigOption", "load", "local_engine"]
+__all__ = [
+    "ConfigOption",
+    "actor",
+    "api_call",
+    "echo_json",
+    "errors",
+    "fail",
+    "load",
+    "local_engine",
+    "read_local",
+    "run_local",
+    "write_local",
+]
+
+_T = TypeVar("_T")
+
+#: Where every command prints its errors (stderr, so that ``--json`` output stays clean).
+errors = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -24,6 +47,7 @@ ConfigOption = Annotated[
 
 
 def load(config: Path | None, **overrides: Any) -> Settings:
+    """The settings from ``config`` (or the default file), with ``overrides`` on top."""
     return load_settings(config, **overrides)
 
 
@@ -38,3 +62,129 @@ def local_engine(settings: Settings) -> Iterator[sa.Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` in red on stderr and return the exit to raise: ``raise fail(...)``."""
+    errors.print(f"[red]{message}[/red]", highlight=False)
+    return typer.Exit(code)
+
+
+def actor() -> str:
+    """Who a change made from the command line is recorded as: ``<os user> (cli)``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user} (cli)"
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as indented JSON on stdout."""
+    typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def api_call(
+    url: str,
+    key: str | None,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: Any = None,
+) -> Any:
+    """One JSON request to the server at ``url``; an HTTP or network error is printed, exit 1.
+
+    ``params`` with a ``None`` value are left out of the query string.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"--url {url!r}: must start with http:// or https://")
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        f"{url.rstrip('/')}{path}" + (f"?{query}" if query else ""),
+        data=None if body is None else orjson.dumps(body),
+        method=method,
+        headers={"Authorization": f"Bearer {key or ''}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raw = exc.read()
+        try:
+            detail = orjson.loads(raw or b"{}").get("error", {}).get("message", exc.reason)
+        except orjson.JSONDecodeError:
+            detail = raw.decode(errors="replace") or exc.reason
+        raise fail(f"{exc.code}: {detail}") from exc
+    except urllib.error.URLError as exc:
+        raise fail(f"cannot reach {url}: {exc.reason}") from exc
+
+
+def run_local(
+    config: Path | None,
+    project: str,
+    work: Callable[[sa.Engine, int], _T],
+    *,
+    create: bool = True,
+    expected: tuple[type[Exception], ...] = (),
+) -> _T:
+    """Run ``work(engine, project_id)`` on the local store.
+
+    ``create`` makes the project when it is missing; without it a missing project exits 1.
+    An ``expected`` error (the domain's own, with a message for the user) is printed, exit 1.
+    """
+    from bastion.store.schema import projects
+
+    settings = load(config)
+    with local_engine(settings) as engine:
+        if create:
+            with engine.begin() as conn:
+                project_id = ensure_project(conn, project)
+        else:
+            with engine.connect() as conn:
+                found = conn.execute(
+                    sa.select(projects.c.id).where(projects.c.slug == project)
+                ).scalar()
+            if found is None:
+                raise fail(f"no project {project!r}")
+            project_id = int(found)
+        try:
+            return work(engine, project_id)
+        except expected as exc:
+            raise fail(str(exc)) from exc
+
+
+def read_local(
+    config: Path | None,
+    project: str,
+    work: Callable[[sa.Connection, int], _T],
+    *,
+    create: bool = True,
+    expected: tuple[type[Exception], ...] = (),
+) -> _T:
+    """Run ``work(conn, project_id)`` on one read connection of the local store (see
+    :func:`run_local` for ``create`` and ``expected``)."""
+
+    def run(engine: sa.Engine, project_id: int) -> _T:
+        with engine.connect() as conn:
+            return work(conn, project_id)
+
+    return run_local(config, project, run, create=create, expected=expected)
+
+
+def write_local(
+    config: Path | None,
+    project: str,
+    work: Callable[[sa.Connection, int], _T],
+    *,
+    expected: tuple[type[Exception], ...] = (),
+) -> _T:
+    """Run ``work(conn, project_id)`` in one write transaction on the local store, retried
+    whole on a lost race; the project is made when missing."""
+    from bastion.store.transactions import run_write
+
+    def run(engine: sa.Engine, project_id: int) -> _T:
+        return run_write(engine, lambda conn: work(conn, project_id))
+
+    return run_local(config, project, run, expected=expected)

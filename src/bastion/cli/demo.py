@@ -1,19 +1,34 @@
-"""``bastion demo``: start the server on the embedded database and show a trace arriving."""
+"""``bastion demo``: the whole loop on the embedded database with the provider simulator.
+
+Start the server, send a trace and call models through the gateway; then push two versions of
+a prompt, gate the change with evals, and roll it out as a canary on a route: a bad candidate
+is rolled back by the server by itself, a good one is promoted. The steps live in
+:mod:`bastion.cli.demo_loop` (prompts, evals) and :mod:`bastion.cli.demo_rollout` (releases).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from typing import Annotated, Any
+import time
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import ConfigOption, load
+from bastion.cli.common import ConfigOption, fail, load
+from bastion.settings import Settings
+
+if TYPE_CHECKING:
+    from bastion.server.state import AppState
 
 console = Console()
+
+# The demo's pace: routes re-read and rollouts analysed several times a second, so a canary
+# step is judged in seconds rather than the production default of ten.
+_DEMO_RELEASES = {"refresh_s": 0.2, "analysis_interval_s": 0.5, "lease_s": 5, "controller": True}
 
 
 def _free_port(host: str, preferred: int) -> int:
@@ -29,99 +44,159 @@ def _free_port(host: str, preferred: int) -> int:
 def demo(
     config: ConfigOption = None,
     exit_after: Annotated[bool, typer.Option("--exit", help="stop after the walkthrough")] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            help="serve on this port (default: the configured one, or a free one when it is taken)",
+        ),
+    ] = None,
 ) -> None:
-    """Start Bastion with the provider simulator (SQLite, no provider keys), call a model
-    through the gateway, send a multi-step trace over OTLP, and show both traced."""
+    """Start Bastion with the provider simulator (SQLite, no provider keys) and walk through the
+    whole loop: a trace over OTLP, model calls through the gateway, prompts pushed, a change
+    gated by evals, and canary rollouts, a bad one rolled back by itself."""
     settings = load(config)
     settings.gateway.simulator = True
+    if port is not None:
+        with socket.socket() as probe:
+            try:
+                probe.bind((settings.host, port))
+            except OSError as exc:
+                raise fail(
+                    f"--port {port}: cannot listen on {settings.host}:{port}: {exc}"
+                ) from exc
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(_demo(settings, exit_after))
+    asyncio.run(_demo(settings, exit_after, port))
 
 
-async def _demo(settings: object, exit_after: bool) -> None:
-    import aiohttp
+def _add_demo_sections(settings: Settings, simulator_url: str) -> None:
+    """The release models (on their own simulator) and the demo's rollout pace."""
+    from bastion.cli.demo_rollout import demo_models
+
+    providers, models = demo_models(simulator_url)
+    sections = settings.sections
+    sections["providers"] = {**(sections.get("providers") or {}), **providers}
+    sections["models"] = {**(sections.get("models") or {}), **models}
+    sections["releases"] = {**(sections.get("releases") or {}), **_DEMO_RELEASES}
+
+
+async def _demo(settings: Settings, exit_after: bool, port: int | None) -> None:
     from aiohttp import web
 
     from bastion.auth import create_key
-    from bastion.cli.traces import render_tree
+    from bastion.providers.simulator import SimulatorConfig, SimulatorServer
     from bastion.server.app import create_app
     from bastion.server.state import build_state
-    from bastion.settings import Settings
+
+    started = time.monotonic()
+    # The releases' model aliases need a provider URL when the configuration is validated,
+    # before the gateway's own simulator (sim-small, sim-large) starts: they get their own.
+    with SimulatorServer(SimulatorConfig()) as release_simulator:
+        _add_demo_sections(settings, release_simulator.url)
+        with console.status("opening the database (created and migrated on first start)…"):
+            state = await asyncio.get_running_loop().run_in_executor(None, build_state, settings)
+            with state.engine.begin() as conn:
+                key = create_key(conn, "default", name="demo").secret
+            state.keys.reload()
+        port = port or _free_port(settings.host, settings.port)
+        app = create_app(settings, state=state)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, port).start()
+        base = f"http://{settings.host}:{port}"
+        console.print(
+            f"[green]✓[/green] bastion serving on {base}  "
+            f"(database: {settings.resolved_database_url})"
+        )
+        try:
+            await _walkthrough(settings, state, base, key)
+            console.print(f"[dim]walkthrough done in {time.monotonic() - started:.0f}s[/dim]")
+            _print_hints(base, key)
+            if not exit_after:
+                console.print("[dim]serving until Ctrl-C[/dim]")
+                await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+
+async def _walkthrough(settings: Settings, state: AppState, base: str, key: str) -> None:
+    import aiohttp
+
+    from bastion.cli.demo_loop import gate_change, push_prompts
+    from bastion.cli.demo_rollout import run_rollouts
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        console.rule("[bold]1 · Traces: OTLP in, model calls through the gateway")
+        await _first_traces(http, base)
+        console.rule("[bold]2 · Push prompts to the registry")
+        engine, project_id = state.engine, state.default_project_id
+        versions = await push_prompts(engine, project_id, settings.home, console)
+        console.rule("[bold]3 · Gate the change with evals")
+        gate = await gate_change(
+            engine, project_id, settings, versions, gateway_url=base, api_key=key, console=console
+        )
+        if not gate.passed:
+            console.print("[red]the gate failed, so nothing is rolled out[/red]")
+            return
+        await run_rollouts(http, base, versions, gate, console)
+
+
+async def _first_traces(http: Any, base: str) -> None:
+    """A 5-span trace over OTLP, two gateway calls, and the per-model summary."""
+    from bastion.cli.traces import render_tree
     from bastion.tracing.demo_trace import demo_trace_request
 
-    assert isinstance(settings, Settings)
-    with console.status("opening the database (created and migrated on first start)…"):
-        state = await asyncio.get_running_loop().run_in_executor(None, build_state, settings)
-        with state.engine.begin() as conn:
-            key = create_key(conn, "default", name="demo").secret
-        state.keys.reload()
-    port = _free_port(settings.host, settings.port)
-    app = create_app(settings, state=state)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, port).start()
-    base = f"http://{settings.host}:{port}"
-    console.print(
-        f"[green]✓[/green] bastion serving on {base}  (database: {settings.resolved_database_url})"
+    body, trace_id = demo_trace_request()
+    with console.status("sending a 5-span trace over OTLP/HTTP (protobuf)…"):
+        async with http.post(
+            f"{base}/v1/traces",
+            data=body,
+            headers={"Content-Type": "application/x-protobuf"},
+        ) as response:
+            response.raise_for_status()
+    console.print(f"[green]✓[/green] trace {trace_id} acknowledged (durable once acknowledged)")
+    async with http.get(f"{base}/api/v1/traces/{trace_id}") as response:
+        response.raise_for_status()
+        tree = await response.json()
+    console.print(render_tree(tree))
+    await _gateway_calls(http, base)
+    async with http.get(f"{base}/api/v1/metrics/summary", params={"group_by": "model"}) as response:
+        response.raise_for_status()
+        summary = await response.json()
+    table = Table(
+        "model", "calls", "p50 ms", "p95 ms", "tokens in/out", "cost", title="last 24 h by model"
     )
-    headers = {"Authorization": f"Bearer {key}"}
-    try:
-        async with aiohttp.ClientSession(headers=headers) as http:
-            body, trace_id = demo_trace_request()
-            with console.status("sending a 5-span trace over OTLP/HTTP (protobuf)…"):
-                async with http.post(
-                    f"{base}/v1/traces",
-                    data=body,
-                    headers={"Content-Type": "application/x-protobuf"},
-                ) as response:
-                    response.raise_for_status()
-            console.print(
-                f"[green]✓[/green] trace {trace_id} acknowledged (durable once acknowledged)"
-            )
-            async with http.get(f"{base}/api/v1/traces/{trace_id}") as response:
-                response.raise_for_status()
-                tree = await response.json()
-            console.print(render_tree(tree))
-            await _gateway_calls(http, base)
-            async with http.get(
-                f"{base}/api/v1/metrics/summary", params={"group_by": "model"}
-            ) as response:
-                response.raise_for_status()
-                summary = await response.json()
-        table = Table(
-            "model",
-            "calls",
-            "p50 ms",
-            "p95 ms",
-            "tokens in/out",
-            "cost",
-            title="last 24 h by model",
+    for group in summary["groups"]:
+        table.add_row(
+            group["keys"].get("model") or "?",
+            str(group["count"]),
+            f"{group['p50_latency_ms'] or 0:.0f}",
+            f"{group['p95_latency_ms'] or 0:.0f}",
+            f"{group['input_tokens']}/{group['output_tokens']}",
+            f"${group['cost_usd']:.5f}" + (" (+unknown)" if group["cost_unknown_count"] else ""),
         )
-        for group in summary["groups"]:
-            table.add_row(
-                group["keys"].get("model") or "?",
-                str(group["count"]),
-                f"{group['p50_latency_ms'] or 0:.0f}",
-                f"{group['p95_latency_ms'] or 0:.0f}",
-                f"{group['input_tokens']}/{group['output_tokens']}",
-                f"${group['cost_usd']:.5f}"
-                + (" (+unknown)" if group["cost_unknown_count"] else ""),
-            )
-        console.print(table)
-        console.print(
-            "\nCall models through the gateway (OpenAI or Anthropic SDK, no provider keys):\n"
-            f'  OpenAI(base_url="{base}/v1", api_key="{key}")  model="sim-small" or "sim-large"\n'
-            f'  Anthropic(base_url="{base}", api_key="{key}")\n'
-            "Point any OpenTelemetry exporter at it:\n"
-            f"  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={base}/v1/traces\n"
-            f'  OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer {key}"\n'
-            f"Read traces:  bastion traces list --url {base} --key {key}\n"
-        )
-        if not exit_after:
-            console.print("[dim]serving until Ctrl-C[/dim]")
-            await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    console.print(table)
+
+
+def _print_hints(base: str, key: str) -> None:
+    from bastion.cli.demo_rollout import DEMO_ROUTE
+
+    console.print(
+        "\nCall models through the gateway (OpenAI or Anthropic SDK, no provider keys):\n"
+        f'  OpenAI(base_url="{base}/v1", api_key="{key}")  model="sim-small" or "sim-large"\n'
+        f'  Anthropic(base_url="{base}", api_key="{key}")\n'
+        f'  the route: model="route:{DEMO_ROUTE}", prompt={{"variables": {{"order": "7", '
+        '"customer": "Ada"}}\n'
+        "Point any OpenTelemetry exporter at it:\n"
+        f"  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={base}/v1/traces\n"
+        f'  OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer {key}"\n'
+        f"Read traces:  bastion traces list --url {base} --key {key}\n"
+        f"Releases:     bastion release status {DEMO_ROUTE} --url {base} --key {key}\n"
+        f"              bastion release history {DEMO_ROUTE} --url {base} --key {key}\n",
+        highlight=False,
+    )
 
 
 async def _gateway_calls(http: Any, base: str) -> None:

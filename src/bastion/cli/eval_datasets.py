@@ -15,19 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.common import ConfigOption, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
 __all__ = ["register"]
 
 console = Console()
-errors = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]{message}[/red]", highlight=False)
-    return typer.Exit(EXIT_ERROR)
 
 
 def _ref(text: str) -> tuple[str, int | None]:
@@ -36,7 +30,7 @@ def _ref(text: str) -> tuple[str, int | None]:
         return name, None
     raw = version.removeprefix("v")
     if not raw.isdigit() or int(raw) < 1:
-        raise _fail(f"{text!r}: use NAME or NAME@VERSION")
+        raise fail(f"{text!r}: use NAME or NAME@VERSION", EXIT_ERROR)
     return name, int(raw)
 
 
@@ -83,7 +77,7 @@ def from_traces(
     try:
         start, end = parse_since(since), parse_since(until)
     except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc), EXIT_ERROR) from exc
     with local_engine(settings) as engine:
         with engine.begin() as conn:
             project_id = ensure_project(conn, project)
@@ -104,7 +98,7 @@ def from_traces(
                 sources=taken.sources,
             )  # fmt: skip
         except DatasetError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
     info = pushed.info
     left_out = ", ".join(f"{n} {why}" for why, n in sorted(taken.skipped.items()))
     console.print(
@@ -132,7 +126,7 @@ def lock(
         try:
             info = store.lock_dataset(engine, project_id, name, version)
         except store.EvalStoreError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
     console.print(f"{info.name}@{info.version}: locked ({info.item_count} items)", highlight=False)
 
 
@@ -155,7 +149,7 @@ def show(
                 found = store.get_dataset(conn, project_id, name, version)
                 links = store.item_sources(conn, project_id, name, found.info.version)
         except store.EvalStoreError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
     if as_json:
         for item in found.items:
             row = {"id": item.id, "vars": dict(item.vars), "expected": item.expected,

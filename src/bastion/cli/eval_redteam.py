@@ -16,19 +16,13 @@ import typer
 from rich.console import Console
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
 __all__ = ["register"]
 
 console = Console()
-errors = Console(stderr=True)
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    errors.print(f"[red]{message}[/red]", highlight=False)
-    return typer.Exit(code)
 
 
 def _variables(pairs: list[str]) -> dict[str, Any]:
@@ -36,7 +30,7 @@ def _variables(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise _fail(f"--var {pair!r}: use NAME=VALUE")
+            raise fail(f"--var {pair!r}: use NAME=VALUE", EXIT_ERROR)
         found[key.strip()] = value
     return found
 
@@ -144,12 +138,12 @@ def redteam(
         suites = parse_suites(suite)
         check_paths(output or [])
     except (RedteamConfigError, DatasetError, ValueError) as exc:
-        raise _fail(f"{exc}") from exc
+        raise fail(f"{exc}", EXIT_ERROR) from exc
     url = gateway or f"http://{settings.host}:{settings.port}"
     if not url.startswith(("http://", "https://")):
-        raise _fail(f"--gateway {url!r}: must start with http:// or https://")
+        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
     if not key:
-        raise _fail("a gateway API key is needed: --key or BASTION_API_KEY")
+        raise fail("a gateway API key is needed: --key or BASTION_API_KEY", EXIT_ERROR)
     with local_engine(settings) as engine:
         with engine.begin() as conn:
             project_id = ensure_project(conn, project)
@@ -173,7 +167,7 @@ def redteam(
                     repeats=repeats,
                 )  # fmt: skip
         except runner.EvalSetupError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
         try:
             summary = asyncio.run(
                 runner.run_eval(
@@ -187,7 +181,7 @@ def redteam(
                 )
             )
         except KeyboardInterrupt:
-            raise _fail(
+            raise fail(
                 f"interrupted; results so far are stored. Resume with: bastion eval redteam "
                 f"--resume {plan.run_id}",
                 130,
@@ -206,7 +200,7 @@ def redteam(
         try:
             write_reports(output, report)
         except OSError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
     typer.echo(orjson.dumps({"run_id": report.run_id, "verdict": report.verdict}).decode())
     raise typer.Exit(report.exit_code)
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
@@ -34,15 +34,9 @@ app = typer.Typer(
 dataset_app = typer.Typer(help="Versioned golden datasets.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 console = Console()
-errors = Console(stderr=True)
 
 DEFAULT_GATE = {"margins": {"*": 0.02}}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    errors.print(f"[red]{message}[/red]", highlight=False)
-    return typer.Exit(code)
 
 
 def _project(engine: sa.Engine, project: str) -> int:
@@ -71,14 +65,14 @@ def dataset_push(
     try:
         items = load_items(file)
     except DatasetError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc), EXIT_ERROR) from exc
     settings = load(config)
     with local_engine(settings) as engine:
         project_id = _project(engine, project)
         try:
             pushed = store.push_dataset(engine, project_id, name, items, lock=lock, force=force)
         except DatasetError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
     info = pushed.info
     locked = ", locked" if info.locked else ""
     console.print(
@@ -120,19 +114,21 @@ def _scorer_specs(inline: list[str], path: Path | None) -> list[dict[str, Any]]:
         try:
             spec = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise _fail(f"--scorer {text!r} is not JSON: {exc}") from exc
+            raise fail(f"--scorer {text!r} is not JSON: {exc}", EXIT_ERROR) from exc
         if not isinstance(spec, dict):
-            raise _fail(f"--scorer {text!r} must be a JSON object")
+            raise fail(f"--scorer {text!r} must be a JSON object", EXIT_ERROR)
         specs.append(spec)
     if path is not None:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
-            raise _fail(f"--scorers {path}: {exc}") from exc
+            raise fail(f"--scorers {path}: {exc}", EXIT_ERROR) from exc
         if isinstance(data, dict) and "scorers" in data:
             data = data["scorers"]
         if not isinstance(data, list) or not all(isinstance(s, dict) for s in data):
-            raise _fail(f"--scorers {path}: expected a list of scorer specs (or 'scorers:')")
+            raise fail(
+                f"--scorers {path}: expected a list of scorer specs (or 'scorers:')", EXIT_ERROR
+            )
         specs.extend(data)
     return specs
 
@@ -143,7 +139,7 @@ def _dataset_ref(text: str) -> tuple[str, int | None]:
         return name, None
     raw = version.removeprefix("v")
     if not raw.isdigit():
-        raise _fail(f"--dataset {text!r}: use NAME or NAME@VERSION")
+        raise fail(f"--dataset {text!r}: use NAME or NAME@VERSION", EXIT_ERROR)
     return name, int(raw)
 
 
@@ -168,13 +164,47 @@ def _summary_table(summary: Any) -> Table:
     return table
 
 
+def _run_target(
+    prompt: str | None, target: str | None, model: str | None
+) -> tuple[Any, str | None]:
+    """``eval run``'s target and the model overriding a prompt's own: ``--target`` (a release
+    or route, where ``--prompt`` picks the pinned prompt), else ``--prompt``, else ``--model``."""
+    from bastion.evals import runner
+
+    if target:
+        chosen = runner.parse_target(target, prompt=prompt)
+        if chosen.kind == "model" and model:
+            raise runner.EvalSetupError("--model applies to prompt targets: give one model")
+        return chosen, model
+    if prompt:
+        return runner.parse_target(prompt), model
+    if model:
+        return runner.Target("model", model), None
+    raise runner.EvalSetupError(
+        "give --prompt NAME[@LABEL|:VERSION], --model ALIAS or --target "
+        "release:ID|NAME / route:NAME@ENV / model:ALIAS"
+    )
+
+
 @app.command("run")
 def run(
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="NAME or NAME@VERSION (default newest)")
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option("--prompt", help="NAME, NAME@LABEL or NAME:VERSION")
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="NAME, NAME@LABEL or NAME:VERSION; with a release --target, the pinned prompt",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="release:ID|NAME, route:NAME@ENV, model:ALIAS or a prompt reference",
+        ),
     ] = None,
     model: Annotated[
         str | None,
@@ -232,23 +262,26 @@ def run(
     from bastion.evals.scorers import JudgeClient, ScorerContext
 
     if config is not None and is_promptfoo_config(config):
-        if dataset or prompt or model or scorer or scorers or resume or repeats != 1:
-            raise _fail(
+        if dataset or prompt or target or model or scorer or scorers or resume or repeats != 1:
+            raise fail(
                 "a promptfoo config sets the tests, prompts and providers itself: "
-                "give none of --dataset/--prompt/--model/--scorer(s)/--resume/--repeats"
+                "give none of --dataset/--prompt/--target/--model/--scorer(s)/--resume/--repeats",
+                EXIT_ERROR,
             )
         raise typer.Exit(_run_promptfoo(
             config, project, gateway, key, judge_model, provider_map or [], pass_rate_threshold,
             concurrency, no_cache,
         ))  # fmt: skip
     if provider_map or pass_rate_threshold is not None:
-        raise _fail("--provider-map and --pass-rate-threshold apply to promptfoo configs (-c)")
+        raise fail(
+            "--provider-map and --pass-rate-threshold apply to promptfoo configs (-c)", EXIT_ERROR
+        )
     settings = load(config)
     url = gateway or f"http://{settings.host}:{settings.port}"
     if not url.startswith(("http://", "https://")):
-        raise _fail(f"--gateway {url!r}: must start with http:// or https://")
+        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
     if not key:
-        raise _fail("a gateway API key is needed: --key or BASTION_API_KEY")
+        raise fail("a gateway API key is needed: --key or BASTION_API_KEY", EXIT_ERROR)
     # Judges are called through the same gateway (so their calls are traced too).
     judge = (
         JudgeClient(url.rstrip("/") + "/v1", model=judge_model, api_key=key)
@@ -260,34 +293,30 @@ def run(
         project_id = _project(engine, project)
         try:
             if resume:
-                if dataset or prompt or model or scorer or scorers:
+                if dataset or prompt or target or model or scorer or scorers:
                     raise runner.EvalSetupError(
                         "--resume takes the run's own dataset, target and scorers: "
-                        "give none of --dataset/--prompt/--model/--scorer(s)"
+                        "give none of --dataset/--prompt/--target/--model/--scorer(s)"
                     )
                 plan = runner.plan_resume(engine, project_id, resume, context=context)
             else:
                 if not dataset:
                     raise runner.EvalSetupError("--dataset is required")
-                if not prompt and not model:
-                    raise runner.EvalSetupError("give --prompt NAME[@LABEL|:VERSION] or --model")
+                chosen, model_override = _run_target(prompt, target, model)
                 name, version = _dataset_ref(dataset)
-                target = (
-                    runner.parse_target(prompt) if prompt else runner.Target("model", str(model))
-                )
                 plan = runner.plan_run(
                     engine,
                     project_id,
                     dataset=name,
                     dataset_version=version,
-                    target=target,
+                    target=chosen,
                     scorers=_scorer_specs(scorer or [], scorers),
                     repeats=repeats,
-                    model=model if prompt else None,
+                    model=model_override,
                     context=context,
                 )
         except runner.EvalSetupError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
 
         async def go() -> runner.RunSummary:
             async with contextlib.AsyncExitStack() as stack:
@@ -307,7 +336,7 @@ def run(
         try:
             summary = asyncio.run(go())
         except KeyboardInterrupt:
-            raise _fail(
+            raise fail(
                 f"interrupted; results so far are stored. Resume with: bastion eval run "
                 f"--resume {plan.run_id}",
                 130,
@@ -341,7 +370,7 @@ def _run_promptfoo(
     settings = load(None)
     url = gateway or f"http://{settings.host}:{settings.port}"
     if not url.startswith(("http://", "https://")):
-        raise _fail(f"--gateway {url!r}: must start with http:// or https://")
+        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
     options = PromptfooOptions(
         config=path, gateway_url=url, api_key=key or "", provider_map=tuple(provider_map),
         judge_model=judge_model, pass_rate_threshold=pass_rate_threshold,
@@ -358,24 +387,38 @@ def _run_promptfoo(
 # -- compare and gate ------------------------------------------------------------------------
 
 
-def _resolve_run(conn: sa.Connection, project_id: int, ref: str, dataset: str | None) -> str:
-    """A run id, or NAME@LABEL / NAME:VERSION / model:ALIAS: that target's latest completed
-    run on ``dataset``."""
-    from bastion.evals import runner, store
+def _resolve_run(
+    conn: sa.Connection,
+    project_id: int,
+    ref: str,
+    dataset: str | None,
+    prompt: str | None = None,
+    route: str | None = None,
+) -> str:
+    """A run id, or a target reference (bare labels and environments with ``prompt`` and
+    ``route``): that target's latest completed run on ``dataset``."""
+    from bastion.evals import store
+    from bastion.evals.references import latest_run_of, parse_reference
 
     if _RUN_ID.match(ref):
         store.get_run(conn, project_id, ref)
         return ref
+    target = parse_reference(ref, prompt=prompt, route=route)
     if dataset is None:
         raise store.EvalStoreError(
             f"{ref!r} is not a run id; to mean a target's latest run, give --dataset"
         )
-    key = ref if ref.startswith("model:") else runner.parse_target(ref).key
-    return store.latest_run(conn, project_id, _dataset_ref(dataset)[0], key).run_id
+    return latest_run_of(conn, project_id, _dataset_ref(dataset)[0], target).run_id
 
 
 def _comparison(
-    config: Path | None, project: str, baseline: str, candidate: str, dataset: str | None
+    config: Path | None,
+    project: str,
+    baseline: str,
+    candidate: str,
+    dataset: str | None,
+    prompt: str | None = None,
+    route: str | None = None,
 ) -> tuple[Any, Any]:
     from bastion.evals import runner, store
     from bastion.evals.compare import compare
@@ -387,12 +430,15 @@ def _comparison(
         raw = section.get("gate") if isinstance(section, dict) else None
         rules = GateRules.from_mapping(raw if raw is not None else DEFAULT_GATE)
     except GateConfigError as exc:
-        raise _fail(f"bastion.yaml: {exc}") from exc
+        raise fail(f"bastion.yaml: {exc}", EXIT_ERROR) from exc
     with local_engine(settings) as engine:
         project_id = _project(engine, project)
         with engine.connect() as conn:
             try:
-                ids = [_resolve_run(conn, project_id, r, dataset) for r in (baseline, candidate)]
+                ids = [
+                    _resolve_run(conn, project_id, r, dataset, prompt, route)
+                    for r in (baseline, candidate)
+                ]
                 infos = [store.get_run(conn, project_id, run_id) for run_id in ids]
                 for which, info in zip(("baseline", "candidate"), infos, strict=True):
                     if info.status != "completed":
@@ -402,7 +448,7 @@ def _comparison(
                         )
                 results = [store.load_results(conn, project_id, run_id) for run_id in ids]
             except (store.EvalStoreError, runner.EvalSetupError) as exc:
-                raise _fail(str(exc)) from exc
+                raise fail(str(exc), EXIT_ERROR) from exc
     if infos[0].dataset_hash != infos[1].dataset_hash:
         errors.print(
             f"[yellow]note: the runs used different dataset versions "
@@ -412,36 +458,49 @@ def _comparison(
     try:
         comparison = compare(results[0], results[1])
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc), EXIT_ERROR) from exc
     return comparison, evaluate_gate(comparison, rules)
 
 
-BaselineArg = Annotated[str, typer.Argument(help="run id, or NAME@LABEL with --dataset")]
+_REF_HELP = "run id, or with --dataset a target: NAME@LABEL, release:ID, route:NAME@ENV, ..."
+BaselineArg = Annotated[str, typer.Argument(help=_REF_HELP)]
 DatasetOption = Annotated[
-    str | None, typer.Option("--dataset", "-d", help="dataset for NAME@LABEL references")
+    str | None, typer.Option("--dataset", "-d", help="dataset for target references")
+]
+PromptRefOption = Annotated[
+    str | None,
+    typer.Option("--prompt", help="bare labels mean NAME@LABEL; picks a release's prompt"),
+]
+RouteRefOption = Annotated[
+    str | None,
+    typer.Option("--route", help="bare environments (staging, production) mean route:NAME@ENV"),
 ]
 
 
 @app.command("compare")
 def compare_runs(
     baseline: BaselineArg,
-    candidate: Annotated[str, typer.Argument(help="run id, or NAME@LABEL with --dataset")],
+    candidate: Annotated[str, typer.Argument(help=_REF_HELP)],
     dataset: DatasetOption = None,
+    prompt: PromptRefOption = None,
+    route: RouteRefOption = None,
     project: ProjectOption = "default",
     config: ConfigOption = None,
 ) -> None:
     """Compare two runs item by item (paired statistics); always exits 0 when it can compare."""
     from bastion.evals.report import render_terminal
 
-    comparison, verdict = _comparison(config, project, baseline, candidate, dataset)
+    comparison, verdict = _comparison(config, project, baseline, candidate, dataset, prompt, route)
     render_terminal(comparison, verdict, console)
 
 
 @app.command("gate")
 def gate(
-    baseline: Annotated[str, typer.Option("--baseline", "-b", help="run id or NAME@LABEL")],
-    candidate: Annotated[str, typer.Option("--candidate", "-C", help="run id or NAME@LABEL")],
+    baseline: Annotated[str, typer.Option("--baseline", "-b", help=_REF_HELP)],
+    candidate: Annotated[str, typer.Option("--candidate", "-C", help=_REF_HELP)],
     dataset: DatasetOption = None,
+    prompt: PromptRefOption = None,
+    route: RouteRefOption = None,
     output: Annotated[
         list[Path] | None,
         typer.Option("--output", "-o", help="report file: .md, .xml (JUnit), .json, .txt"),
@@ -453,13 +512,13 @@ def gate(
     regression, 2 on an error."""
     from bastion.evals.report import render_terminal, write_reports
 
-    comparison, verdict = _comparison(config, project, baseline, candidate, dataset)
+    comparison, verdict = _comparison(config, project, baseline, candidate, dataset, prompt, route)
     render_terminal(comparison, verdict, console)
     if output:
         try:
             write_reports(output, comparison, verdict)
         except (ValueError, OSError) as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), EXIT_ERROR) from exc
     raise typer.Exit(verdict.exit_code)
 
 

@@ -6,30 +6,34 @@ Every command talks to a running server with ``--url``/``--key`` (or ``BASTION_U
 
 from __future__ import annotations
 
-import getpass
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import orjson
 import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from bastion.auth import Role, ensure_project
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.auth import Role
+from bastion.cli.common import (
+    ConfigOption,
+    actor,
+    api_call,
+    echo_json,
+    errors,
+    fail,
+    read_local,
+    write_local,
+)
 from bastion.cli.traces import KeyOption, ProjectOption, UrlOption
 
 app = typer.Typer(
     help="Prompts as code: push, pull, label, roll back, diff, log.", no_args_is_help=True
 )
 console = Console()
-errors = Console(stderr=True)
 
 _T = TypeVar("_T")
 
@@ -39,106 +43,27 @@ ReasonOption = Annotated[str | None, typer.Option("--reason", "-r", help="why (k
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]{message}[/red]", highlight=False)
-    return typer.Exit(code)
+def _registry_errors() -> tuple[type[Exception], ...]:
+    from bastion.prompts.registry_queries import RegistryError
+
+    return (RegistryError,)
 
 
-def _call(
-    url: str,
-    key: str | None,
-    method: str,
-    path: str,
-    *,
-    params: dict[str, Any] | None = None,
-    body: Any = None,
-) -> Any:
-    """One JSON request to the server; an HTTP error is printed and exits 1."""
-    if not url.startswith(("http://", "https://")):
-        raise typer.BadParameter(f"--url {url!r}: must start with http:// or https://")
-    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        f"{url.rstrip('/')}{path}" + (f"?{query}" if query else ""),
-        data=None if body is None else orjson.dumps(body),
-        method=method,
-        headers={"Authorization": f"Bearer {key or ''}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            return orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            raw = exc.read()
-        try:
-            detail = orjson.loads(raw or b"{}").get("error", {}).get("message", exc.reason)
-        except orjson.JSONDecodeError:
-            detail = raw.decode(errors="replace") or exc.reason
-        raise _fail(f"{exc.code}: {detail}") from exc
-    except urllib.error.URLError as exc:
-        raise _fail(f"cannot reach {url}: {exc.reason}") from exc
+def _read(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
+    """Read the local store; a read never makes the project (a missing one exits 1)."""
+    return read_local(config, project, work, create=False, expected=_registry_errors())
+
+
+def _write(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
+    return write_local(config, project, work, expected=_registry_errors())
 
 
 def _path(name: str, *rest: str) -> str:
     return "/api/v1/prompts/" + "/".join(urllib.parse.quote(p, safe="") for p in (name, *rest))
 
 
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):
-        user = "unknown"
-    return f"{user} (cli)"
-
-
-def _local(
-    config: Path | None, project: str, work: Callable[[sa.Engine, int], _T], *, create: bool
-) -> _T:
-    """Run ``work(engine, project_id)`` on the local store; registry errors exit 1."""
-    from bastion.prompts import registry
-    from bastion.store.schema import projects
-
-    settings = load(config)
-    with local_engine(settings) as engine:
-        if create:
-            with engine.begin() as conn:
-                project_id = ensure_project(conn, project)
-        else:
-            with engine.connect() as conn:
-                found = conn.execute(
-                    sa.select(projects.c.id).where(projects.c.slug == project)
-                ).scalar()
-            if found is None:
-                raise _fail(f"no project {project!r}")
-            project_id = int(found)
-        try:
-            return work(engine, project_id)
-        except registry.RegistryError as exc:
-            raise _fail(str(exc)) from exc
-
-
-def _read(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
-    def run(engine: sa.Engine, project_id: int) -> _T:
-        with engine.connect() as conn:
-            return work(conn, project_id)
-
-    return _local(config, project, run, create=False)
-
-
-def _write(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
-    from bastion.prompts import registry
-
-    def run(engine: sa.Engine, project_id: int) -> _T:
-        return registry.run_write(engine, lambda conn: work(conn, project_id))
-
-    return _local(config, project, run, create=True)
-
-
 def _dump(value: Any) -> Any:
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-
-
-def _echo_json(value: Any) -> None:
-    typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 @app.command()
@@ -166,10 +91,10 @@ def push(
         errors.print(f"[red]{len(exc.errors)} invalid prompt file(s): nothing pushed[/red]")
         raise typer.Exit(2) from exc
     if not specs:
-        raise _fail(f"no prompt files (*.prompt.yaml) in {directory}", 2)
+        raise fail(f"no prompt files (*.prompt.yaml) in {directory}", 2)
     if url:
         payload = {"prompts": [s.to_dict() for s in specs], "message": message, "git_sha": git_sha}
-        results = _call(url, key, "POST", "/api/v1/prompts", body=payload)["results"]
+        results = api_call(url, key, "POST", "/api/v1/prompts", body=payload)["results"]
     else:
         from bastion.prompts import registry
 
@@ -177,12 +102,12 @@ def push(
             config,
             project,
             lambda conn, pid: registry.push(
-                conn, pid, specs, message=message, author=_actor(), git_sha=git_sha
+                conn, pid, specs, message=message, author=actor(), git_sha=git_sha
             ),
         )
         results = [r.model_dump(mode="json") for r in pushed]
     if as_json:
-        _echo_json(results)
+        echo_json(results)
         return
     table = Table("prompt", "status", "version", "content hash")
     colour = {"created": "green", "updated": "yellow", "unchanged": "dim"}
@@ -209,11 +134,11 @@ def pull(
     found: list[dict[str, Any]] = []
     missing: list[str] = []
     if url:
-        for item in _call(url, key, "GET", "/api/v1/prompts")["items"]:
+        for item in api_call(url, key, "GET", "/api/v1/prompts")["items"]:
             if label != "latest" and label not in item["labels"]:
                 missing.append(item["name"])
                 continue
-            found.append(_call(url, key, "GET", _path(item["name"]), params={"label": label}))
+            found.append(api_call(url, key, "GET", _path(item["name"]), params={"label": label}))
     else:
         from bastion.prompts import registry
 
@@ -246,7 +171,7 @@ def list_(
 ) -> None:
     """List prompts with their newest version and labels."""
     if url:
-        items = _call(url, key, "GET", "/api/v1/prompts")["items"]
+        items = api_call(url, key, "GET", "/api/v1/prompts")["items"]
     else:
         from bastion.prompts import registry
 
@@ -254,7 +179,7 @@ def list_(
             config, project, lambda c, pid: [_dump(p) for p in registry.list_prompts(c, pid)]
         )
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     table = Table("prompt", "latest", "labels", "description", "updated")
     for p in items:
@@ -276,7 +201,7 @@ def diff(
 ) -> None:
     """Show a unified diff of two versions (or labels) of prompt NAME."""
     if url:
-        text = _call(url, key, "GET", _path(name, "diff"), params={"a": a, "b": b})["diff"]
+        text = api_call(url, key, "GET", _path(name, "diff"), params={"a": a, "b": b})["diff"]
     else:
         from bastion.prompts import registry
 
@@ -298,13 +223,13 @@ def log(
 ) -> None:
     """Show the versions of prompt NAME and the history of its labels."""
     if url:
-        found = _call(url, key, "GET", _path(name, "log"))
+        found = api_call(url, key, "GET", _path(name, "log"))
     else:
         from bastion.prompts import registry
 
         found = _read(config, project, lambda c, pid: _dump(registry.log(c, pid, name)))
     if as_json:
-        _echo_json(found)
+        echo_json(found)
         return
     versions = Table("version", "labels", "hash", "author", "git", "message", "created", title=name)
     for v in found["versions"]:
@@ -359,7 +284,7 @@ def label(
     """Point LABEL of prompt NAME at VERSION (a deploy)."""
     if url:
         body = {"version": version, "reason": reason}
-        change = _call(url, key, "PUT", _path(name, "labels", label), body=body)
+        change = api_call(url, key, "PUT", _path(name, "labels", label), body=body)
     else:
         from bastion.prompts import registry
 
@@ -368,7 +293,7 @@ def label(
             project,
             lambda c, pid: _dump(
                 registry.set_label(
-                    c, pid, name, version, label, actor=_actor(), reason=reason, role=Role.ADMIN
+                    c, pid, name, version, label, actor=actor(), reason=reason, role=Role.ADMIN
                 )
             ),
         )
@@ -388,7 +313,7 @@ def rollback(
     """Move LABEL of prompt NAME back to the version it pointed at before its last move."""
     if url:
         path = _path(name, "labels", label, "rollback")
-        change = _call(url, key, "POST", path, body={"reason": reason})
+        change = api_call(url, key, "POST", path, body={"reason": reason})
     else:
         from bastion.prompts import registry
 
@@ -397,7 +322,7 @@ def rollback(
             project,
             lambda c, pid: _dump(
                 registry.rollback(
-                    c, pid, name, label, actor=_actor(), reason=reason, role=Role.ADMIN
+                    c, pid, name, label, actor=actor(), reason=reason, role=Role.ADMIN
                 )
             ),
         )
@@ -418,7 +343,7 @@ def protect(
     """Protect LABEL of prompt NAME: only admin keys may move it afterwards."""
     if url:
         path = _path(name, "labels", label, "protect")
-        change = _call(url, key, "POST", path, body={"protected": not off, "reason": reason})
+        change = api_call(url, key, "POST", path, body={"protected": not off, "reason": reason})
     else:
         from bastion.prompts import registry
 
@@ -431,7 +356,7 @@ def protect(
                     pid,
                     name,
                     label,
-                    actor=_actor(),
+                    actor=actor(),
                     role=Role.ADMIN,
                     protected=not off,
                     reason=reason,
@@ -456,7 +381,7 @@ def usage(
 ) -> None:
     """Per version of prompt NAME: label deployments, traces, errors, p95 latency, tokens, cost."""
     if url:
-        found = _call(url, key, "GET", _path(name, "usage"), params={"since": since})
+        found = api_call(url, key, "GET", _path(name, "usage"), params={"since": since})
     else:
         from bastion.prompts.usage import parse_since, prompt_usage
 
@@ -466,7 +391,7 @@ def usage(
             lambda c, pid: _dump(prompt_usage(c, pid, name, since=parse_since(since))),
         )
     if as_json:
-        _echo_json(found)
+        echo_json(found)
         return
     columns = ("version", "labels", "deployed", "spans", "traces", "errors", "p95 ms", "tokens")
     table = Table(*columns, "cost $", "last seen", "recent trace", "eval scores", title=name)

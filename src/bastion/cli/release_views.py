@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_status"]
+__all__ = ["print_history", "print_status"]
 
 console = Console()
 
@@ -68,6 +68,35 @@ def print_status(doc: dict[str, Any]) -> None:
                 f"  earlier: {past['rollout_id'][:8]} {past['state']} "
                 f"{past['candidate_release_id']}: {past.get('reason') or ''}"
             )
+
+
+def print_history(items: list[dict[str, Any]], *, compact: bool = False) -> None:
+    """A route's history events (deploys, steps, promotions, rollbacks) as a table; or,
+    ``compact`` (one environment, one day), a line per event that wraps on narrow terminals."""
+    if compact:
+        for e in items:
+            serving = f"stable {(e['stable_release_id'] or '-')[:8]}"
+            if e["candidate_release_id"]:
+                serving += f" + {e['candidate_release_id'][:8]} at {e['weight']:g}%"
+            console.print(
+                f"{e['at'][11:19]}  [bold]{e['action']:<8}[/bold] {serving:<36} "
+                f"[dim]by {e['actor']}[/dim]" + (f"  {e['reason']}" if e["reason"] else ""),
+                highlight=False,
+            )
+        return
+    table = Table("at", "env", "action", "stable", "candidate", "weight", "by", "reason")
+    for e in items:
+        table.add_row(
+            e["at"][:19],
+            e["environment"],
+            e["action"],
+            e["stable_release_id"] or "-",
+            e["candidate_release_id"] or "-",
+            f"{e['weight']:g}%",
+            e["actor"],
+            e["reason"] or "",
+        )
+    console.print(table)
 
 
 def _num(value: float | None, digits: int = 1) -> str:

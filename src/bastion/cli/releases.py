@@ -7,7 +7,6 @@ local form only records the changes, which a server sharing the database acts on
 
 from __future__ import annotations
 
-import getpass
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,10 +20,17 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, load, local_engine
-from bastion.cli.prompts import _call
-from bastion.cli.release_views import print_status
+from bastion.cli.common import (
+    ConfigOption,
+    actor,
+    api_call,
+    echo_json,
+    fail,
+    load,
+    read_local,
+    write_local,
+)
+from bastion.cli.release_views import print_history, print_status
 from bastion.cli.traces import KeyOption, ProjectOption, UrlOption
 
 app = typer.Typer(
@@ -32,7 +38,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-errors = Console(stderr=True)
 
 _T = TypeVar("_T")
 
@@ -42,55 +47,22 @@ ReasonOption = Annotated[str | None, typer.Option("--reason", "-r", help="why (k
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]{message}[/red]", highlight=False)
-    return typer.Exit(code)
-
-
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):
-        user = "unknown"
-    return f"{user} (cli)"
-
-
-def _local(config: Path | None, project: str, work: Callable[[sa.Engine, int], _T]) -> _T:
+def _release_errors() -> tuple[type[Exception], ...]:
     from bastion.releases import ReleaseError, ReleaseSpecError
 
-    settings = load(config)
-    with local_engine(settings) as engine:
-        with engine.begin() as conn:
-            project_id = ensure_project(conn, project)
-        try:
-            return work(engine, project_id)
-        except (ReleaseError, ReleaseSpecError) as exc:
-            raise _fail(str(exc)) from exc
+    return (ReleaseError, ReleaseSpecError)
 
 
 def _read(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
-    def run(engine: sa.Engine, project_id: int) -> _T:
-        with engine.connect() as conn:
-            return work(conn, project_id)
-
-    return _local(config, project, run)
+    return read_local(config, project, work, expected=_release_errors())
 
 
 def _write(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
-    from bastion.store.transactions import run_write
-
-    def run(engine: sa.Engine, project_id: int) -> _T:
-        return run_write(engine, lambda conn: work(conn, project_id))
-
-    return _local(config, project, run)
+    return write_local(config, project, work, expected=_release_errors())
 
 
 def _q(*parts: str) -> str:
     return "/".join(urllib.parse.quote(p, safe="") for p in parts)
-
-
-def _echo_json(value: Any) -> None:
-    typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _check_env(env: str) -> str:
@@ -118,22 +90,22 @@ def create(
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"{file}: {exc.strerror or exc}") from exc
+        raise fail(f"{file}: {exc.strerror or exc}") from exc
     try:
         spec = ReleaseSpec.from_yaml(text, str(file))
     except ReleaseSpecError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if url:
-        doc = _call(url, key, "POST", "/api/v1/releases", body={"spec": spec.to_dict()})
+        doc = api_call(url, key, "POST", "/api/v1/releases", body={"spec": spec.to_dict()})
     else:
 
         def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
-            info, created = release_store.create_release(conn, pid, spec, actor=_actor())
+            info, created = release_store.create_release(conn, pid, spec, actor=actor())
             return {**info.to_dict(), "created": created}
 
         doc = _write(config, project, work)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     state = "created" if doc["created"] else "unchanged (same content exists)"
     console.print(f"release [bold]{doc['release_id']}[/bold] ({doc['name']}): {state}")
@@ -151,7 +123,7 @@ def list_(
     from bastion.releases import store as release_store
 
     if url:
-        items = _call(url, key, "GET", "/api/v1/releases")["items"]
+        items = api_call(url, key, "GET", "/api/v1/releases")["items"]
     else:
         items = _read(
             config,
@@ -159,7 +131,7 @@ def list_(
             lambda c, pid: [i.to_dict() for i in release_store.list_releases(c, pid)],
         )
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     table = Table("release", "name", "model", "prompts", "created", "by")
     for item in items:
@@ -188,12 +160,12 @@ def show(
     from bastion.releases import store as release_store
 
     if url:
-        doc = _call(url, key, "GET", "/api/v1/releases/" + _q(release))
+        doc = api_call(url, key, "GET", "/api/v1/releases/" + _q(release))
     else:
         doc = _read(
             config, project, lambda c, pid: release_store.get_release(c, pid, release).to_dict()
         )
-    _echo_json(doc)
+    echo_json(doc)
 
 
 @app.command()
@@ -208,13 +180,13 @@ def diff(
 ) -> None:
     """Show what changes from release A to release B: configuration and prompt templates."""
     if url:
-        doc = _call(url, key, "GET", f"/api/v1/releases/{_q(a)}/diff", params={"b": b})
+        doc = api_call(url, key, "GET", f"/api/v1/releases/{_q(a)}/diff", params={"b": b})
     else:
         from bastion.releases.diff import diff_releases
 
         doc = _read(config, project, lambda c, pid: diff_releases(c, pid, a, b).to_dict())
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     if not doc["config"] and not doc["prompts"]:
         console.print(f"{doc['a']} and {doc['b']} have the same content")
@@ -243,7 +215,9 @@ def diff(
 def _route_call(
     url: str, key: str | None, route: str, action: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = _call(url, key, "POST", f"/api/v1/routes/{_q(route)}/{action}", body=body)
+    doc: dict[str, Any] = api_call(
+        url, key, "POST", f"/api/v1/routes/{_q(route)}/{action}", body=body
+    )
     return doc
 
 
@@ -273,7 +247,7 @@ def deploy(
             project,
             lambda c, pid: (
                 release_store.deploy(
-                    c, pid, route, env, release, actor=_actor(), reason=reason
+                    c, pid, route, env, release, actor=actor(), reason=reason
                 ).release_id
             ),
         )
@@ -367,7 +341,7 @@ def rollout(
             quality_sample=quality_sample,
         )
     except ReleaseSpecError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     gate = _gate_option(require_gate)
     if url:
         body = {
@@ -400,14 +374,14 @@ def rollout(
                 env,
                 candidate,
                 policy,
-                actor=_actor(),
+                actor=actor(),
                 gate=evidence,
                 reason=reason,
             ).to_dict()
 
         doc = _write(config, project, work)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     console.print(
         f"rollout [bold]{doc['rollout_id']}[/bold]: {doc['strategy']} of "
@@ -428,13 +402,13 @@ def status(
     """Show what serves ROUTE now, and the live state and analysis of its rollout."""
     _check_env(env)
     if url:
-        doc = _call(url, key, "GET", f"/api/v1/routes/{_q(route)}", params={"environment": env})
+        doc = api_call(url, key, "GET", f"/api/v1/routes/{_q(route)}", params={"environment": env})
     else:
         from bastion.releases.service import route_status
 
         doc = _read(config, project, lambda c, pid: route_status(c, pid, route, env))
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
     else:
         print_status(doc)
 
@@ -449,13 +423,13 @@ def routes(
 ) -> None:
     """List routes: the stable release of each environment and its rollout in progress."""
     if url:
-        items = _call(url, key, "GET", "/api/v1/routes")["items"]
+        items = api_call(url, key, "GET", "/api/v1/routes")["items"]
     else:
         from bastion.releases.service import route_list
 
         items = _read(config, project, route_list)
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     table = Table("route", "environment", "stable", "rollout")
     for item in items:
@@ -491,7 +465,7 @@ def _action_command(name: str, help_text: str) -> None:
             act = getattr(rollouts, name)
 
             def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
-                act(conn, pid, route, env, actor=_actor(), reason=reason)
+                act(conn, pid, route, env, actor=actor(), reason=reason)
                 return route_status(conn, pid, route, env)
 
             doc = _write(config, project, work)
@@ -539,7 +513,7 @@ def history(
         when = _parse_time(at)
         environment = env or "production"
         if url:
-            found = _call(
+            found = api_call(
                 url,
                 key,
                 "GET",
@@ -554,7 +528,7 @@ def history(
             )
             found = event.to_dict() if event is not None else None
         if as_json:
-            _echo_json(found)
+            echo_json(found)
         elif found is None:
             console.print(f"nothing was deployed on {route} ({environment}) at {when.isoformat()}")
         else:
@@ -569,7 +543,7 @@ def history(
             console.print(line + f"  [dim](since {found['action']} at {found['at'][:19]})[/dim]")
         return
     if url:
-        items = _call(
+        items = api_call(
             url, key, "GET", f"/api/v1/routes/{_q(route)}/history", params={"environment": env}
         )["items"]
     else:
@@ -579,18 +553,6 @@ def history(
             lambda c, pid: [e.to_dict() for e in release_store.history(c, pid, route, env)],
         )
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
-    table = Table("at", "env", "action", "stable", "candidate", "weight", "by", "reason")
-    for e in items:
-        table.add_row(
-            e["at"][:19],
-            e["environment"],
-            e["action"],
-            e["stable_release_id"] or "-",
-            e["candidate_release_id"] or "-",
-            f"{e['weight']:g}%",
-            e["actor"],
-            e["reason"] or "",
-        )
-    console.print(table)
+    print_history(items)

@@ -10,13 +10,12 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 
 __all__ = ["replay"]
 
 console = Console()
-errors = Console(stderr=True)
 
 
 def replay(
@@ -59,8 +58,7 @@ def replay(
         selection = parse_filter(from_traces)
         scorers = [make_scorer({"type": kind}) for kind in (scorer or ["levenshtein"])]
     except (ReleaseSpecError, ScorerError) as exc:
-        errors.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc), 2) from exc
     with local_engine(settings) as engine, engine.connect() as conn:
         found = conn.execute(sa.select(projects.c.id).where(projects.c.slug == project)).scalar()
         if found is None:
@@ -69,8 +67,7 @@ def replay(
         try:
             info = get_release(conn, int(found), candidate)
         except ReleaseError as exc:
-            errors.print(f"[red]{exc}[/red]", highlight=False)
-            raise typer.Exit(1) from exc
+            raise fail(str(exc)) from exc
         items = load_items(conn, int(found), selection)
     if not items:
         errors.print("[yellow]no recorded inputs match the filter: nothing to replay[/yellow]")

@@ -1,8 +1,9 @@
 """Planning an eval run: everything that can fail before a model is called.
 
-Resolve the dataset version and the target (a registry prompt by label or version, or a plain
-gateway model), build the scorers, and check that every item has every variable the template
-and the scorers need. Each problem is an :class:`EvalSetupError`.
+Resolve the dataset version and the target (a registry prompt by label or version, a plain
+gateway model, a release or the release stable on a route), build the scorers, and check that
+every item has every variable the template and the scorers need. Each problem is an
+:class:`EvalSetupError`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item, check_variables
+from bastion.evals.release_targets import ReleaseTargetError, ResolvedRelease, resolve_release
 from bastion.evals.scorers.base import ScorerError
 from bastion.evals.scorers.registry import ConfiguredScorer, ScorerContext, make_scorer
 from bastion.prompts import PromptSpec, PromptSpecError, TemplateError, render
@@ -25,6 +27,7 @@ __all__ = [
     "RetryPolicy",
     "RunSummary",
     "Target",
+    "TargetKind",
     "parse_target",
     "plan_resume",
     "plan_run",
@@ -39,29 +42,53 @@ class EvalSetupError(ValueError):
 # -- targets ----------------------------------------------------------------------------------
 
 
+TargetKind = Literal["prompt", "model", "release", "route"]
+TARGET_FORMS = "NAME, NAME@LABEL, NAME:VERSION, model:ALIAS, release:ID|NAME or route:NAME@ENV"
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """What to evaluate: a registry prompt (``name`` with ``label`` or ``version``; the newest
-    version when neither) or, with ``kind="model"``, a gateway model alias ``name``."""
+    version when neither); with ``kind="model"``, a gateway model alias ``name``; with
+    ``kind="release"``, the release ``name`` (id, id prefix or name); with ``kind="route"``, the
+    release stable on route ``name`` in ``environment``. ``prompt`` picks the pinned prompt of a
+    release that pins several."""
 
-    kind: Literal["prompt", "model"]
+    kind: TargetKind
     name: str
     label: str | None = None
     version: int | None = None
+    environment: str | None = None
+    prompt: str | None = None
 
     @property
     def key(self) -> str:
-        """``name@label``, ``name:3``, ``name@latest`` or ``model:alias``."""
+        """``name@label``, ``name:3``, ``name@latest``, ``model:alias``, ``release:ref`` or
+        ``route:name@env`` as typed; a planned run is stored under its resolved key
+        (:attr:`EvalPlan.target_key`)."""
         if self.kind == "model":
             return f"model:{self.name}"
+        if self.kind in ("release", "route"):
+            ref = self.name if self.kind == "release" else f"{self.name}@{self.environment}"
+            return f"{self.kind}:{ref}"
         if self.version is not None:
             return f"{self.name}:{self.version}"
         return f"{self.name}@{self.label or 'latest'}"
 
 
-def parse_target(text: str) -> Target:
-    """``name``, ``name@label`` or ``name:VERSION`` (``name:v3`` too) as a prompt target."""
+def parse_target(text: str, *, prompt: str | None = None) -> Target:
+    """A target reference: ``model:ALIAS``, ``release:ID`` (or a release name),
+    ``route:NAME@ENV``, or a prompt ``name``, ``name@label`` or ``name:VERSION`` (``name:v3``
+    too). ``prompt`` picks the pinned prompt of a release or route target."""
     text = text.strip()
+    for kind in ("model", "release", "route"):
+        if text.startswith(f"{kind}:"):
+            return _prefixed(text, kind, prompt)
+    if prompt is not None:
+        raise EvalSetupError(
+            f"{text!r} is a prompt reference: a prompt to choose applies to release: and "
+            "route: targets"
+        )
     if "@" in text:
         name, _, label = text.partition("@")
         if not name or not label:
@@ -78,9 +105,28 @@ def parse_target(text: str) -> Target:
     return Target("prompt", text)
 
 
+def _prefixed(text: str, kind: str, prompt: str | None) -> Target:
+    ref = text.partition(":")[2].strip()
+    if kind == "model":
+        if not ref:
+            raise EvalSetupError("model: needs a gateway model alias")
+        if prompt is not None:
+            raise EvalSetupError(f"{text!r}: a prompt to choose applies to release: and route:")
+        return Target("model", ref)
+    if kind == "release":
+        if not ref:
+            raise EvalSetupError("release: needs a release id or name")
+        return Target("release", ref, prompt=prompt)
+    route, _, environment = ref.partition("@")
+    if not route or not environment:
+        raise EvalSetupError(f"{text!r}: use route:NAME@ENV (e.g. route:checkout@production)")
+    return Target("route", route, environment=environment, prompt=prompt)
+
+
 @dataclass(frozen=True, slots=True)
 class _Resolved:
     target: Target
+    key: str  # the stored target key (a release's id for release and route targets)
     description: dict[str, Any]  # stored with the run
     target_hash: str
     model: str
@@ -122,7 +168,7 @@ class EvalPlan:
 
     @property
     def target_key(self) -> str:
-        return self.resolved.target.key
+        return self.resolved.key
 
     @property
     def params_hash(self) -> str:
@@ -178,37 +224,24 @@ def _resolve_target(
         description: dict[str, Any] = {"kind": "model", "name": target.name, "model": target.name}
         return _Resolved(
             target=target,
+            key=target.key,
             description=description,
-            target_hash=store.stable_hash(description),
+            target_hash=_model_hash(target.name),
             model=target.name,
             params=dict(params),
         )
-    from bastion.prompts import registry
-
-    try:
-        found = registry.get(
-            conn, project_id, target.name, label=target.label, version=target.version
-        )
-    except registry.RegistryError as exc:
-        raise EvalSetupError(str(exc)) from None
-    try:
-        spec = PromptSpec.from_dict(found.spec)
-        partials = {name: PromptSpec.from_dict(s) for name, s in found.partials.items()}
-    except PromptSpecError as exc:  # pragma: no cover - the registry validated it
-        raise EvalSetupError(f"prompt {target.name!r} v{found.version}: {exc}") from None
+    if target.kind in ("release", "route"):
+        if model is not None:
+            raise EvalSetupError(f"{target.key}: the release decides the model; drop --model")
+        return _resolve_release(conn, project_id, target, params)
+    found, spec, partials = _load_prompt(
+        conn, project_id, target.name, target.label, target.version
+    )
     chosen = model or spec.model
     if not chosen:
         raise EvalSetupError(
             f"prompt {target.name!r} v{found.version} names no model: give --model"
         )
-    merged = {**dict(spec.params), **dict(params)}
-    if spec.tools is not None:
-        merged.setdefault("tools", [dict(t) for t in spec.tools])
-    if spec.response_format is not None:
-        merged.setdefault("response_format", dict(spec.response_format))
-    declared: set[str] = set(spec.variables)
-    for partial in partials.values():
-        declared |= set(partial.variables)
     description = {
         "kind": "prompt",
         "name": target.name,
@@ -217,8 +250,54 @@ def _resolve_target(
         "content_hash": found.content_hash,
         "model": chosen,
     }
+    return _prompt_resolved(target, target.key, description, found, spec, partials, params)
+
+
+def _model_hash(model: str) -> str:
+    # A release without prompts calls its model as a model target does: they share outputs.
+    return store.stable_hash({"kind": "model", "name": model, "model": model})
+
+
+def _load_prompt(
+    conn: sa.Connection, project_id: int, name: str, label: str | None, version: int | None
+) -> tuple[Any, PromptSpec, dict[str, PromptSpec]]:
+    from bastion.prompts import registry
+
+    try:
+        found = registry.get(conn, project_id, name, label=label, version=version)
+    except registry.RegistryError as exc:
+        raise EvalSetupError(str(exc)) from None
+    try:
+        spec = PromptSpec.from_dict(found.spec)
+        partials = {n: PromptSpec.from_dict(s) for n, s in found.partials.items()}
+    except PromptSpecError as exc:  # pragma: no cover - the registry validated it
+        raise EvalSetupError(f"prompt {name!r} v{found.version}: {exc}") from None
+    return found, spec, partials
+
+
+def _prompt_resolved(
+    target: Target,
+    key: str,
+    description: dict[str, Any],
+    found: Any,
+    spec: PromptSpec,
+    partials: dict[str, PromptSpec],
+    params: Mapping[str, Any],
+) -> _Resolved:
+    """A prompt version ready to render; ``params`` override the prompt's own, and its tools
+    and response format apply unless ``params`` set them."""
+    chosen = str(description["model"])
+    merged = {**dict(spec.params), **dict(params)}
+    if spec.tools is not None:
+        merged.setdefault("tools", [dict(t) for t in spec.tools])
+    if spec.response_format is not None:
+        merged.setdefault("response_format", dict(spec.response_format))
+    declared: set[str] = set(spec.variables)
+    for partial in partials.values():
+        declared |= set(partial.variables)
     return _Resolved(
         target=target,
+        key=key,
         description=description,
         target_hash=store.stable_hash(
             {"prompt": found.content_hash, "partials": found.partial_versions, "model": chosen}
@@ -229,6 +308,53 @@ def _resolve_target(
         partials=partials,
         declared=frozenset(declared),
     )
+
+
+def _resolve_release(
+    conn: sa.Connection, project_id: int, target: Target, params: Mapping[str, Any]
+) -> _Resolved:
+    """The release's bundle: its pinned prompt version rendered, its model alias, its params
+    over the prompt's defaults (explicit ``params`` over both) and its tools."""
+    try:
+        release: ResolvedRelease = resolve_release(
+            conn,
+            project_id,
+            release=target.name if target.kind == "release" else None,
+            route=target.name if target.kind == "route" else None,
+            environment=target.environment,
+            prompt=target.prompt,
+        )
+    except ReleaseTargetError as exc:
+        raise EvalSetupError(str(exc)) from None
+    spec = release.info.spec
+    bundle: dict[str, Any] = {**dict(spec.params), **dict(params)}
+    if spec.tools:
+        bundle.setdefault("tools", [dict(t) for t in spec.tools])
+    description: dict[str, Any] = {
+        "kind": "release",
+        "release_id": release.info.release_id,
+        "release": release.info.name,
+        "route": release.route,
+        "environment": release.environment,
+        "prompt": release.prompt,
+        "version": release.version,
+        "model": spec.model,
+        "fallbacks": list(spec.fallbacks),
+    }
+    if release.prompt is None:
+        return _Resolved(
+            target=target,
+            key=release.key,
+            description=description,
+            target_hash=_model_hash(spec.model),
+            model=spec.model,
+            params=bundle,
+        )
+    found, prompt_spec, partials = _load_prompt(
+        conn, project_id, release.prompt, None, release.version
+    )
+    description["content_hash"] = found.content_hash
+    return _prompt_resolved(target, release.key, description, found, prompt_spec, partials, bundle)
 
 
 def _required_variables(resolved: _Resolved) -> set[str]:
@@ -318,7 +444,7 @@ def _plan(
             messages[item.id] = _render(resolved, item)
         except TemplateError as exc:
             raise EvalSetupError(
-                f"prompt {target.key}: item {item.id!r} does not render: {exc}"
+                f"prompt {resolved.key}: item {item.id!r} does not render: {exc}"
             ) from None
     return EvalPlan(
         project_id=project_id,
@@ -381,9 +507,15 @@ def plan_resume(
         if info.status == "completed":
             raise EvalSetupError(f"eval run {run_id} is already completed")
         described = info.target
+        model: str | None = None
         if described.get("kind") == "model":
             target = Target("model", str(described["name"]))
-            model = None
+        elif described.get("kind") == "release":
+            # The release it resolved to, not what the route serves now.
+            prompt = described.get("prompt")
+            target = Target(
+                "release", str(described["release_id"]), prompt=str(prompt) if prompt else None
+            )
         else:
             target = Target("prompt", str(described["name"]), version=int(described["version"]))
             model = str(described["model"])

@@ -122,13 +122,25 @@ class RunInfo:
 
     @property
     def label(self) -> str:
-        """What was evaluated, for reports: ``summarize@production (v3)``."""
+        """What was evaluated, for reports: ``summarize@production (v3)``, or for a release
+        ``route:checkout@production = release checkout 3f2a… (support v2)``."""
         version = self.target.get("version")
+        if self.target.get("kind") == "release":
+            return _release_label(self.target)
         if self.target.get("kind") == "prompt" and version is not None:
             if self.target_key.endswith(f":{version}"):
                 return self.target_key
             return f"{self.target_key} (v{version})"
         return self.target_key
+
+
+def _release_label(target: Mapping[str, Any]) -> str:
+    text = f"release {target.get('release')} {str(target.get('release_id'))[:12]}"
+    if target.get("route"):
+        text = f"route:{target['route']}@{target.get('environment')} = {text}"
+    if target.get("prompt"):
+        text += f" ({target['prompt']} v{target.get('version')})"
+    return text
 
 
 def _run_info(row: Any) -> RunInfo:
@@ -168,14 +180,19 @@ def create_run(
 ) -> str:
     """Record a new run (status ``running``) and return its id (uuid4 hex).
 
-    A prompt target's name and resolved version (``target["kind"] == "prompt"``) are kept in
-    their own columns, so scores can be shown per prompt version.
+    A prompt target's name and resolved version (``target["kind"] == "prompt"``, or the
+    pinned prompt of a ``"release"`` target) are kept in their own columns, so scores can be
+    shown per prompt version.
     """
     if kind not in RUN_KINDS:
         raise ValueError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
     run_id = uuid.uuid4().hex
-    is_prompt = target.get("kind") == "prompt"
-    version = target.get("version") if is_prompt else None
+    prompt_name: Any = None
+    if target.get("kind") == "prompt":
+        prompt_name = target.get("name")
+    elif target.get("kind") == "release":
+        prompt_name = target.get("prompt")
+    version = target.get("version") if prompt_name is not None else None
 
     def work(conn: sa.Connection) -> None:
         conn.execute(
@@ -196,7 +213,7 @@ def create_run(
                 finished_at=None,
                 summary=None,
                 kind=kind,
-                prompt_name=str(target.get("name"))[:200] if is_prompt else None,
+                prompt_name=str(prompt_name)[:200] if prompt_name is not None else None,
                 prompt_version=version if isinstance(version, int) else None,
             )
         )
@@ -247,7 +264,8 @@ def latest_run(
     *,
     status: RunStatus | None = "completed",
 ) -> RunInfo:
-    """The newest run of ``target_key`` (``name@label``, ``name:3``, ``model:alias``) on
+    """The newest run of ``target_key`` (``name@label``, ``name:3``, ``model:alias``,
+    ``release:<id>``) on
     dataset ``dataset_name``, with ``status`` (any when None).
 
     Raises:

@@ -130,6 +130,7 @@ class Call:
     capture: AnswerCapture | None = None  # None: the relay keeps no copy of the answer
     cost_usd: float | None = None  # set when known here (a cache hit costs 0); else priced later
     release_id: str | None = None  # the release a routed request was served by (releases)
+    fallbacks: tuple[str, ...] | None = None  # the release's fallback aliases, else the alias's
 
     def attribute_from(self, request: web.Request, body: Any) -> None:
         """User, session, feature and tenant from headers, else the body's ``user``/metadata."""

@@ -126,6 +126,20 @@ class Resilience:
         self.rng = rng or random.Random()  # jitter, not security
         self._chains = _chains(config)
 
+    def _chain_of(self, alias: ModelAlias, call: Call) -> tuple[ModelAlias, ...]:
+        """``alias`` followed by the chains of a release's own fallbacks (each alias once);
+        a fallback this gateway does not serve is skipped and named on the span."""
+        chain: list[ModelAlias] = [alias]
+        unknown: list[str] = []
+        for name in call.fallbacks or ():
+            if name not in self._chains:
+                unknown.append(name)
+                continue
+            chain.extend(a for a in self._chains[name] if all(a is not c for c in chain))
+        if unknown:
+            call.attributes["bastion.release.unknown_fallbacks"] = unknown
+        return tuple(chain)
+
     async def serve(
         self,
         request: web.Request,
@@ -141,8 +155,9 @@ class Resilience:
         503/400 when no deployment could be tried at all).
         """
         run = _Run(self, request, call, api, body, headers)
+        chain = self._chains[alias.name] if call.fallbacks is None else self._chain_of(alias, call)
         try:
-            for current in self._chains[alias.name]:
+            for current in chain:
                 response = await run.try_alias(current)
                 if response is not None:
                     if current is not alias:

@@ -34,6 +34,7 @@ __all__ = [
     "list_prompts",
     "list_versions",
     "log",
+    "select_version",
 ]
 
 LATEST = "latest"  # a reserved label that always means the newest version
@@ -260,6 +261,22 @@ def _version_out(name: str, row: sa.Row[Any], labels: list[LabelState]) -> Promp
     )
 
 
+def select_version(
+    *columns: sa.ColumnElement[Any], project_id: int, name: str, version: int
+) -> sa.Select[Any]:
+    """A query for ``columns`` of version ``version`` of the project's prompt ``name``."""
+    return (
+        sa.select(*columns)
+        .select_from(prompt_versions.join(prompts, prompts.c.id == prompt_versions.c.prompt_id))
+        .where(
+            prompts.c.project_id == project_id,
+            prompts.c.name == name,
+            prompt_versions.c.project_id == project_id,
+            prompt_versions.c.version == version,
+        )
+    )
+
+
 def _pinned_partials(
     conn: sa.Connection, project_id: int, pins: Mapping[str, int]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
@@ -275,13 +292,12 @@ def _pinned_partials(
         if name in versions:
             continue
         row = conn.execute(
-            sa.select(prompt_versions.c.spec, prompt_versions.c.partials)
-            .join(prompts, prompts.c.id == prompt_versions.c.prompt_id)
-            .where(
-                prompts.c.project_id == project_id,
-                prompts.c.name == name,
-                prompt_versions.c.project_id == project_id,
-                prompt_versions.c.version == version,
+            select_version(
+                prompt_versions.c.spec,
+                prompt_versions.c.partials,
+                project_id=project_id,
+                name=name,
+                version=version,
             )
         ).one_or_none()
         if row is None:

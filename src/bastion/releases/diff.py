@@ -15,8 +15,9 @@ import orjson
 import sqlalchemy as sa
 
 from bastion.prompts import registry
+from bastion.prompts.registry_queries import select_version
 from bastion.releases.store import ReleaseInfo, get_release
-from bastion.store.schema import prompt_versions, prompts
+from bastion.store.schema import prompt_versions
 
 __all__ = ["ConfigChange", "PromptChange", "ReleaseDiff", "diff_releases"]
 
@@ -98,14 +99,7 @@ def _template(conn: sa.Connection, project_id: int, name: str, version: int | No
     if version is None:
         return _MISSING
     row = conn.execute(
-        sa.select(prompt_versions.c.spec)
-        .select_from(prompt_versions.join(prompts, prompts.c.id == prompt_versions.c.prompt_id))
-        .where(
-            prompts.c.project_id == project_id,
-            prompts.c.name == name,
-            prompt_versions.c.project_id == project_id,
-            prompt_versions.c.version == version,
-        )
+        select_version(prompt_versions.c.spec, project_id=project_id, name=name, version=version)
     ).first()
     if row is None:
         return f"(version {version} not in the registry)"

@@ -5,25 +5,33 @@ Every change — manual (``promote``, ``pause``, ``resume``, ``abort``, ``rollba
 analysis controller (``step``, ``promote``, ``rollback``) — is one transaction that updates the
 rollout row, the route's stable release when it changes, and appends the history event. The
 controller's changes name the step they were decided for, so a decision that raced a manual
-change (or another replica) finds the row moved on and does nothing.
+change (or another replica) finds the row moved on and does nothing. The record and its reads
+live in :mod:`bastion.releases.rollout_rows` (re-exported here).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
 from bastion.releases.model import RolloutPolicy
+from bastion.releases.rollout_rows import (
+    Rollout,
+    active_rollout,
+    get_rollout,
+    list_rollouts,
+    locked_rollout,
+    record_change,
+    running_rollouts,
+    update_rollout,
+)
 from bastion.releases.store import (
-    ACTIVE_STATES,
     ConflictError,
     NotFoundError,
-    aware,
     check_route,
     get_release,
     lock_route,
@@ -51,137 +59,6 @@ __all__ = [
     "save_analysis",
     "start_rollout",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Rollout:
-    """One rollout as stored."""
-
-    project_id: int
-    rollout_id: str
-    route: str
-    environment: str
-    strategy: str
-    stable_release_id: str
-    candidate_release_id: str
-    policy: RolloutPolicy
-    state: str
-    step: int
-    weight: float
-    step_started_at: datetime
-    analysis: dict[str, Any] | None
-    reason: str | None
-    gate: dict[str, Any] | None
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rollout_id": self.rollout_id,
-            "route": self.route,
-            "environment": self.environment,
-            "strategy": self.strategy,
-            "stable_release_id": self.stable_release_id,
-            "candidate_release_id": self.candidate_release_id,
-            "policy": self.policy.to_dict(),
-            "state": self.state,
-            "step": self.step,
-            "weight": self.weight,
-            "step_started_at": self.step_started_at.isoformat(),
-            "analysis": self.analysis,
-            "reason": self.reason,
-            "gate": self.gate,
-            "created_by": self.created_by,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
-
-
-def _rollout(row: Any) -> Rollout:
-    return Rollout(
-        project_id=int(row.project_id),
-        rollout_id=row.rollout_id,
-        route=row.route,
-        environment=row.environment,
-        strategy=row.strategy,
-        stable_release_id=row.stable_release_id,
-        candidate_release_id=row.candidate_release_id,
-        policy=RolloutPolicy.from_dict(orjson.loads(row.policy)),
-        state=row.state,
-        step=int(row.step),
-        weight=float(row.weight),
-        step_started_at=aware(row.step_started_at),
-        analysis=orjson.loads(row.analysis) if row.analysis else None,
-        reason=row.reason,
-        gate=orjson.loads(row.gate) if row.gate else None,
-        created_by=row.created_by,
-        created_at=aware(row.created_at),
-        updated_at=aware(row.updated_at),
-    )
-
-
-def _where(project_id: int, rollout_id: str) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        release_rollouts.c.project_id == project_id, release_rollouts.c.rollout_id == rollout_id
-    )
-
-
-def _locked(conn: sa.Connection, project_id: int, rollout_id: str) -> Rollout:
-    query = sa.select(release_rollouts).where(_where(project_id, rollout_id))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFoundError(f"no rollout {rollout_id!r} in this project")
-    return _rollout(row)
-
-
-def get_rollout(conn: sa.Connection, project_id: int, rollout_id: str) -> Rollout:
-    row = conn.execute(sa.select(release_rollouts).where(_where(project_id, rollout_id))).first()
-    if row is None:
-        raise NotFoundError(f"no rollout {rollout_id!r} in this project")
-    return _rollout(row)
-
-
-def active_rollout(
-    conn: sa.Connection, project_id: int, route: str, environment: str
-) -> Rollout | None:
-    """The route's running or paused rollout, if any (at most one exists)."""
-    row = conn.execute(
-        sa.select(release_rollouts)
-        .where(
-            release_rollouts.c.project_id == project_id,
-            release_rollouts.c.route == route,
-            release_rollouts.c.environment == environment,
-            release_rollouts.c.state.in_(ACTIVE_STATES),
-        )
-        .order_by(release_rollouts.c.created_at.desc())
-        .limit(1)
-    ).first()
-    return _rollout(row) if row is not None else None
-
-
-def list_rollouts(
-    conn: sa.Connection, project_id: int, route: str | None = None, *, limit: int = 50
-) -> list[Rollout]:
-    query = sa.select(release_rollouts).where(release_rollouts.c.project_id == project_id)
-    if route is not None:
-        query = query.where(release_rollouts.c.route == route)
-    rows = conn.execute(query.order_by(release_rollouts.c.created_at.desc()).limit(limit)).all()
-    return [_rollout(r) for r in rows]
-
-
-def running_rollouts(conn: sa.Connection) -> list[Rollout]:
-    """Every running rollout of every project (the analysis controller's work list)."""
-    rows = conn.execute(
-        sa.select(release_rollouts).where(release_rollouts.c.state == "running")
-    ).all()
-    return [_rollout(r) for r in rows]
 
 
 def start_rollout(
@@ -240,28 +117,19 @@ def start_rollout(
             updated_at=now,
         )
     )
-    record_event(
+    rollout = get_rollout(conn, project_id, rollout_id)
+    record_change(
         conn,
-        project_id,
-        route,
-        environment,
+        rollout,
         "start",
         actor=actor,
         stable=current.release_id,
-        candidate=candidate.release_id,
         weight=weight,
-        rollout_id=rollout_id,
-        strategy=policy.strategy,
         step=0,
         reason=reason,
         at=now,
     )
-    return get_rollout(conn, project_id, rollout_id)
-
-
-def _require_active(rollout: Rollout, what: str) -> None:
-    if not rollout.active:
-        raise ConflictError(f"rollout {rollout.rollout_id} is {rollout.state}: cannot {what} it")
+    return rollout
 
 
 def _finish(
@@ -281,35 +149,17 @@ def _finish(
         "updated_at": now,
         "lease_owner": None,
         "lease_until": None,
+        "weight": 100.0 if state == "promoted" else 0.0,
     }
-    if state == "promoted":
-        values["weight"] = 100.0
-    else:
-        values["weight"] = 0.0
     if analysis is not None:
         values["analysis"] = orjson.dumps(analysis).decode()
-    conn.execute(
-        release_rollouts.update()
-        .where(_where(rollout.project_id, rollout.rollout_id))
-        .values(**values)
-    )
+    update_rollout(conn, rollout.project_id, rollout.rollout_id, **values)
     stable = rollout.stable_release_id
     if state == "promoted":
         stable = rollout.candidate_release_id
         set_stable(conn, rollout.project_id, rollout.route, rollout.environment, stable, actor)
-    record_event(
-        conn,
-        rollout.project_id,
-        rollout.route,
-        rollout.environment,
-        action,
-        actor=actor,
-        stable=stable,
-        rollout_id=rollout.rollout_id,
-        strategy=rollout.strategy,
-        step=rollout.step,
-        reason=reason,
-        at=now,
+    record_change(
+        conn, rollout, action, actor=actor, stable=stable, step=rollout.step, reason=reason, at=now
     )
     return get_rollout(conn, rollout.project_id, rollout.rollout_id)
 
@@ -319,7 +169,7 @@ def _active_locked(conn: sa.Connection, project_id: int, route: str, environment
     found = active_rollout(conn, project_id, route, environment)
     if found is None:
         raise ConflictError(f"route {route!r} in {environment} has no rollout in progress")
-    return _locked(conn, project_id, found.rollout_id)
+    return locked_rollout(conn, project_id, found.rollout_id)
 
 
 def promote(
@@ -372,21 +222,14 @@ def _pause_or_resume(
     values: dict[str, Any] = {"state": want, "updated_at": now, "reason": reason}
     if not pause:
         values["step_started_at"] = now  # the bake starts over: the paused time proves nothing
-    conn.execute(
-        release_rollouts.update().where(_where(project_id, rollout.rollout_id)).values(**values)
-    )
-    record_event(
+    update_rollout(conn, project_id, rollout.rollout_id, **values)
+    record_change(
         conn,
-        project_id,
-        route,
-        environment,
+        rollout,
         action,
         actor=actor,
         stable=rollout.stable_release_id,
-        candidate=rollout.candidate_release_id,
         weight=rollout.weight,
-        rollout_id=rollout.rollout_id,
-        strategy=rollout.strategy,
         step=rollout.step,
         reason=reason,
         at=now,
@@ -418,6 +261,7 @@ def resume(
     actor: str,
     reason: str | None = None,
 ) -> Rollout:
+    """Let a paused rollout go on; the bake of its current step starts over."""
     return _pause_or_resume(
         conn, project_id, route, environment, actor=actor, reason=reason, pause=False
     )
@@ -439,7 +283,7 @@ def rollback(
         raise NotFoundError(f"route {route!r} has no release in {environment}")
     found = active_rollout(conn, project_id, route, environment)
     if found is not None:
-        rollout = _locked(conn, project_id, found.rollout_id)
+        rollout = locked_rollout(conn, project_id, found.rollout_id)
         _finish(
             conn,
             rollout,
@@ -480,20 +324,20 @@ def claim_lease(
     the holder let it expire; the database serialises concurrent claims on the row.
     """
     now = now_utc()
-    result = conn.execute(
-        release_rollouts.update()
-        .where(
-            _where(project_id, rollout_id),
-            release_rollouts.c.state == "running",
-            sa.or_(
-                release_rollouts.c.lease_owner.is_(None),
-                release_rollouts.c.lease_owner == owner,
-                release_rollouts.c.lease_until < now,
-            ),
-        )
-        .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl_s))
+    changed = update_rollout(
+        conn,
+        project_id,
+        rollout_id,
+        release_rollouts.c.state == "running",
+        sa.or_(
+            release_rollouts.c.lease_owner.is_(None),
+            release_rollouts.c.lease_owner == owner,
+            release_rollouts.c.lease_until < now,
+        ),
+        lease_owner=owner,
+        lease_until=now + timedelta(seconds=ttl_s),
     )
-    return result.rowcount == 1
+    return changed == 1
 
 
 def _current(conn: sa.Connection, project_id: int, rollout_id: str, step: int) -> Rollout | None:
@@ -501,7 +345,7 @@ def _current(conn: sa.Connection, project_id: int, rollout_id: str, step: int) -
     # controller and a person acting at once queue instead of deadlocking (PostgreSQL).
     found = get_rollout(conn, project_id, rollout_id)
     lock_route(conn, project_id, found.route, found.environment)
-    rollout = _locked(conn, project_id, rollout_id)
+    rollout = locked_rollout(conn, project_id, rollout_id)
     if rollout.state != "running" or rollout.step != step:
         return None  # changed by hand or by another replica since the analysis began
     return rollout
@@ -516,14 +360,14 @@ def save_analysis(
     reason: str | None,
 ) -> None:
     """Keep the latest analysis (shown by ``release status``) without changing the state."""
-    conn.execute(
-        release_rollouts.update()
-        .where(
-            _where(project_id, rollout_id),
-            release_rollouts.c.step == step,
-            release_rollouts.c.state == "running",
-        )
-        .values(analysis=orjson.dumps(analysis).decode(), reason=reason)
+    update_rollout(
+        conn,
+        project_id,
+        rollout_id,
+        release_rollouts.c.step == step,
+        release_rollouts.c.state == "running",
+        analysis=orjson.dumps(analysis).decode(),
+        reason=reason,
     )
 
 
@@ -555,30 +399,24 @@ def advance(
     now = now_utc()
     weight = steps[next_step]
     reason = f"passed analysis at {rollout.weight:g}%: next step {weight:g}%"
-    conn.execute(
-        release_rollouts.update()
-        .where(_where(project_id, rollout_id))
-        .values(
-            step=next_step,
-            weight=weight,
-            step_started_at=now,
-            updated_at=now,
-            analysis=orjson.dumps(analysis).decode(),
-            reason=reason,
-        )
-    )
-    record_event(
+    update_rollout(
         conn,
         project_id,
-        rollout.route,
-        rollout.environment,
+        rollout_id,
+        step=next_step,
+        weight=weight,
+        step_started_at=now,
+        updated_at=now,
+        analysis=orjson.dumps(analysis).decode(),
+        reason=reason,
+    )
+    record_change(
+        conn,
+        rollout,
         "step",
         actor=actor,
         stable=rollout.stable_release_id,
-        candidate=rollout.candidate_release_id,
         weight=weight,
-        rollout_id=rollout_id,
-        strategy=rollout.strategy,
         step=next_step,
         reason=reason,
         at=now,

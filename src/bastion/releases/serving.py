@@ -212,6 +212,7 @@ async def apply_release(request: web.Request, call: Call, api: Api, raw: Any) ->
     shaped["model"] = spec.model
     if spec.fallbacks:
         call.attributes["bastion.release.fallbacks"] = list(spec.fallbacks)
+        call.fallbacks = tuple(spec.fallbacks)  # replace the alias's own (gateway.resilience)
     return shaped
 
 

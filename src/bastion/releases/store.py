@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from bastion.prompts.registry_queries import select_version
 from bastion.releases.model import ENVIRONMENTS, ReleaseSpec, ReleaseSpecError, check_name
 from bastion.store.schema import (
     prompt_versions,
-    prompts,
     release_events,
     release_rollouts,
     release_routes,
@@ -37,6 +37,7 @@ __all__ = [
     "ReleaseError",
     "ReleaseInfo",
     "RouteState",
+    "active_on_route",
     "aware",
     "check_route",
     "create_release",
@@ -157,13 +158,8 @@ def _check_prompts(conn: sa.Connection, project_id: int, spec: ReleaseSpec) -> N
     """Every prompt version a release pins must exist: a release is deployable as stored."""
     for name, version in spec.prompts.items():
         found = conn.execute(
-            sa.select(prompt_versions.c.version)
-            .select_from(prompt_versions.join(prompts, prompts.c.id == prompt_versions.c.prompt_id))
-            .where(
-                prompts.c.project_id == project_id,
-                prompts.c.name == name,
-                prompt_versions.c.project_id == project_id,
-                prompt_versions.c.version == version,
+            select_version(
+                prompt_versions.c.version, project_id=project_id, name=name, version=version
             )
         ).first()
         if found is None:
@@ -387,13 +383,20 @@ def deploy(
     return release
 
 
+def active_on_route(project_id: int, route: str, environment: str) -> sa.ColumnElement[bool]:
+    """The condition on ``release_rollouts`` rows: the route's running or paused rollout."""
+    return sa.and_(
+        release_rollouts.c.project_id == project_id,
+        release_rollouts.c.route == route,
+        release_rollouts.c.environment == environment,
+        release_rollouts.c.state.in_(ACTIVE_STATES),
+    )
+
+
 def has_active_rollout(conn: sa.Connection, project_id: int, route: str, environment: str) -> bool:
     found = conn.execute(
         sa.select(release_rollouts.c.rollout_id).where(
-            release_rollouts.c.project_id == project_id,
-            release_rollouts.c.route == route,
-            release_rollouts.c.environment == environment,
-            release_rollouts.c.state.in_(ACTIVE_STATES),
+            active_on_route(project_id, route, environment)
         )
     ).first()
     return found is not None

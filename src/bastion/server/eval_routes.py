@@ -8,27 +8,25 @@ Database work (and the bootstrap of a comparison) runs on worker threads.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item, parse_items, parse_text
 from bastion.server.auth import authenticate
-from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
+from bastion.server.db_work import DbWork
+from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
 from bastion.server.state import STATE
 from bastion.store.schema import eval_results, eval_scores
 
 __all__ = ["EVAL_ROUTES"]
 
-_T = TypeVar("_T")
 _B = TypeVar("_B", bound=BaseModel)
 _BASE = "/api/v1/evals"
 _RUN_ID = "{run_id}"
@@ -189,35 +187,19 @@ class CompareOut(BaseModel):
 # -- plumbing ------------------------------------------------------------------------------------
 
 
-async def _run(work: Callable[[], _T]) -> _T:
-    try:
-        return await asyncio.get_running_loop().run_in_executor(None, work)
-    except store.EvalStoreError as exc:
-        raise ApiError(404, str(exc), kind="not_found") from exc
-    except store.DatasetLockedError as exc:
-        raise ApiError(409, str(exc), kind="dataset_locked") from exc
-    except DatasetError as exc:
-        raise ApiError(400, str(exc)) from exc
+def _api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, store.EvalStoreError):
+        return ApiError(404, str(exc), kind="not_found")
+    if isinstance(exc, store.DatasetLockedError):
+        return ApiError(409, str(exc), kind="dataset_locked")
+    return ApiError(400, str(exc))
 
 
-async def _read(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
-    engine = request.app[STATE].engine
-
-    def run() -> _T:
-        with engine.connect() as conn:
-            return work(conn)
-
-    return await _run(run)
+_db = DbWork((store.EvalStoreError, DatasetError), _api_error)
 
 
 async def _body(request: web.Request, model: type[_B]) -> _B:
-    raw = await request.read()
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, f"invalid body: {where}: {first['msg']}") from exc
+    return parse_body(await request.read() or b"{}", model)
 
 
 def _dataset_out(info: store.DatasetInfo) -> DatasetOut:
@@ -275,7 +257,7 @@ def _version(request: web.Request) -> int:
 
 async def list_datasets(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
-    infos = await _read(request, lambda c: store.list_datasets(c, principal.project_id))
+    infos = await _db.read(request, lambda c: store.list_datasets(c, principal.project_id))
     return json_response(DatasetListOut(items=[_dataset_out(i) for i in infos]))
 
 
@@ -294,7 +276,7 @@ async def push_dataset(request: web.Request) -> web.Response:
     if not items:
         raise ApiError(400, "invalid dataset: no items")
     engine = request.app[STATE].engine
-    pushed = await _run(
+    pushed = await _db.run(
         lambda: store.push_dataset(
             engine, principal.project_id, body.name, items, lock=body.lock, force=body.force
         )
@@ -316,7 +298,7 @@ async def get_dataset(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     params = parse_query(request, GetDatasetQuery)
     name = request.match_info["name"]
-    out = await _read(
+    out = await _db.read(
         request, lambda c: _version_out(c, principal.project_id, name, params.version)
     )
     return json_response(out)
@@ -325,7 +307,7 @@ async def get_dataset(request: web.Request) -> web.Response:
 async def get_dataset_version(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     name, version = request.match_info["name"], _version(request)
-    out = await _read(request, lambda c: _version_out(c, principal.project_id, name, version))
+    out = await _db.read(request, lambda c: _version_out(c, principal.project_id, name, version))
     return json_response(out)
 
 
@@ -333,7 +315,7 @@ async def lock_dataset(request: web.Request) -> web.Response:
     principal = await authenticate(request, "write")
     name, version = request.match_info["name"], _version(request)
     engine = request.app[STATE].engine
-    info = await _run(lambda: store.lock_dataset(engine, principal.project_id, name, version))
+    info = await _db.run(lambda: store.lock_dataset(engine, principal.project_id, name, version))
     return json_response(_dataset_out(info))
 
 
@@ -376,7 +358,7 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
             skipped=dict(taken.skipped),
         )
 
-    out = await _run(work)
+    out = await _db.run(work)
     return json_response(out, 201 if out.status == "created" else 200)
 
 
@@ -386,7 +368,7 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     q = parse_query(request, RunListQuery)
-    infos = await _read(
+    infos = await _db.read(
         request,
         lambda c: store.list_runs(
             c,
@@ -465,7 +447,7 @@ async def get_run(request: web.Request) -> web.Response:
             {**_run_out(info), "results": results, "result_count": total}
         )
 
-    return json_response(await _read(request, work))
+    return json_response(await _db.read(request, work))
 
 
 async def compare_runs(request: web.Request) -> web.Response:
@@ -497,7 +479,7 @@ async def compare_runs(request: web.Request) -> web.Response:
         return json.loads(render_json(comparison, evaluate_gate(comparison, rules)))
 
     try:
-        doc = await _run(work)
+        doc = await _db.run(work)
     except ValueError as exc:
         raise ApiError(409, str(exc), kind="not_comparable") from exc
     return json_response(doc)

