@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import anthropic
 import pytest
@@ -20,10 +21,25 @@ TOOL = {
 }
 
 
+_OPENED: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close the test's SDK clients: a pooled socket left to the garbage collector would be
+    reported as unraisable in whichever later test happens to collect it."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def client(gateway: Gateway, *, bearer: bool = False) -> anthropic.Anthropic:
     if bearer:
-        return anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0)
-    return anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+        sdk = anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0)
+    else:
+        sdk = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+    _OPENED.append(sdk)
+    return sdk
 
 
 def test_messages_native_deployment_with_x_api_key_and_bearer(gateway: Gateway) -> None:
@@ -146,6 +162,7 @@ def test_errors_come_back_as_anthropic_exceptions(gateway: Gateway) -> None:
             cast_to=object,
         )
     bad = anthropic.Anthropic(base_url=gateway.url, api_key="bst_not-a-key", max_retries=0)
+    _OPENED.append(bad)
     with pytest.raises(anthropic.AuthenticationError):
         bad.messages.create(
             model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}]
