@@ -22,7 +22,6 @@ event loop when a refresh finishes, so worker threads read consistent snapshots.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,7 @@ import orjson
 import sqlalchemy as sa
 
 from bastion.prompts import PromptSpec
-from bastion.server.background import ThreadWork
+from bastion.server.background import SingleFlight, ThreadWork, poll
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts
 
 __all__ = ["CachedPrompt", "PromptCache", "PromptLookupError"]
@@ -219,7 +218,7 @@ class PromptCache:
         self.miss_refresh_s = miss_refresh_s
         self.loaded = False
         self._projects: dict[int, _Project] = {}
-        self._inflight: asyncio.Future[None] | None = None
+        self._flight = SingleFlight()
         self._last_miss_refresh = 0.0
 
     # -- refreshing (database work on worker threads) -----------------------------------------
@@ -235,34 +234,16 @@ class PromptCache:
 
     async def refresh(self) -> None:
         """Reload what changed since the last refresh; concurrent callers share one reload."""
-        if self._inflight is not None:
-            await asyncio.shield(self._inflight)
-            return
-        loop = asyncio.get_running_loop()
-        self._inflight = future = loop.create_future()
-        try:
-            changed = await self.work.run(self._refresh_sync, dict(self._projects))
-            self._projects.update(changed)  # on the loop: readers never see a half-applied state
-            self.loaded = True
-            future.set_result(None)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: waiters re-raise it, nobody else must
-            raise
-        finally:
-            self._inflight = None
+        await self._flight.run(self._reload)
+
+    async def _reload(self) -> None:
+        changed = await self.work.run(self._refresh_sync, dict(self._projects))
+        self._projects.update(changed)  # on the loop: readers never see a half-applied state
+        self.loaded = True
 
     async def run(self) -> None:
         """Poll the change marker every ``refresh_s`` until cancelled; failures keep the cache."""
-        while True:
-            try:
-                await self.refresh()
-            except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
-                log.warning("could not refresh prompts (serving the cached ones): %s", exc)
-            await asyncio.sleep(self.refresh_s)
+        await poll(self.refresh, self.refresh_s, log, "prompts")
 
     # -- lookups (memory; the database only on the cold paths described above) -----------------
 
@@ -294,8 +275,8 @@ class PromptCache:
         missed = isinstance(found, str) or not self.loaded
         now = time.monotonic()
         due = now - self._last_miss_refresh > self.miss_refresh_s
-        if missed and (due or self._inflight is not None):
-            if self._inflight is None:
+        if missed and (due or self._flight.busy):
+            if not self._flight.busy:
                 self._last_miss_refresh = now
             try:
                 await self.refresh()

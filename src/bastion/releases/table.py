@@ -12,7 +12,6 @@ ago is found.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 
 from bastion.releases.model import ReleaseSpec
 from bastion.releases.store import ACTIVE_STATES
-from bastion.server.background import ThreadWork
+from bastion.server.background import SingleFlight, ThreadWork, poll
 from bastion.store.schema import release_events, release_rollouts, release_routes, releases
 
 __all__ = ["ActiveRollout", "RouteEntry", "RouteTable", "ServedRelease"]
@@ -110,7 +109,7 @@ class RouteTable:
         self.loaded = False
         self._marker = -1
         self._table: Mapping[Key, RouteEntry] = {}
-        self._inflight: asyncio.Future[None] | None = None
+        self._flight = SingleFlight()
         self._last_miss_refresh = 0.0
 
     def _refresh_sync(self, marker: int) -> tuple[int, dict[Key, RouteEntry]] | None:
@@ -124,34 +123,17 @@ class RouteTable:
 
     async def refresh(self) -> None:
         """Reload when the marker moved; concurrent callers share one reload."""
-        if self._inflight is not None:
-            await asyncio.shield(self._inflight)
-            return
-        self._inflight = future = asyncio.get_running_loop().create_future()
-        try:
-            loaded = await self.work.run(self._refresh_sync, self._marker)
-            if loaded is not None:
-                self._marker, self._table = loaded  # swapped on the loop: one consistent view
-            self.loaded = True
-            future.set_result(None)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: waiters re-raise it
-            raise
-        finally:
-            self._inflight = None
+        await self._flight.run(self._reload)
+
+    async def _reload(self) -> None:
+        loaded = await self.work.run(self._refresh_sync, self._marker)
+        if loaded is not None:
+            self._marker, self._table = loaded  # swapped on the loop: one consistent view
+        self.loaded = True
 
     async def run(self) -> None:
         """Poll every ``refresh_s`` until cancelled; a failed poll keeps the current table."""
-        while True:
-            try:
-                await self.refresh()
-            except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
-                log.warning("could not refresh release routes (serving the cached ones): %s", exc)
-            await asyncio.sleep(self.refresh_s)
+        await poll(self.refresh, self.refresh_s, log, "release routes")
 
     async def get(self, project_id: int, route: str, environment: str) -> RouteEntry | None:
         """The route's entry from memory (one coalesced reload first on a miss)."""
@@ -159,8 +141,8 @@ class RouteTable:
         if entry is not None and self.loaded:
             return entry
         now = time.monotonic()
-        if now - self._last_miss_refresh > self.miss_refresh_s or self._inflight is not None:
-            if self._inflight is None:
+        if now - self._last_miss_refresh > self.miss_refresh_s or self._flight.busy:
+            if not self._flight.busy:
                 self._last_miss_refresh = now
             try:
                 await self.refresh()
