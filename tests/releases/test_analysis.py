@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from bastion.auth import ensure_project
 from bastion.releases import rollouts, store
-from bastion.releases.analysis import Sample, judge
+from bastion.releases.analysis import Sample, _sampled_output, judge
 from bastion.releases.assign import bucket, choose_arm, subject_of
 from bastion.releases.config import ReleasesConfig, load_releases_config
 from bastion.releases.controller import AnalysisController
@@ -189,3 +189,22 @@ def test_releases_config_is_validated_naming_the_key(tmp_path: Path) -> None:
         load_releases_config(load_settings(config))
     config.write_text("releases: {analysis_interval_s: 1}\n")
     assert load_releases_config(load_settings(config)).analysis_interval_s == 1
+
+
+def test_quality_sample_scores_that_fraction_of_answers_chosen_by_span_id() -> None:
+    from types import SimpleNamespace
+
+    rng = random.Random(7)
+    rows = [
+        SimpleNamespace(span_id=f"{rng.getrandbits(64):016x}", error_class=None, output="ok")
+        for _ in range(4000)
+    ]
+    for rate in (0.1, 0.5, 0.8):
+        chosen = [r for r in rows if _sampled_output(r, rate) is not None]
+        assert abs(len(chosen) / len(rows) - rate) < 0.03
+        # The same span is always in or out: every replica scores the same answers.
+        assert chosen == [r for r in rows if _sampled_output(r, rate) is not None]
+    assert all(_sampled_output(r, 1.0) == "ok" for r in rows)
+    assert all(_sampled_output(r, None) is None for r in rows)
+    failed = SimpleNamespace(span_id=rows[0].span_id, error_class="upstream_error", output="x")
+    assert _sampled_output(failed, 1.0) is None  # errors are counted, never scored

@@ -574,7 +574,9 @@ def test_candidate_with_worse_quality_is_rolled_back(server: Server) -> None:
     analysis = ended["analysis"]
     assert analysis["stable"]["quality"] == 1.0
     assert analysis["candidate"]["quality"] < 0.5
-    assert analysis["candidate"]["scored"] < analysis["candidate"]["requests"]  # a sample
+    # Scored answers are a sample (its rate is pinned in test_analysis.py); with 80% of a
+    # dozen requests, all of them being drawn is a matter of chance, so only the bound holds.
+    assert 0 < analysis["candidate"]["scored"] <= analysis["candidate"]["requests"]
     status = server.call("GET", "/api/v1/routes/checkout")
     assert status["stable_release_id"] == stable
 
