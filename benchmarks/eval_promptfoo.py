@@ -21,14 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 
-from harness import free_port, start
+from harness import create_key, free_port, sim_requests, start
 
 console = Console(width=140)
 LATENCY_MS = 50
@@ -50,11 +48,6 @@ tests: file://tests.csv
 bastion:
   workers: {workers}
 """
-
-
-def sim_requests(url: str) -> int:
-    with urllib.request.urlopen(url + "/_sim/stats", timeout=10) as response:
-        return int(orjson.loads(response.read())["requests"])
 
 
 def main() -> None:
@@ -82,8 +75,7 @@ def main() -> None:
     (suite / "tests.csv").write_text("\n".join(rows) + "\n")
     simulator = start([*bastion, "simulate", "--port", str(sim_port)], env, home / "sim.log",
                       sim_url + "/healthz")  # fmt: skip
-    key = subprocess.run([*bastion, "keys", "create", "--quiet"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()  # fmt: skip
+    key = create_key(env)
     gateway = start([*bastion, "serve", "--port", str(gw_port)], env, home / "gw.log",
                     gw_url + "/readyz")  # fmt: skip
     config = str(suite / "promptfooconfig.yaml")

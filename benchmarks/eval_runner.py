@@ -19,14 +19,11 @@ import argparse
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import orjson
 import psutil
 import sqlalchemy as sa
 from rich.console import Console
@@ -38,7 +35,7 @@ from bastion.evals.datasets import Item
 from bastion.prompts import PromptSpec, registry
 from bastion.store import migrate
 from bastion.store.engine import create_engine
-from harness import free_port, start
+from harness import create_key, free_port, sim_requests, start
 
 console = Console(width=140)
 LATENCY_MS = 50
@@ -57,11 +54,6 @@ PROMPT = {
         {"role": "user", "content": "{{ question }}\nReply with: {{ answer }}"},
     ],
 }
-
-
-def sim_requests(url: str) -> int:
-    with urllib.request.urlopen(url + "/_sim/stats", timeout=10) as response:
-        return int(orjson.loads(response.read())["requests"])
 
 
 def setup(engine: sa.Engine, items: int) -> int:
@@ -124,8 +116,7 @@ def main() -> None:
     )  # fmt: skip
     simulator = start([*bastion, "simulate", "--port", str(sim_port)], env, home / "sim.log",
                       sim_url + "/healthz")  # fmt: skip
-    key = subprocess.run([*bastion, "keys", "create", "--quiet"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()  # fmt: skip
+    key = create_key(env)
     gateway = start([*bastion, "serve", "--port", str(gw_port)], env, home / "gw.log",
                     gw_url + "/readyz")  # fmt: skip
     engine = create_engine(f"sqlite:///{home / 'bastion.db'}")

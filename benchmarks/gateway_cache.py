@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from harness import free_port, start
+from harness import create_key, free_port, pct_ms, start
 
 console = Console(width=140)
 MESSAGES = [
@@ -69,13 +68,6 @@ async def drive(
     return latencies, errors
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
@@ -99,8 +91,7 @@ def main() -> None:
     )
     processes = [start([*bastion, "simulate", "--port", str(sim_port)], env, home / "sim.log",
                        sim_url + "/healthz")]  # fmt: skip
-    key = subprocess.run([*bastion, "keys", "create", "--quiet"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()  # fmt: skip
+    key = create_key(env)
     gateways = {}
     for backend, extra in (("memory", {}), ("redis", {"BASTION_REDIS_URL": args.redis_url})):
         port = free_port()
@@ -161,12 +152,12 @@ def report(rows: list[tuple[str, str, list[float], int]]) -> None:
     table = Table(title="response cache, concurrency 1 (served latency at the client)")
     for column in ("mode", "path", "requests", "p50 ms", "p99 ms", "vs direct p50", "bar"):
         table.add_column(column, justify="left" if column in ("mode", "path") else "right")
-    direct = {mode: pct(lat, 0.5) for mode, name, lat, _ in rows if name == "direct"}
+    direct = {mode: pct_ms(lat, 0.5) for mode, name, lat, _ in rows if name == "direct"}
     for mode, name, latencies, _ in rows:
-        p50 = pct(latencies, 0.5)
+        p50 = pct_ms(latencies, 0.5)
         bar = ("PASS" if p50 < 1.0 else "FAIL") if name.endswith("hit") else ""
         table.add_row(
-            mode, name, str(len(latencies)), f"{p50:.3f}", f"{pct(latencies, 0.99):.3f}",
+            mode, name, str(len(latencies)), f"{p50:.3f}", f"{pct_ms(latencies, 0.99):.3f}",
             "" if name == "direct" else f"{p50 - direct[mode]:+.3f}", bar,
         )  # fmt: skip
     console.print(table)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -30,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway_overhead import Result, drive
-from harness import free_port, start
+from harness import create_key, free_port, start
 
 console = Console(width=120)
 LIMITS = """
@@ -99,9 +98,7 @@ def main() -> None:
                 f"providers:\n  sim: {{type: openai, base_url: '{sim_url}/v1'}}\n"
                 f"log_level: WARNING\n{models}"
             )
-            created = subprocess.run([*bastion, "keys", "create", "--quiet"], env=env,
-                                     capture_output=True, text=True, check=True)  # fmt: skip
-            key = created.stdout.strip()
+            key = create_key(env)
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             gateway = start([*bastion, "serve", "--port", str(port)], env, home / "gw.log",

@@ -31,7 +31,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from harness import free_port, start
+from harness import create_key, free_port, pct_ms, start
 
 console = Console(width=140)
 BODY = {
@@ -56,10 +56,7 @@ class Result:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
     def pct(self, values: list[float], q: float) -> float:
-        if not values:
-            return float("nan")
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return pct_ms(values, q)
 
 
 async def drive(
@@ -142,8 +139,7 @@ def main() -> None:
     )
     simulator = start([*bastion, "simulate", "--port", str(sim_port)], env, home / "sim.log",
                       sim_url + "/healthz")  # fmt: skip
-    key = subprocess.run([*bastion, "keys", "create", "--quiet"], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()  # fmt: skip
+    key = create_key(env)
     gateway = start([*bastion, "serve", "--port", str(gw_port)], env, home / "gw.log",
                     gw_url + "/readyz")  # fmt: skip
     gw_process = psutil.Process(gateway.pid)

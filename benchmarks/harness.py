@@ -1,15 +1,27 @@
-"""What the benchmarks share: free ports, processes started until ready, per-call timing."""
+"""What the benchmarks share: free ports, processes started until ready, API calls, timing."""
 
 from __future__ import annotations
 
 import socket
 import statistics
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import orjson
+
+BASTION = [sys.executable, "-m", "bastion.cli.main"]  # the CLI of this checkout
+
+
+def create_key(env: dict[str, str]) -> str:
+    """A new API key in the project of ``env``'s ``BASTION_HOME`` (the CLI's ``keys create``)."""
+    created = subprocess.run([*BASTION, "keys", "create", "--quiet"], env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    return created.stdout.strip()
 
 
 def free_port() -> int:
@@ -36,8 +48,39 @@ def start(args: list[str], env: dict[str, str], log: Path, ready: str) -> subpro
     """Start ``args`` with its output in ``log`` and wait until ``ready`` answers."""
     with log.open("wb") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wait_ready(ready, process, log)
+    try:
+        wait_ready(ready, process, log)
+    except RuntimeError:
+        process.kill()  # the caller never gets it to stop
+        process.wait()
+        raise
     return process
+
+
+def api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
+    """One JSON call to Bastion's API with ``key``; the decoded answer."""
+    request = urllib.request.Request(
+        url + path,
+        data=None if body is None else orjson.dumps(body),
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return orjson.loads(response.read())
+
+
+def sim_requests(url: str) -> int:
+    """How many requests the simulator at ``url`` has answered so far."""
+    with urllib.request.urlopen(url + "/_sim/stats", timeout=10) as response:
+        return int(orjson.loads(response.read())["requests"])
+
+
+def pct_ms(seconds: list[float], q: float) -> float:
+    """The ``q`` quantile of durations in seconds, in ms (NaN when there are none)."""
+    if not seconds:
+        return float("nan")
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def per_call_us(fn: Callable[[], Any], repeats: int, number: int) -> float:

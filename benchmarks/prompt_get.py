@@ -25,7 +25,6 @@ import http.client
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 
 import bastion
 from bastion.prompts import render
-from harness import free_port, per_call_us, wait_ready
+from harness import api, create_key, free_port, per_call_us, start
 
 console = Console(width=140)
 CACHED_BAR_US = 50.0
@@ -57,17 +55,6 @@ SUMMARIZE = {
     ],
 }
 TICKET = "The app crashes when I upload a file larger than 10 MB."
-
-
-def api(method: str, url: str, key: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        url,
-        data=orjson.dumps(body),
-        method=method,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return orjson.loads(response.read())
 
 
 def latencies_ms(fn: Callable[[], Any], requests: int) -> list[float]:
@@ -97,18 +84,14 @@ def main() -> None:
     env["BASTION_HOME"] = str(home)
     (home / "bastion.yaml").write_text("log_level: WARNING\n")
     bastion_cmd = [sys.executable, "-m", "bastion.cli.main"]
-    key = subprocess.run([*bastion_cmd, "keys", "create", "--quiet"], env=env,
-                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    key = create_key(env)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = home / "serve.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([*bastion_cmd, "serve", "--port", str(port)], env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    serve = [*bastion_cmd, "serve", "--port", str(port)]
+    server = start(serve, env, home / "serve.log", url + "/readyz")
     try:
-        wait_ready(url + "/readyz", server, log)
-        api("POST", url + "/api/v1/prompts", key, {"prompts": [SUMMARIZE]})
-        api("PUT", url + "/api/v1/prompts/summarize/labels/production", key, {"version": 1})
+        api(url, key, "POST", "/api/v1/prompts", {"prompts": [SUMMARIZE]})
+        api(url, key, "PUT", "/api/v1/prompts/summarize/labels/production", {"version": 1})
         rows = measure(url, key, home, args)
     finally:
         server.terminate()

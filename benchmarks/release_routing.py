@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from harness import free_port, start
+from harness import api, create_key, free_port, start
 
 console = Console(width=120)
 PROMPT = {
@@ -46,17 +44,6 @@ models:
   slow: {{deployments: [{{provider: sim, model: "sim-small~latency_ms=200"}}]}}
 releases: {{refresh_s: 0.2, analysis_interval_s: 3600}}
 """
-
-
-def api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        url + path,
-        data=None if body is None else orjson.dumps(body),
-        method=method,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return orjson.loads(response.read())
 
 
 async def drive(
@@ -111,9 +98,7 @@ def main() -> None:
             f"http://127.0.0.1:{sim_port}/healthz",
         )
         (home / "bastion.yaml").write_text(CONFIG.format(sim=sim_port))
-        key = subprocess.run(
-            [*cli, "keys", "create", "--quiet"], env=env, check=True, capture_output=True, text=True
-        ).stdout.strip()
+        key = create_key(env)
         url = f"http://127.0.0.1:{port}"
         server = start(
             [*cli, "serve", "--port", str(port)], env, home / "serve.log", url + "/readyz"

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner, Result
 
 from bastion.auth import ensure_project
+from bastion.cli.main import app
 from bastion.store.engine import create_engine
 from tests.gateway.conftest import Process, free_port
 
@@ -80,3 +82,8 @@ def point_cli_at(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     monkeypatch.setenv("BASTION_GATEWAY_URL", stack.url)
     monkeypatch.setenv("COLUMNS", "200")
     return stack
+
+
+def cli(*args: str) -> Result:
+    """Run ``bastion eval ARGS`` in-process."""
+    return CliRunner().invoke(app, ["eval", *args])

@@ -32,7 +32,7 @@ from bastion.evals.redteam import (
 from bastion.evals.redteam.scorers import find_pii, luhn_valid, ngram_overlap
 from bastion.evals.scorers import Output, make_scorer
 from bastion.prompts import PromptSpec, registry
-from tests.evals.conftest import Stack, gateway_stack, point_cli_at
+from tests.evals.conftest import Stack, cli, gateway_stack, point_cli_at
 
 CONFIG = """
 providers:
@@ -177,10 +177,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def cli_env(env: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     return point_cli_at(env, monkeypatch)
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, ["eval", *args])
 
 
 def verdict_of(result: Result) -> dict[str, str]:

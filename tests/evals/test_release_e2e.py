@@ -18,14 +18,13 @@ from bastion.prompts import PromptSpec, registry
 from bastion.releases import store as releases
 from bastion.releases.model import ReleaseSpec
 from bastion.store.transactions import run_write
-from tests.evals.conftest import Stack, gateway_stack, point_cli_at
+from tests.evals.conftest import Stack, cli, gateway_stack, point_cli_at
 from tests.evals.test_runner import (
     BROKEN,
     CONFIG,
     EQUALS,
     GOOD,
     N_ITEMS,
-    cli,
     run_id_of,
     write_dataset,
 )
@@ -39,9 +38,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def cli_env(env: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    point_cli_at(env, monkeypatch)
-    monkeypatch.setenv("COLUMNS", "200")
-    return env
+    return point_cli_at(env, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from bastion.cli.main import app
 from bastion.evals import runner, store
 from bastion.evals.datasets import Item
 from bastion.prompts import PromptSpec, registry
-from tests.evals.conftest import Stack, gateway_stack, point_cli_at
+from tests.evals.conftest import Stack, cli, gateway_stack, point_cli_at
 
 CONFIG = """
 providers:
@@ -54,10 +53,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def cli_env(env: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     return point_cli_at(env, monkeypatch)
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, ["eval", *args])
 
 
 def push_prompt(env: Stack, spec: dict[str, object], label: str) -> int:

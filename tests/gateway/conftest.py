@@ -24,6 +24,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def create_key(env: dict[str, str], config: Path, project: str | None = None) -> str:
+    """A new API key (of ``project``, else the default one) made by ``bastion keys create``."""
+    where = ["--project", project] if project is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet", *where,
+         "-c", str(config)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
 class Process:
     """A ``bastion`` subcommand running until stopped; its output is kept for failures."""
 
@@ -183,13 +193,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     )
     config = home / "bastion.yaml"
     config.write_text(CONFIG.format(sim=sim_url, dead=free_port()))
-    key = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet", "-c", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    key = create_key(env, config)
     url = f"http://127.0.0.1:{gw_port}"
     server = Process(
         ["serve", "--port", str(gw_port), "-c", str(config)],

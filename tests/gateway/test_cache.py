@@ -4,8 +4,6 @@ driven with the official OpenAI and Anthropic SDKs and plain HTTP."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from tests.gateway.conftest import Gateway, Process, free_port
+from tests.gateway.conftest import Gateway, Process, create_key, free_port
 
 CONFIG = """
 providers:
@@ -56,14 +54,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     )
     config = home / "bastion.yaml"
     config.write_text(CONFIG.format(sim=sim_url))
-    keys = [
-        subprocess.run(
-            [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet",
-             "--project", project, "-c", str(config)],
-            env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip()
-        for project in ("default", "other")
-    ]  # fmt: skip
+    keys = [create_key(env, config, project) for project in ("default", "other")]
     url = f"http://127.0.0.1:{gw_port}"
     server = Process(
         ["serve", "--port", str(gw_port), "-c", str(config)],

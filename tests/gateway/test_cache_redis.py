@@ -4,18 +4,15 @@ Redis is unreachable (it still serves, caching in its own memory, and says so in
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.gateway.conftest import Gateway, Process, free_port
+from tests.gateway.conftest import Gateway, Process, create_key, free_port
 from tests.gateway.test_cache import calls, metrics, post, unique
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -29,13 +26,6 @@ cache:
   exact: {{ttl_s: 60, backend: {backend}, redis_prefix: "{prefix}cache:", redis_retry_s: 1}}
 gateway: {{redis_prefix: "{prefix}state:"}}
 """
-
-
-def _key(env: dict[str, str], config: Path) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet", "-c", str(config)],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +49,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]
         shared.write_text(CONFIG.format(sim=sim_url, backend="redis", prefix=prefix))
         dead = home / "dead.yaml"
         dead.write_text(CONFIG.format(sim=sim_url, backend="auto", prefix=prefix))
-        key = _key(base, shared)
+        key = create_key(base, shared)
         out = []
         for name, config, redis_url in (
             ("a", shared, REDIS_URL),

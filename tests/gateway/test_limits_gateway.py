@@ -5,8 +5,6 @@ budget warnings emitted once, and admission decisions on the span."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.gateway.conftest import Gateway, Process, free_port
+from tests.gateway.conftest import Gateway, Process, create_key, free_port
 
 CONFIG = """
 providers:
@@ -80,16 +78,6 @@ def start_gateway(
             process.stop()
         raise
     return Gateway(url=url, key=key, simulator_url=sim_url, home=home), processes
-
-
-def create_key(env: dict[str, str], config: Path) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet", "-c", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 def metric(gateway: Gateway, line_start: str) -> float | None:

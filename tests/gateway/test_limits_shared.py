@@ -17,10 +17,10 @@ import orjson
 import pytest
 import redis
 
-from tests.gateway.conftest import Gateway, Process, free_port
+from tests.gateway.conftest import Gateway, Process, create_key, free_port
 from tests.gateway.test_admission_units import RedisServer
 from tests.gateway.test_limit_store import REDIS_URL
-from tests.gateway.test_limits_gateway import create_key, metric, start_gateway
+from tests.gateway.test_limits_gateway import metric, start_gateway
 
 PRICE = 1000 / 1e6  # USD per token of sim-small here: every request is expensive
 LITE_PRICE = 10 / 1e6

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import orjson
 import pytest
 
 from bastion.providers.simulator import SimulatorConfig, SimulatorServer
-from tests.gateway.conftest import Gateway, Process, free_port
+from tests.gateway.conftest import Gateway, Process, create_key, free_port
 
 CONFIG = """
 providers:
@@ -102,13 +100,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, int]
     )
     config = home / "bastion.yaml"
     config.write_text(CONFIG.format(sim=sim_url, revivable=revivable_port))
-    key = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet", "-c", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    key = create_key(env, config)
     url = f"http://127.0.0.1:{gw_port}"
     server = Process(
         ["serve", "--port", str(gw_port), "-c", str(config)],

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from bastion.gateway.breaker import Breaker, Breakers
 from bastion.gateway.errors import GatewayError
 from bastion.gateway.recording import Call, TraceContext
-from bastion.gateway.resilience import Resilience, _chains, _Run, backoff_delay
+from bastion.gateway.resilience import Resilience, _Run, backoff_delay
 from bastion.gateway.router import Router
 from bastion.providers.config import (
     BreakerPolicy,
@@ -23,6 +23,7 @@ from bastion.providers.config import (
     GatewayConfig,
     ModelAlias,
     ProviderConfig,
+    fallback_chains,
     load_gateway_config,
 )
 from bastion.settings import ConfigError, GatewaySettings, load_settings
@@ -194,7 +195,7 @@ def test_config_parses_resilience_settings(tmp_path: Path) -> None:
     assert chat.timeout is not None
     assert chat.timeout.first_byte_s == 10
     assert chat.breaker == BreakerPolicy(0.05, 60, 5, 30)
-    assert [a.name for a in _chains(config)["chat"]] == ["chat", "backup", "last"]
+    assert [a.name for a in fallback_chains(config)["chat"]] == ["chat", "backup", "last"]
 
 
 @pytest.mark.parametrize(

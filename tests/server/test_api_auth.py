@@ -176,3 +176,34 @@ def test_health_ready_metrics_and_openapi(live_server: LiveServer) -> None:
     assert status == 200
     assert "/api/v1/traces" in doc["paths"]
     assert "TracePage" in doc["components"]["schemas"]
+
+
+def test_a_new_key_works_for_every_concurrent_request_after_one_reload(
+    engine: sa.Engine,
+) -> None:
+    import asyncio
+
+    from bastion.auth import KeyCache
+
+    keys = KeyCache(engine, miss_reload_s=60.0)
+    keys.reload()
+    with engine.begin() as conn:
+        secret = create_key(conn, "fresh").secret  # created after the cache was loaded
+    reloads = 0
+    original = keys.reload
+
+    def counted() -> None:
+        nonlocal reloads
+        reloads += 1
+        original()
+
+    keys.reload = counted  # type: ignore[method-assign]
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(*(keys.lookup_or_reload(secret) for _ in range(50)))
+
+    found = asyncio.run(burst())
+    assert all(p is not None for p in found)  # none refused while the one reload ran
+    assert reloads == 1
+    assert asyncio.run(keys.lookup_or_reload("bst_unknown")) is None  # throttled: no reload
+    assert reloads == 1

@@ -7,6 +7,7 @@ database round trip on the hot path; revocations reach the cache within ``refres
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import threading
@@ -189,6 +190,7 @@ class KeyCache:
         self._by_hash: dict[str, Principal] = {}
         self._loaded_at = 0.0
         self._miss_reload_at = 0.0
+        self._miss_reload: asyncio.Future[None] | None = None
         self._lock = threading.Lock()
 
     def reload(self) -> None:
@@ -218,6 +220,28 @@ class KeyCache:
     def lookup(self, secret: str) -> Principal | None:
         """The principal for ``secret`` from memory only; None if unknown or revoked."""
         return self._by_hash.get(hash_key(secret))
+
+    async def lookup_or_reload(self, secret: str) -> Principal | None:
+        """:meth:`lookup`, and on a miss one reload off the event loop (a key created a moment
+        ago, or by another replica). Every request that misses while that reload runs waits for
+        it rather than being refused; a new reload starts at most once per ``miss_reload_s``.
+        Raises what the reload raised (the database is down)."""
+        principal = self.lookup(secret)
+        if principal is not None:
+            return principal
+        if self._miss_reload is None:
+            if not self.may_reload_on_miss():
+                return None
+            reload = asyncio.get_running_loop().run_in_executor(None, self.reload)
+            self._miss_reload = reload
+            reload.add_done_callback(self._miss_reload_done)
+        await asyncio.shield(self._miss_reload)
+        return self.lookup(secret)
+
+    def _miss_reload_done(self, future: asyncio.Future[None]) -> None:
+        self._miss_reload = None
+        if not future.cancelled():
+            future.exception()  # retrieved here: a waiter may have been cancelled
 
     def may_reload_on_miss(self) -> bool:
         """True at most once per ``miss_reload_s``: unknown keys cannot storm the database."""

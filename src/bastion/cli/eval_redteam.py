@@ -112,6 +112,7 @@ def redteam(
     config: ConfigOption = None,
 ) -> None:
     """Attack a target with the built-in red-team suites; report per category and gate."""
+    from bastion.cli.evals import gateway_url
     from bastion.evals import runner
     from bastion.evals.datasets import DatasetError
     from bastion.evals.redteam import RedteamConfigError, SuccessLimits, judge, parse_suites
@@ -139,9 +140,7 @@ def redteam(
         check_paths(output or [])
     except (RedteamConfigError, DatasetError, ValueError) as exc:
         raise fail(f"{exc}", EXIT_ERROR) from exc
-    url = gateway or f"http://{settings.host}:{settings.port}"
-    if not url.startswith(("http://", "https://")):
-        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
+    url = gateway_url(settings, gateway)
     if not key:
         raise fail("a gateway API key is needed: --key or BASTION_API_KEY", EXIT_ERROR)
     with local_engine(settings) as engine:

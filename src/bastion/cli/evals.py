@@ -26,6 +26,7 @@ from bastion.auth import ensure_project
 from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
+from bastion.settings import Settings
 
 app = typer.Typer(
     help="Evals: datasets, runs through the gateway, comparison and the CI gate.",
@@ -35,8 +36,15 @@ dataset_app = typer.Typer(help="Versioned golden datasets.", no_args_is_help=Tru
 app.add_typer(dataset_app, name="dataset")
 console = Console()
 
-DEFAULT_GATE = {"margins": {"*": 0.02}}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def gateway_url(settings: Settings, gateway: str | None) -> str:
+    """``--gateway``, or the local gateway of ``settings``; an http(s) URL or a CLI error."""
+    url = gateway or f"http://{settings.host}:{settings.port}"
+    if not url.startswith(("http://", "https://")):
+        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
+    return url
 
 
 def _project(engine: sa.Engine, project: str) -> int:
@@ -277,9 +285,7 @@ def run(
             "--provider-map and --pass-rate-threshold apply to promptfoo configs (-c)", EXIT_ERROR
         )
     settings = load(config)
-    url = gateway or f"http://{settings.host}:{settings.port}"
-    if not url.startswith(("http://", "https://")):
-        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
+    url = gateway_url(settings, gateway)
     if not key:
         raise fail("a gateway API key is needed: --key or BASTION_API_KEY", EXIT_ERROR)
     # Judges are called through the same gateway (so their calls are traced too).
@@ -368,9 +374,7 @@ def _run_promptfoo(
     from bastion.evals.promptfoo import PromptfooOptions, run_config
 
     settings = load(None)
-    url = gateway or f"http://{settings.host}:{settings.port}"
-    if not url.startswith(("http://", "https://")):
-        raise fail(f"--gateway {url!r}: must start with http:// or https://", EXIT_ERROR)
+    url = gateway_url(settings, gateway)
     options = PromptfooOptions(
         config=path, gateway_url=url, api_key=key or "", provider_map=tuple(provider_map),
         judge_model=judge_model, pass_rate_threshold=pass_rate_threshold,
@@ -425,10 +429,8 @@ def _comparison(
     from bastion.evals.gate import GateConfigError, GateRules, evaluate_gate
 
     settings = load(config)
-    section = settings.sections.get("evals") or {}
     try:
-        raw = section.get("gate") if isinstance(section, dict) else None
-        rules = GateRules.from_mapping(raw if raw is not None else DEFAULT_GATE)
+        rules = GateRules.from_settings(settings)
     except GateConfigError as exc:
         raise fail(f"bastion.yaml: {exc}", EXIT_ERROR) from exc
     with local_engine(settings) as engine:

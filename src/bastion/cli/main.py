@@ -101,7 +101,7 @@ def _run(
     if settings.workers > 1:
         from bastion.server.workers import serve_workers
 
-        raise SystemExit(serve_workers(settings, settings.workers, api=api))
+        raise SystemExit(serve_workers(settings, api=api))
     rebalance_spool(settings.spool_dir, 1)  # segments a former multi-worker run left
     application = create_app(settings, api=api, gateway=True)
     web.run_app(application, host=settings.host, port=settings.port, print=None)

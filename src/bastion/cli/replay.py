@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 
-from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
+from bastion.cli.common import ConfigOption, errors, fail, load, read_local
 from bastion.cli.traces import ProjectOption
 
 __all__ = ["replay"]
@@ -44,11 +44,11 @@ def replay(
 ) -> None:
     """Replay production inputs (from the local store) through the gateway, shaped by a
     candidate release, and compare its answers with the recorded ones."""
+    from bastion.evals.datasets import Item
     from bastion.evals.scorers import ScorerError, make_scorer
     from bastion.releases import ReleaseError, ReleaseSpecError
     from bastion.releases.replay import load_items, parse_filter, render_markdown, run_replay
-    from bastion.releases.store import get_release
-    from bastion.store.schema import projects
+    from bastion.releases.store import ReleaseInfo, get_release
 
     if not key:
         raise typer.BadParameter("give --key (or BASTION_API_KEY): the gateway needs a key")
@@ -59,16 +59,11 @@ def replay(
         scorers = [make_scorer({"type": kind}) for kind in (scorer or ["levenshtein"])]
     except (ReleaseSpecError, ScorerError) as exc:
         raise fail(str(exc), 2) from exc
-    with local_engine(settings) as engine, engine.connect() as conn:
-        found = conn.execute(sa.select(projects.c.id).where(projects.c.slug == project)).scalar()
-        if found is None:
-            errors.print(f"[red]no project {project!r}[/red]")
-            raise typer.Exit(1)
-        try:
-            info = get_release(conn, int(found), candidate)
-        except ReleaseError as exc:
-            raise fail(str(exc)) from exc
-        items = load_items(conn, int(found), selection)
+
+    def work(conn: sa.Connection, project_id: int) -> tuple[ReleaseInfo, list[Item]]:
+        return get_release(conn, project_id, candidate), load_items(conn, project_id, selection)
+
+    info, items = read_local(config, project, work, create=False, expected=(ReleaseError,))
     if not items:
         errors.print("[yellow]no recorded inputs match the filter: nothing to replay[/yellow]")
         raise typer.Exit(1)

@@ -9,7 +9,7 @@ is locked (``force=True`` overrides, creating a new version).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -76,6 +76,18 @@ def _info(row: Any) -> DatasetInfo:
         locked=bool(row.locked),
         created_at=row.created_at,
     )
+
+
+def _version_row(conn: sa.Connection, project_id: int, name: str, version: int | None) -> Any:
+    """The ``eval_datasets`` row of ``name`` at ``version`` (the newest when None), or None."""
+    query = sa.select(eval_datasets).where(
+        eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
+    )
+    if version is None:
+        query = query.order_by(eval_datasets.c.version.desc()).limit(1)
+    else:
+        query = query.where(eval_datasets.c.version == version)
+    return conn.execute(query).one_or_none()
 
 
 def _item_json(item: Item) -> str:
@@ -221,14 +233,7 @@ def lock_dataset(
     """
 
     def work(conn: sa.Connection) -> DatasetInfo:
-        query = sa.select(eval_datasets).where(
-            eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
-        )
-        if version is None:
-            query = query.order_by(eval_datasets.c.version.desc()).limit(1)
-        else:
-            query = query.where(eval_datasets.c.version == version)
-        row = conn.execute(query).one_or_none()
+        row = _version_row(conn, project_id, name, version)
         if row is None:
             which = "" if version is None else f" version {version}"
             raise EvalStoreError(f"no dataset {name!r}{which} in this project")
@@ -236,10 +241,7 @@ def lock_dataset(
             conn.execute(
                 eval_datasets.update().where(eval_datasets.c.id == row.id).values(locked=True)
             )
-        info = _info(row)
-        return DatasetInfo(
-            info.name, info.version, info.content_hash, info.item_count, True, info.created_at
-        )
+        return replace(_info(row), locked=True)
 
     return run_write(engine, work)
 
@@ -275,14 +277,7 @@ def get_dataset(
     Raises:
         EvalStoreError: no such dataset or version.
     """
-    query = sa.select(eval_datasets).where(
-        eval_datasets.c.project_id == project_id, eval_datasets.c.name == name
-    )
-    if version is None:
-        query = query.order_by(eval_datasets.c.version.desc()).limit(1)
-    else:
-        query = query.where(eval_datasets.c.version == version)
-    row = conn.execute(query).one_or_none()
+    row = _version_row(conn, project_id, name, version)
     if row is None:
         if version is None:
             raise EvalStoreError(f"no dataset {name!r} (push one with `bastion eval dataset push`)")

@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import json
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,23 @@ def _yaml_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]
 _READERS = {".jsonl": _jsonl_rows, ".csv": _csv_rows, ".yaml": _yaml_rows, ".yml": _yaml_rows}
 
 
+def _read_items(
+    reader: Callable[[Path, str], Iterator[tuple[int, Mapping[str, Any]]]], path: Path, text: str
+) -> list[Item]:
+    """The items ``reader`` finds in ``text``; a repeated id names both lines."""
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for line, row in reader(path, text):
+        item = _make_item(row, (path, line))
+        if item.id in seen:
+            raise DatasetError(
+                f"duplicate id {item.id!r} (first on line {seen[item.id]})", path=path, line=line
+            )
+        seen[item.id] = line
+        items.append(item)
+    return items
+
+
 def load_items(path: Path) -> list[Item]:
     """The items of a ``.jsonl``, ``.csv``, ``.yaml`` or ``.yml`` file, in file order.
 
@@ -345,17 +362,7 @@ def load_items(path: Path) -> list[Item]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read: {exc}", path=path) from None
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for line, row in reader(path, text):
-        item = _make_item(row, (path, line))
-        if item.id in seen:
-            raise DatasetError(
-                f"duplicate id {item.id!r} (first on line {seen[item.id]})", path=path, line=line
-            )
-        seen[item.id] = line
-        items.append(item)
-    return items
+    return _read_items(reader, path, text)
 
 
 def parse_items(rows: Sequence[Any], *, where: str = "items") -> list[Item]:
@@ -395,18 +402,7 @@ def parse_text(text: str, fmt: str, *, name: str = "upload") -> list[Item]:
     reader = _READERS.get(suffix)
     if reader is None:
         raise DatasetError(f"unknown dataset format {fmt!r} (use jsonl, csv or yaml)")
-    path = Path(name)
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for line, row in reader(path, text):
-        item = _make_item(row, (path, line))
-        if item.id in seen:
-            raise DatasetError(
-                f"duplicate id {item.id!r} (first on line {seen[item.id]})", path=path, line=line
-            )
-        seen[item.id] = line
-        items.append(item)
-    return items
+    return _read_items(reader, Path(name), text)
 
 
 def check_variables(items: Sequence[Item], required: Collection[str]) -> None:

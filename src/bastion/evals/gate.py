@@ -25,12 +25,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.evals.compare import Comparison, MetricComparison
 
+if TYPE_CHECKING:
+    from bastion.settings import Settings
+
 __all__ = [
     "DEFAULT_DETECTABLE_DROP",
+    "DEFAULT_RULES",
     "EXIT_ERROR",
     "EXIT_PASS",
     "EXIT_REGRESSION",
@@ -48,6 +52,8 @@ DEFAULT = "*"
 DEFAULT_DETECTABLE_DROP = 0.05
 
 _KEYS = ("margins", "min_pass_rate", "thresholds", "zero_tolerance")
+# The rules when bastion.yaml has no evals.gate section.
+DEFAULT_RULES: Mapping[str, Any] = {"margins": {DEFAULT: 0.02}}
 
 
 class GateConfigError(ValueError):
@@ -60,6 +66,17 @@ class GateRules:
     min_pass_rate: Mapping[str, float] = field(default_factory=dict)
     thresholds: Mapping[str, float] = field(default_factory=dict)
     zero_tolerance: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GateRules:
+        """The ``evals.gate`` rules of ``bastion.yaml``; :data:`DEFAULT_RULES` without them.
+
+        Raises:
+            GateConfigError: the section is invalid.
+        """
+        section = settings.sections.get("evals") or {}
+        raw = section.get("gate") if isinstance(section, dict) else None
+        return cls.from_mapping(raw if raw is not None else DEFAULT_RULES)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GateRules:

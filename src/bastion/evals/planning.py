@@ -31,6 +31,7 @@ __all__ = [
     "parse_target",
     "plan_resume",
     "plan_run",
+    "target_release",
 ]
 
 
@@ -310,13 +311,14 @@ def _prompt_resolved(
     )
 
 
-def _resolve_release(
-    conn: sa.Connection, project_id: int, target: Target, params: Mapping[str, Any]
-) -> _Resolved:
-    """The release's bundle: its pinned prompt version rendered, its model alias, its params
-    over the prompt's defaults (explicit ``params`` over both) and its tools."""
+def target_release(conn: sa.Connection, project_id: int, target: Target) -> ResolvedRelease:
+    """The release a ``release`` or ``route`` target names, resolved now.
+
+    Raises:
+        EvalSetupError: no such release, or none deployed where a route target points.
+    """
     try:
-        release: ResolvedRelease = resolve_release(
+        return resolve_release(
             conn,
             project_id,
             release=target.name if target.kind == "release" else None,
@@ -326,6 +328,14 @@ def _resolve_release(
         )
     except ReleaseTargetError as exc:
         raise EvalSetupError(str(exc)) from None
+
+
+def _resolve_release(
+    conn: sa.Connection, project_id: int, target: Target, params: Mapping[str, Any]
+) -> _Resolved:
+    """The release's bundle: its pinned prompt version rendered, its model alias, its params
+    over the prompt's defaults (explicit ``params`` over both) and its tools."""
+    release = target_release(conn, project_id, target)
     spec = release.info.spec
     bundle: dict[str, Any] = {**dict(spec.params), **dict(params)}
     if spec.tools:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from bastion.evals import store
-from bastion.evals.planning import EvalSetupError, Target, parse_target
-from bastion.evals.release_targets import ReleaseTargetError, resolve_release
+from bastion.evals.planning import EvalSetupError, Target, parse_target, target_release
 from bastion.releases.model import ENVIRONMENTS
 
 __all__ = ["REFERENCE_FORMS", "latest_run_of", "parse_reference", "stored_key"]
@@ -52,17 +51,7 @@ def stored_key(conn: sa.Connection, project_id: int, target: Target) -> str:
     targets, resolved now)."""
     if target.kind not in ("release", "route"):
         return target.key
-    try:
-        return resolve_release(
-            conn,
-            project_id,
-            release=target.name if target.kind == "release" else None,
-            route=target.name if target.kind == "route" else None,
-            environment=target.environment,
-            prompt=target.prompt,
-        ).key
-    except ReleaseTargetError as exc:
-        raise EvalSetupError(str(exc)) from None
+    return target_release(conn, project_id, target).key
 
 
 def latest_run_of(

@@ -29,7 +29,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -283,6 +283,33 @@ async def _score(
 # -- the run ---------------------------------------------------------------------------------
 
 
+async def gather_or_cancel(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` concurrently; on the first error cancel the rest, wait for them, re-raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # gather leaves the other tasks running on an error: stop them first.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def progress_bar(console: Console | None) -> Progress | None:
+    """The eval progress bar shown on ``console``; None when there is no console."""
+    if console is None:
+        return None
+    return Progress(
+        TextColumn("[bold]eval[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
 async def run_eval(
     engine: sa.Engine,
     plan: EvalPlan,
@@ -346,18 +373,7 @@ async def run_eval(
     costs: list[float] = []
     semaphore = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
-    progress = (
-        Progress(
-            TextColumn("[bold]eval[/bold] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        if console is not None
-        else None
-    )
+    progress = progress_bar(console)
     bar = progress.add_task(plan.target_key, total=len(work)) if progress else None
     # A fresh run has no rows to replace; a resumed one may hold failed results to redo.
     recorder = _Recorder(engine, plan.project_id, run_id, replace=bool(done) or resuming)
@@ -410,15 +426,8 @@ async def run_eval(
 
             if progress is not None:
                 progress.start()
-            tasks = [asyncio.ensure_future(one(i, r, k)) for i, r, k in work]
             try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                # gather leaves the other tasks running on an error: stop them first.
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+                await gather_or_cancel([one(i, r, k) for i, r, k in work])
             finally:
                 if progress is not None:
                     progress.stop()

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from bastion.auth import Principal
@@ -46,7 +45,7 @@ from bastion.gateway.limit_store import (
 from bastion.gateway.limits_config import BudgetRule, LimitsConfig, RateRule, period_bounds
 from bastion.gateway.recording import Call
 from bastion.gateway.shared_state import SharedState
-from bastion.providers.config import GatewayConfig, ModelAlias
+from bastion.providers.config import GatewayConfig, ModelAlias, fallback_chains
 
 __all__ = ["Admission", "Ticket"]
 
@@ -88,7 +87,7 @@ class Admission:
         self.shared = shared
         self.default_max_tokens = default_max_tokens
         self.clock = clock
-        self._chains = _chains(config)
+        self._chains = fallback_chains(config)
         shared.on_warning = self._on_warning
         self.on_event: Callable[..., None] | None = None
         self._project_ids: dict[str, int] = {}  # slug → id, for events of project budgets
@@ -141,7 +140,7 @@ class Admission:
         forced: frozenset[int],
     ) -> Ticket:
         values = {**values, "model": alias.name}
-        estimate = _Estimate(body, self.default_max_tokens)
+        estimate = _Estimate(call, body, self.default_max_tokens)
         rate_rules: list[tuple[RateRule, str]] = []
         rates: list[RateCheck] = []
         for rule in self.limits.rate_limits:
@@ -359,21 +358,18 @@ class Admission:
 
 
 class _Estimate:
-    """The request's token estimate, computed at most once and only when a rule needs it."""
+    """The request's token estimate, computed at most once per call and only when a rule
+    needs it (see :meth:`Call.estimated_input_tokens`)."""
 
-    __slots__ = ("_body", "_default_max", "_input")
+    __slots__ = ("_body", "_call", "_default_max")
 
-    def __init__(self, body: Mapping[str, Any], default_max: int) -> None:
+    def __init__(self, call: Call, body: Mapping[str, Any], default_max: int) -> None:
+        self._call = call
         self._body = body
         self._default_max = default_max
-        self._input: int | None = None
 
     def input_tokens(self) -> int:
-        if self._input is None:
-            body = self._body
-            parts = [body.get(k) for k in ("messages", "system", "tools", "input") if k in body]
-            self._input = (len(orjson.dumps(parts)) + 3) // 4
-        return self._input
+        return self._call.estimated_input_tokens(self._body)
 
     def max_output(self) -> int:
         body = self._body
@@ -423,20 +419,3 @@ def _describe(rule: BudgetRule, value: str) -> str:
 def _used_tokens(call: Call) -> int:
     usage = call.usage
     return (usage.input_tokens or 0) + (usage.output_tokens or 0)
-
-
-def _chains(config: GatewayConfig) -> dict[str, tuple[ModelAlias, ...]]:
-    """Each alias and every alias its fallbacks may reach (the deployments a request may hit)."""
-    out: dict[str, tuple[ModelAlias, ...]] = {}
-    for name in config.aliases:
-        seen: dict[str, ModelAlias] = {}
-        stack = [name]
-        while stack:
-            current = stack.pop()
-            alias = config.aliases.get(current)
-            if alias is None or current in seen:
-                continue
-            seen[current] = alias
-            stack.extend(alias.fallbacks)
-        out[name] = tuple(seen.values())
-    return out

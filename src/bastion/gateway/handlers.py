@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -54,10 +53,7 @@ async def _principal(request: web.Request) -> Principal:
             error_class="authentication_error",
             code="invalid_api_key",
         )
-    principal = keys.lookup(secret)
-    if principal is None and keys.may_reload_on_miss():
-        await asyncio.get_running_loop().run_in_executor(None, keys.reload)
-        principal = keys.lookup(secret)
+    principal = await keys.lookup_or_reload(secret)
     if principal is None:
         raise GatewayError(
             401, "invalid or revoked API key", error_class="authentication_error",

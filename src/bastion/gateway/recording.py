@@ -131,6 +131,16 @@ class Call:
     cost_usd: float | None = None  # set when known here (a cache hit costs 0); else priced later
     release_id: str | None = None  # the release a routed request was served by (releases)
     fallbacks: tuple[str, ...] | None = None  # the release's fallback aliases, else the alias's
+    input_estimate: int | None = None  # see estimated_input_tokens
+
+    def estimated_input_tokens(self, body: Any) -> int:
+        """A rough input size of the served request ``body`` (about four bytes of JSON per
+        token: messages, system, tools, input), serialised once per call — admission and the
+        context-window check both need it."""
+        if self.input_estimate is None:
+            parts = [body.get(k) for k in ("messages", "system", "tools", "input") if k in body]
+            self.input_estimate = (len(orjson.dumps(parts)) + 3) // 4
+        return self.input_estimate
 
     def attribute_from(self, request: web.Request, body: Any) -> None:
         """User, session, feature and tenant from headers, else the body's ``user``/metadata."""

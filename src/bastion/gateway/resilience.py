@@ -25,7 +25,6 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -37,7 +36,7 @@ from bastion.gateway.errors import Api, GatewayError
 from bastion.gateway.recording import Call
 from bastion.gateway.relay import relay_body, relay_stream
 from bastion.gateway.router import DeploymentStats, Router
-from bastion.providers.config import Deployment, GatewayConfig, ModelAlias
+from bastion.providers.config import Deployment, GatewayConfig, ModelAlias, fallback_chains
 from bastion.providers.translate import (
     TranslationError,
     anthropic_to_openai_request,
@@ -81,29 +80,6 @@ def backoff_delay(
     return max(delay, retry_after_s or 0.0)
 
 
-def _chains(config: GatewayConfig) -> dict[str, tuple[ModelAlias, ...]]:
-    """Each alias followed by its fallbacks, depth first, each alias once (cycles are
-    rejected at load, the dedup keeps diamonds finite)."""
-    out: dict[str, tuple[ModelAlias, ...]] = {}
-    for name in config.aliases:
-        seen: list[ModelAlias] = []
-        stack = [name]
-        while stack:
-            current = config.aliases[stack.pop()]
-            if any(current is s for s in seen):
-                continue
-            seen.append(current)
-            stack.extend(reversed(current.fallbacks))
-        out[name] = tuple(seen)
-    return out
-
-
-def _input_tokens(body: Mapping[str, Any]) -> int:
-    """A rough input size (about four bytes of JSON per token) for the context-window check."""
-    parts = [body.get(k) for k in ("messages", "system", "tools", "input") if k in body]
-    return (len(orjson.dumps(parts)) + 3) // 4
-
-
 class Resilience:
     """Serves one request across the alias's chain; holds no per-request state itself."""
 
@@ -124,7 +100,7 @@ class Resilience:
         self.upstream = upstream
         self.catalog = catalog
         self.rng = rng or random.Random()  # jitter, not security
-        self._chains = _chains(config)
+        self._chains = fallback_chains(config)
 
     def _chain_of(self, alias: ModelAlias, call: Call) -> tuple[ModelAlias, ...]:
         """``alias`` followed by the chains of a release's own fallbacks (each alias once);
@@ -233,7 +209,7 @@ class _Run:
 
     def _input_tokens(self) -> int:
         if self._tokens is None:
-            self._tokens = _input_tokens(self.body)
+            self._tokens = self.call.estimated_input_tokens(self.body)
             self.call.attributes["bastion.gateway.estimated_input_tokens"] = self._tokens
         return self._tokens
 

@@ -37,6 +37,7 @@ from bastion.gateway.limit_store import (
     RedisLimitStore,
     TokenCommit,
     Verdict,
+    window_of,
 )
 
 __all__ = ["SharedState"]
@@ -158,6 +159,8 @@ class SharedState:
         self, rates: Sequence[RateCheck], budgets: Sequence[BudgetCheck], now: float
     ) -> tuple[Verdict, bool]:
         """The verdict, and whether it was taken on the shared counters (to settle there)."""
+        if not rates and not budgets:  # no rule applies to this request: nothing to ask Redis
+            return Verdict(True, window_of(now)[0]), self.shared
         if self.redis is not None and not self.degraded:
             try:
                 verdict = await self.redis.admit(rates, budgets, now)

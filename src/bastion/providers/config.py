@@ -41,6 +41,7 @@ __all__ = [
     "ProviderKind",
     "Routing",
     "Timeouts",
+    "fallback_chains",
     "load_gateway_config",
 ]
 
@@ -220,6 +221,23 @@ class GatewayConfig:
 
     def alias(self, name: str) -> ModelAlias | None:
         return self.aliases.get(name)
+
+
+def fallback_chains(config: GatewayConfig) -> dict[str, tuple[ModelAlias, ...]]:
+    """Each alias followed by its fallbacks, depth first, each alias once (cycles are
+    rejected at load, the dedup keeps diamonds finite)."""
+    out: dict[str, tuple[ModelAlias, ...]] = {}
+    for name in config.aliases:
+        seen: list[ModelAlias] = []
+        stack = [name]
+        while stack:
+            current = config.aliases[stack.pop()]
+            if any(current is s for s in seen):
+                continue
+            seen.append(current)
+            stack.extend(reversed(current.fallbacks))
+        out[name] = tuple(seen)
+    return out
 
 
 def load_gateway_config(

@@ -114,14 +114,9 @@ class Upstream:
             raise RuntimeError("Upstream.start() was not awaited")
         provider = deployment.provider
         try:
-            if timeouts is None:
-                return await self._session.post(
-                    self.url(provider, endpoint),
-                    data=body,
-                    headers=self.headers(provider, extra_headers),
-                    allow_redirects=False,
-                )
-            client_timeout, idle_s = self._client_timeout(timeouts)
+            client_timeout, idle_s = (
+                (self._timeout, None) if timeouts is None else self._client_timeout(timeouts)
+            )
             response = await self._session.post(
                 self.url(provider, endpoint),
                 data=body,
@@ -130,7 +125,7 @@ class Upstream:
                 timeout=client_timeout,
             )
             connection = response.connection
-            if connection is not None and connection.protocol is not None:
+            if idle_s is not None and connection is not None and connection.protocol is not None:
                 # The timer armed now still runs with the first-byte limit (so a head sent
                 # early does not shorten the wait for the first chunk); each later chunk
                 # re-arms it with the idle limit.

@@ -14,7 +14,7 @@ __all__ = ["route_list", "route_status"]
 def route_status(conn: sa.Connection, project_id: int, route: str, env: str) -> dict[str, Any]:
     """What serves ``route`` in ``env`` now: stable release, rollout (with its latest
     analysis) and the route's recent rollouts."""
-    current = store.lock_route(conn, project_id, route, env)
+    current = store.get_route(conn, project_id, route, env)
     if current is None:
         raise store.NotFoundError(f"route {route!r} has no release in {env}")
     active = rollouts.active_rollout(conn, project_id, route, env)

@@ -9,7 +9,6 @@ candidate with its weight), which makes "what was serving at time T" one indexed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +42,7 @@ __all__ = [
     "create_release",
     "deploy",
     "get_release",
+    "get_route",
     "history",
     "list_releases",
     "list_routes",
@@ -253,23 +253,38 @@ def check_route(route: str, environment: str) -> None:
         )
 
 
-def lock_route(
-    conn: sa.Connection, project_id: int, route: str, environment: str
+def _route_state(row: Any) -> RouteState:
+    return RouteState(
+        row.route, row.environment, row.release_id, row.updated_by, aware(row.updated_at)
+    )
+
+
+def _fetch_route(
+    conn: sa.Connection, project_id: int, route: str, environment: str, *, lock: bool
 ) -> RouteState | None:
-    """The route's stable release, row-locked on PostgreSQL until the transaction ends."""
     query = sa.select(release_routes).where(
         release_routes.c.project_id == project_id,
         release_routes.c.route == route,
         release_routes.c.environment == environment,
     )
-    if conn.dialect.name == "postgresql":
+    if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()
     row = conn.execute(query).first()
-    if row is None:
-        return None
-    return RouteState(
-        row.route, row.environment, row.release_id, row.updated_by, aware(row.updated_at)
-    )
+    return _route_state(row) if row is not None else None
+
+
+def lock_route(
+    conn: sa.Connection, project_id: int, route: str, environment: str
+) -> RouteState | None:
+    """The route's stable release, row-locked on PostgreSQL until the transaction ends."""
+    return _fetch_route(conn, project_id, route, environment, lock=True)
+
+
+def get_route(
+    conn: sa.Connection, project_id: int, route: str, environment: str
+) -> RouteState | None:
+    """The route's stable release, read without a lock (status reads do not block deploys)."""
+    return _fetch_route(conn, project_id, route, environment, lock=False)
 
 
 def list_routes(conn: sa.Connection, project_id: int) -> list[RouteState]:
@@ -278,10 +293,7 @@ def list_routes(conn: sa.Connection, project_id: int) -> list[RouteState]:
         .where(release_routes.c.project_id == project_id)
         .order_by(release_routes.c.route, release_routes.c.environment)
     ).all()
-    return [
-        RouteState(r.route, r.environment, r.release_id, r.updated_by, aware(r.updated_at))
-        for r in rows
-    ]
+    return [_route_state(r) for r in rows]
 
 
 def record_event(
@@ -476,19 +488,6 @@ def previous_stable(
         elif seen_current and stable is not None:
             return str(stable)
     return None
-
-
-def releases_by_id(
-    conn: sa.Connection, project_id: int, ids: Sequence[str]
-) -> dict[str, ReleaseInfo]:
-    if not ids:
-        return {}
-    rows = conn.execute(
-        sa.select(releases).where(
-            releases.c.project_id == project_id, releases.c.release_id.in_(sorted(set(ids)))
-        )
-    ).all()
-    return {r.release_id: _info(r) for r in rows}
 
 
 def dump(value: Any) -> str:

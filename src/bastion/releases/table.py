@@ -57,10 +57,14 @@ class RouteEntry:
     rollout: ActiveRollout | None
 
 
-def _load(conn: sa.Connection) -> tuple[int, dict[Key, RouteEntry]]:
-    marker = int(
+def _marker(conn: sa.Connection) -> int:
+    """The newest ``release_events`` id: it moves on every change to what a route serves."""
+    return int(
         conn.execute(sa.select(sa.func.coalesce(sa.func.max(release_events.c.id), 0))).scalar_one()
     )
+
+
+def _load(conn: sa.Connection) -> dict[Key, RouteEntry]:
     routes = conn.execute(sa.select(release_routes)).all()
     rollouts = conn.execute(
         sa.select(release_rollouts).where(release_rollouts.c.state.in_(ACTIVE_STATES))
@@ -93,7 +97,7 @@ def _load(conn: sa.Connection) -> tuple[int, dict[Key, RouteEntry]]:
         stable = specs.get((int(r.project_id), r.release_id))
         if stable is not None:
             table[key] = RouteEntry(r.route, r.environment, stable, active.get(key))
-    return marker, table
+    return table
 
 
 class RouteTable:
@@ -114,12 +118,10 @@ class RouteTable:
 
     def _refresh_sync(self, marker: int) -> tuple[int, dict[Key, RouteEntry]] | None:
         with self.engine.connect() as conn:
-            current = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(release_events.c.id), 0))
-            ).scalar_one()
-            if int(current) == marker:
+            current = _marker(conn)
+            if current == marker:
                 return None
-            return _load(conn)
+            return current, _load(conn)
 
     async def refresh(self) -> None:
         """Reload when the marker moved; concurrent callers share one reload."""

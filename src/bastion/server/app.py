@@ -24,7 +24,6 @@ from bastion.server import (
     release_routes,
 )
 from bastion.server.background import ThreadWork
-from bastion.server.malloc import trim_malloc
 from bastion.server.openapi import ApiError, json_response, openapi_document
 from bastion.server.state import STATE, AppState, build_state
 from bastion.settings import Settings
@@ -132,13 +131,11 @@ def create_app(
         app_state.pipeline.start()
         work = ThreadWork()
         refresher = asyncio.create_task(_refresh_keys(app_state, work))
-        trimmer = asyncio.create_task(_trim_memory(work))
         log.info("bastion ready in %.0f ms", (time.perf_counter() - started) * 1000)
         yield
-        for task in (refresher, trimmer):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
         await work.drain()  # a key reload still running holds a connection of the engine
         await loop.run_in_executor(None, app_state.close)
 
@@ -161,14 +158,6 @@ def create_app(
 
         install_gateway(app, settings)
     return app
-
-
-async def _trim_memory(work: ThreadWork, interval_s: float = 10.0) -> None:
-    """Give freed heap memory back to the OS now and then, so RSS follows what is in use."""
-    while True:
-        await asyncio.sleep(interval_s)
-        if not await work.run(trim_malloc):
-            return  # not glibc: nothing to do
 
 
 async def _refresh_keys(state: AppState, work: ThreadWork) -> None:

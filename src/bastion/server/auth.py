@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 
@@ -50,14 +49,10 @@ async def authenticate(
     if not secret:
         raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
     keys = request.app[STATE].keys
-    principal = keys.lookup(secret)
-    if principal is None and keys.may_reload_on_miss():
-        # A key created moments ago (or by another replica): reload once, off the event loop.
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, keys.reload)
-        except SQLAlchemyError as exc:
-            raise AuthError("cannot check a new API key while the database is down", 503) from exc
-        principal = keys.lookup(secret)
+    try:
+        principal = await keys.lookup_or_reload(secret)
+    except SQLAlchemyError as exc:
+        raise AuthError("cannot check a new API key while the database is down", 503) from exc
     if principal is None:
         raise AuthError("invalid or revoked API key")
     principal.require(action)

@@ -457,11 +457,8 @@ async def compare_runs(request: web.Request) -> web.Response:
 
     principal = await authenticate(request, "read")
     q = parse_query(request, CompareQuery)
-    settings = request.app[STATE].settings
-    section = settings.sections.get("evals") or {}
-    raw = section.get("gate") if isinstance(section, dict) else None
     try:
-        rules = GateRules.from_mapping(raw if raw is not None else {"margins": {"*": 0.02}})
+        rules = GateRules.from_settings(request.app[STATE].settings)
     except GateConfigError as exc:
         raise ApiError(500, f"bastion.yaml: {exc}", kind="configuration_error") from exc
     engine = request.app[STATE].engine

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-__all__ = ["limit_malloc_arenas", "trim_malloc"]
+__all__ = ["limit_malloc_arenas"]
 
 log = logging.getLogger("bastion.server")
 
@@ -43,35 +43,3 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         log.debug("mallopt(M_ARENA_MAX) refused")
         return False
     return True
-
-
-def trim_malloc() -> bool:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``); False elsewhere.
-
-    glibc returns memory from the top of the main heap by itself, but not what is freed in the
-    middle of a heap or in other arenas; a server that allocates and frees megabytes of request
-    and span text every second keeps that memory unless asked.
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    try:
-        malloc_trim = libc.malloc_trim
-    except AttributeError:
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim.restype = ctypes.c_int
-    malloc_trim(0)
-    return True
-
-
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name)
-    except OSError:
-        return None

@@ -239,16 +239,22 @@ async def start_rollout(request: web.Request) -> web.Response:
     except ReleaseSpecError as exc:
         raise ApiError(400, str(exc)) from exc
 
+    evidence: dict[str, Any] | None = None
+    reason = body.reason
+    if body.gate is not None:
+        # Completed eval runs do not change: compare them on a read connection, not inside
+        # the write transaction (and not again on each of its retries).
+        gate = body.gate
+        evidence = await _db.read(
+            request, lambda c: check_gate(c, settings, principal.project_id, gate)
+        )
+        note = (
+            f"eval gate passed (baseline {evidence['baseline_run']}, candidate "
+            f"{evidence['candidate_run']})"
+        )
+        reason = f"{reason}; {note}" if reason else note
+
     def work(conn: sa.Connection) -> rollouts.Rollout:
-        evidence = None
-        reason = body.reason
-        if body.gate is not None:
-            evidence = check_gate(conn, settings, principal.project_id, body.gate)
-            note = (
-                f"eval gate passed (baseline {evidence['baseline_run']}, candidate "
-                f"{evidence['candidate_run']})"
-            )
-            reason = f"{reason}; {note}" if reason else note
         return rollouts.start_rollout(
             conn,
             principal.project_id,

@@ -177,8 +177,9 @@ class _Supervisor:
         return 1 if failed else 0
 
 
-def serve_workers(settings: Settings, workers: int, *, api: bool) -> int:
-    """Run ``workers`` server processes on ``settings.host:settings.port``; the exit code."""
+def serve_workers(settings: Settings, *, api: bool) -> int:
+    """Run ``settings.workers`` server processes on ``settings.host:settings.port``; the exit
+    code."""
     from bastion.store import migrate
     from bastion.store.engine import create_engine
 
@@ -188,8 +189,8 @@ def serve_workers(settings: Settings, workers: int, *, api: bool) -> int:
         migrate.upgrade(engine)
     finally:
         engine.dispose()
-    rebalance_spool(settings.home / "spool", workers)
-    supervisor = _Supervisor(settings, workers, api)
+    rebalance_spool(settings.home / "spool", settings.workers)
+    supervisor = _Supervisor(settings, settings.workers, api)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
     return supervisor.run()

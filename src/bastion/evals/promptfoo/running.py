@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item
@@ -46,7 +46,14 @@ from bastion.evals.promptfoo.config import Prompt, Provider, Suite
 from bastion.evals.promptfoo.loading import Problems, PromptfooError
 from bastion.evals.promptfoo.sandbox import ScriptPool, node_path
 from bastion.evals.promptfoo.templating import render_prompt
-from bastion.evals.runner import _cached, _Caller, _metric_summary, _Recorder
+from bastion.evals.runner import (
+    _cached,
+    _Caller,
+    _metric_summary,
+    _Recorder,
+    gather_or_cancel,
+    progress_bar,
+)
 from bastion.evals.scorers.base import Output, Score, clamp
 from bastion.evals.scorers.judge import JudgeClient
 from bastion.evals.scorers.registry import ScorerContext
@@ -420,15 +427,8 @@ async def _run_target(
             progress.advance(bar)
 
     status: Literal["completed", "failed"] = "failed"
-    tasks = [asyncio.ensure_future(one(p)) for p in target.tests]
     try:
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel([one(p) for p in target.tests])
         await recorder.close()
         status = "completed"
     finally:
@@ -482,18 +482,7 @@ async def run_suite(
     started = time.perf_counter()
     runtime = Runtime()
     base = suite.path.resolve().parent
-    progress = (
-        Progress(
-            TextColumn("[bold]eval[/bold] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        if console is not None
-        else None
-    )
+    progress = progress_bar(console)
     results: list[TargetResult] = []
     async with contextlib.AsyncExitStack() as stack:
         if plan.needs_python:
