@@ -54,7 +54,6 @@ SCORERS = [
     {"type": "regex", "value": "^order [0-9]+ confirmed$"},
     {"type": "contains", "value": "{{ order }}"},
 ]
-DEFAULT_GATE = {"margins": {"*": 0.02}}
 
 
 @dataclass(frozen=True)
@@ -184,9 +183,7 @@ async def gate_change(
             return [store.load_results(conn, project_id, r) for r in run_ids]
 
     baseline, candidate = await asyncio.to_thread(load)
-    section = settings.sections.get("evals") or {}
-    raw = section.get("gate") if isinstance(section, dict) else None
-    rules = GateRules.from_mapping(raw if raw is not None else DEFAULT_GATE)
+    rules = GateRules.from_settings(settings)
     comparison = compare(baseline, candidate)
     verdict = evaluate_gate(comparison, rules)
     render_terminal(comparison, verdict, console)

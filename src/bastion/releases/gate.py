@@ -22,10 +22,8 @@ __all__ = ["check_gate"]
 def _rules(settings: Settings) -> Any:
     from bastion.evals.gate import GateConfigError, GateRules
 
-    section = settings.sections.get("evals") or {}
-    raw = section.get("gate") if isinstance(section, dict) else None
     try:
-        return GateRules.from_mapping(raw if raw is not None else {"margins": {"*": 0.02}})
+        return GateRules.from_settings(settings)
     except GateConfigError as exc:
         raise ReleaseError(f"bastion.yaml: evals.gate: {exc}") from exc
 
