@@ -34,11 +34,43 @@ def test_migrated_schema_matches_the_declared_metadata(engine: sa.Engine) -> Non
     assert diff == []
 
 
-def test_histogram_merge_function_exists_in_sql(engine: sa.Engine) -> None:
-    with engine.connect() as conn:
-        merged = conn.execute(
-            sa.text("SELECT bastion_hist_merge(:a, :b)"), {"a": '{"3": 2}', "b": '{"3": 1, "7": 4}'}
-        ).scalar_one()
+MERGE_CASES = [
+    ('{"3": 2}', '{"3": 1, "7": 4}', {3: 3, 7: 4}),
+    ('{"3": 2}', "{}", {3: 2}),
+    ("{}", '{"9": 1}', {9: 1}),
+    (None, '{"9": 1}', {9: 1}),
+    ('{"1": 5}', None, {1: 5}),
+    (None, None, {}),
+    ('{"250": 9007199254740993}', '{"250": 1}', {250: 9007199254740994}),
+]
+
+
+def _merge_all(engine: sa.Engine) -> list[dict[int, int]]:
     from bastion.store.histogram import decode
 
-    assert decode(merged) == {3: 3, 7: 4}
+    with engine.connect() as conn:
+        return [
+            decode(
+                conn.execute(
+                    sa.text("SELECT bastion_hist_merge(:a, :b)"), {"a": a, "b": b}
+                ).scalar_one()
+            )
+            for a, b, _ in MERGE_CASES
+        ]
+
+
+def test_histogram_merge_function_exists_in_sql(engine: sa.Engine) -> None:
+    assert _merge_all(engine) == [want for _, _, want in MERGE_CASES]
+
+
+def test_histogram_merge_function_agrees_across_revisions(db_url: str) -> None:
+    # 0006 rewrote the PostgreSQL function for speed: before and after must add the same way.
+    engine = create_engine(db_url)
+    migrate.upgrade(engine)
+    expected = [want for _, _, want in MERGE_CASES]
+    assert _merge_all(engine) == expected
+    migrate.downgrade(engine, "0005")
+    assert _merge_all(engine) == expected
+    migrate.upgrade(engine)
+    assert _merge_all(engine) == expected
+    engine.dispose()

@@ -65,6 +65,13 @@ class IngestSettings(BaseModel):
         le=65536,
         description="soft limit on SQLite's memory in one process, all connections together",
     )
+    sqlite_wal_autocheckpoint_pages: int = Field(
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="WAL pages (4 KiB) a commit leaves before it checkpoints them into the "
+        "database file; more pages mean fewer, cheaper-per-span checkpoints",
+    )
 
 
 class PriceOverride(BaseModel):

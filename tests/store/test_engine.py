@@ -36,3 +36,40 @@ def test_sqlite_defaults_keep_every_connection_small(tmp_path: Path) -> None:
         assert _pragma(engine, "soft_heap_limit") == 32 * 1024 * 1024
     finally:
         engine.dispose()
+
+
+def test_wal_checkpoints_at_the_configured_size_and_stays_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    engine = create_engine(f"sqlite:///{path}", sqlite_wal_autocheckpoint_pages=200)
+    try:
+        assert _pragma(engine, "wal_autocheckpoint") == 200
+        assert _pragma(engine, "journal_size_limit") == 64 * 1024 * 1024
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE blobs (body BLOB)")
+        for _ in range(40):  # 40 commits of ~400 KiB: 16 MiB through the WAL
+            with engine.begin() as conn:
+                conn.exec_driver_sql(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                    " WHERE i < 100) INSERT INTO blobs SELECT randomblob(4000) FROM n"
+                )
+        wal = path.with_name("w.db-wal").stat().st_size
+        # Checkpoints kept the log near its threshold (200 pages + one commit), not 16 MiB.
+        assert wal < (200 + 120) * 4096 * 1.1
+        assert _pragma(engine, "wal_autocheckpoint") == 200
+    finally:
+        engine.dispose()
+
+
+def test_server_engine_takes_its_checkpoint_size_from_settings(tmp_path: Path) -> None:
+    from bastion.server.state import build_state
+    from bastion.settings import Settings
+
+    settings = Settings(
+        home=tmp_path / "home",
+        ingest={"sqlite_wal_autocheckpoint_pages": 5_000},  # type: ignore[arg-type]
+    )
+    state = build_state(settings)
+    try:
+        assert _pragma(state.engine, "wal_autocheckpoint") == 5_000
+    finally:
+        state.close()

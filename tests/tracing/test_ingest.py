@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion.store import migrate
 from bastion.store.engine import create_engine
-from bastion.store.writer import SpanWriter
+from bastion.store.writer import PreparedBatch, SpanWriter
 from bastion.tracing.ingest import Backpressure, IngestMetrics, IngestPipeline
 from bastion.tracing.model import Span
 from bastion.tracing.spool import Spool
@@ -105,9 +105,9 @@ class CountingWriter(SpanWriter):
         super().__init__(engine)
         self.batches: list[int] = []
 
-    def write(self, batch):  # type: ignore[no-untyped-def]
-        written = super().write(batch)
-        self.batches.append(len(batch))
+    def write_prepared(self, conn: sa.Connection, prepared: PreparedBatch) -> int:
+        written = super().write_prepared(conn, prepared)
+        self.batches.append(len(prepared.keys))
         return written
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from bastion.auth import AuthError
 from bastion.server.auth import authenticate
 from bastion.server.state import STATE
+from bastion.store.writer import PreparedBatch
 from bastion.tracing.ingest import Backpressure, NotDurable
 from bastion.tracing.otlp import DecodeResult, OtlpError, decode_request, encode_response
 
@@ -83,24 +84,26 @@ async def _receive(request: web.Request, *, allow_basic: bool) -> web.Response:
     except OtlpError as exc:
         return _status_body(request, exc.status, str(exc))
 
-    def decode() -> DecodeResult:
-        return decode_request(
+    def decode() -> tuple[DecodeResult, PreparedBatch]:
+        decoded = decode_request(
             body,
             content_type=request.headers.get("Content-Type"),
             content_encoding=request.headers.get("Content-Encoding"),
             max_bytes=max_bytes,
             max_message_chars=state.settings.ingest.max_message_chars,
         )
+        # Rows are built here, beside the writer thread, not in it.
+        return decoded, state.pipeline.prepare(principal.project_id, decoded.spans)
 
     try:
         if len(body) > _DECODE_INLINE_MAX:
-            result = await asyncio.get_running_loop().run_in_executor(None, decode)
+            result, prepared = await asyncio.get_running_loop().run_in_executor(None, decode)
         else:
-            result = decode()
+            result, prepared = decode()
     except OtlpError as exc:
         return _status_body(request, exc.status, str(exc))
     try:
-        await state.pipeline.submit(principal.project_id, result.spans)
+        await state.pipeline.submit(principal.project_id, result.spans, prepared)
     except Backpressure as exc:
         return _status_body(request, 429, str(exc), **{"Retry-After": str(exc.retry_after_s)})
     except NotDurable as exc:

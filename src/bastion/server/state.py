@@ -67,6 +67,7 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
             sqlite_synchronous=settings.ingest.sqlite_synchronous,
             sqlite_cache_mib=settings.ingest.sqlite_cache_mib,
             sqlite_heap_limit_mib=settings.ingest.sqlite_heap_limit_mib,
+            sqlite_wal_autocheckpoint_pages=settings.ingest.sqlite_wal_autocheckpoint_pages,
             connect_args=_connect_args(url),
         )
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
         batch_max_spans=settings.ingest.batch_max_spans,
         batch_linger_s=settings.ingest.batch_linger_ms / 1000,
         replay_interval_s=settings.ingest.spool_replay_interval_s,
-        prepare=catalog.price_span,
+        price=catalog.price_span,
     )
     return AppState(
         settings=settings,

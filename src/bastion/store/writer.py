@@ -2,28 +2,39 @@
 
 Writes are idempotent: a span already stored (an exporter retrying, a spool segment replayed
 after a crash) is skipped, and only spans actually inserted feed the trace and roll-up counters.
+
+Every row of a batch is built before its transaction begins (:meth:`SpanWriter.prepare`), so a
+transaction only runs statements. On SQLite the writers of all worker processes also take turns
+through a lock file next to the database: a writer waiting on it wakes the moment the other
+commits, where SQLite's own busy handler would sleep in growing steps of up to 100 ms.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bastion.store import histogram
+from bastion.store.aggregates import rollup_rows, trace_rows
+from bastion.store.bulk import BulkUpsert, MultiRowInsert
 from bastion.store.schema import span_rollups, spans, traces
 from bastion.tracing.model import Span
 
-__all__ = ["ROLLUP_DIMENSIONS", "SpanWriter", "span_to_row"]
+__all__ = ["PreparedBatch", "SpanWriter", "span_to_row"]
 
-ROLLUP_DIMENSIONS = ("total", "model", "provider", "feature", "user", "tenant")
-_HOUR_NS = 3600 * 1_000_000_000
 _ZERO: sa.ColumnElement[float] = sa.literal_column("0.0")
+_EMPTY_HIST: sa.ColumnElement[str] = sa.literal_column("'{}'")
 _SPAN_COLUMNS = tuple(c.name for c in spans.columns)
 
 
@@ -102,69 +113,47 @@ if _ROW_COLUMNS != _SPAN_COLUMNS:  # a schema change must update span_to_row too
 
 
 @dataclass(slots=True)
-class _TraceAgg:
-    start_ns: int
-    end_ns: int
-    root_span_id: str | None = None
-    name: str | None = None
-    span_count: int = 0
-    error_count: int = 0
-    llm_count: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float | None = None
-    user_id: str | None = None
-    session_id: str | None = None
-    feature: str | None = None
-    tenant: str | None = None
-    service_name: str | None = None
+class PreparedBatch:
+    """A batch with every row built: what :meth:`SpanWriter.write_prepared` runs.
 
-    def add(self, span: Span) -> None:
-        self.start_ns = min(self.start_ns, span.start_ns)
-        self.end_ns = max(self.end_ns, span.end_ns)
-        if span.parent_span_id is None:
-            self.root_span_id = span.span_id
-            self.name = span.name[:500]
-        elif self.name is None:
-            self.name = span.name[:500]
-        self.span_count += 1
-        self.error_count += span.is_error
-        if span.is_llm:
-            self.llm_count += 1
-        self.input_tokens += span.input_tokens or 0
-        self.output_tokens += span.output_tokens or 0
-        if span.cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + span.cost_usd
-        self.user_id = self.user_id or span.user_id
-        self.session_id = self.session_id or span.session_id
-        self.feature = self.feature or span.feature
-        self.tenant = self.tenant or span.tenant
-        self.service_name = self.service_name or span.service_name
-
-
-class _RawStatement:
-    """A Core statement compiled once and run through the driver's ``executemany``.
-
-    The ingest path writes tens of thousands of rows a second; SQLAlchemy's per-row parameter
-    processing would cost more than the database itself.
+    Batches prepared apart (by the threads that decoded them) are written together by
+    :meth:`SpanWriter.combine`-ing them; each part keeps its own ingest marker.
     """
 
-    def __init__(self, statement: Any, dialect: sa.Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        self.sql = compiled.string
-        self.positional = compiled.positiontup is not None and dialect.paramstyle == "qmark"
-        self.order = list(compiled.positiontup or [])
+    keys: list[tuple[int, str, str]]
+    spans: list[Span]
+    span_rows: list[tuple[Any, ...]]
+    markers: list[int]
+    # Upsert rows in groups: within a group no key repeats, across groups (parts) it may.
+    trace_params: list[list[tuple[Any, ...]]]
+    rollup_params: list[list[tuple[Any, ...]]]
 
-    def executemany(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if self.positional:
-                order = self.order
-                cursor.executemany(self.sql, [tuple(r[k] for k in order) for r in rows])
-            else:
-                cursor.executemany(self.sql, rows)
-        finally:
-            cursor.close()
+    def pairs(self) -> list[tuple[int, Span]]:
+        """The ``(project_id, span)`` pairs of the batch (what the spool keeps)."""
+        return [(key[0], span) for key, span in zip(self.keys, self.spans, strict=True)]
+
+
+class _SqliteWriteLock:
+    """Takes turns with the span writers of other processes on the same SQLite file."""
+
+    def __init__(self, database: str | None) -> None:
+        self._path = Path(f"{database}.write-lock") if database and database != ":memory:" else None
+        self._local = threading.Lock()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self._path is None:
+            yield
+            return
+        with self._local:
+            # Opened per transaction (microseconds against milliseconds of writing) so no
+            # descriptor outlives the writer; closing it releases the lock.
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
 
 class SpanWriter:
@@ -177,14 +166,17 @@ class SpanWriter:
         self._least = sa.func.min if self._dialect == "sqlite" else sa.func.least
         self._greatest = sa.func.max if self._dialect == "sqlite" else sa.func.greatest
         self._last_marker = 0
-        self._span_sql = (
+        self._marker_lock = threading.Lock()
+        self._lock = _SqliteWriteLock(engine.url.database if self._dialect == "sqlite" else None)
+        self._span_sql = MultiRowInsert(
             f"INSERT INTO spans ({', '.join(_SPAN_COLUMNS)})"
-            f" VALUES ({', '.join('?' * len(_SPAN_COLUMNS))}) ON CONFLICT DO NOTHING"
+            f" VALUES ({', '.join('?' * len(_SPAN_COLUMNS))}) ON CONFLICT DO NOTHING",
+            _SPAN_COLUMNS,
         )
         self._trace_stmt = self._build_trace_upsert()
         self._rollup_stmt = self._build_rollup_upsert()
 
-    def _build_trace_upsert(self) -> _RawStatement:
+    def _build_trace_upsert(self) -> BulkUpsert:
         ins = self._insert(traces)
         ex = ins.excluded
         t = traces.c
@@ -214,9 +206,9 @@ class SpanWriter:
                 "service_name": sa.func.coalesce(t.service_name, ex.service_name),
             },
         )
-        return _RawStatement(stmt, self.engine.dialect)
+        return BulkUpsert(stmt, traces, self.engine.dialect)
 
-    def _build_rollup_upsert(self) -> _RawStatement:
+    def _build_rollup_upsert(self) -> BulkUpsert:
         ins = self._insert(span_rollups)
         ex = ins.excluded
         r = span_rollups.c
@@ -230,53 +222,111 @@ class SpanWriter:
             "cost_unknown_count",
         ]
         set_: dict[str, Any] = {name: r[name] + ex[name] for name in additive}
-        set_["latency_hist"] = sa.func.bastion_hist_merge(r.latency_hist, ex.latency_hist)
-        set_["ttft_hist"] = sa.func.bastion_hist_merge(r.ttft_hist, ex.ttft_hist)
+        set_["latency_hist"] = self._hist_merge(r.latency_hist, ex.latency_hist)
+        set_["ttft_hist"] = self._hist_merge(r.ttft_hist, ex.ttft_hist)
         stmt = ins.on_conflict_do_update(
             index_elements=["project_id", "dimension", "hour", "value"], set_=set_
         )
-        return _RawStatement(stmt, self.engine.dialect)
+        return BulkUpsert(stmt, span_rollups, self.engine.dialect)
+
+    @staticmethod
+    def _hist_merge(stored: Any, added: Any) -> Any:
+        # Most spans carry no TTFT: an empty histogram adds nothing, so skip the function call.
+        return sa.case(
+            (added == _EMPTY_HIST, stored), else_=sa.func.bastion_hist_merge(stored, added)
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def prepare(self, batch: Sequence[tuple[int, Span]]) -> PreparedBatch:
+        """Build every row of ``batch`` (no database work; duplicates within it dropped)."""
+        unique: dict[tuple[int, str, str], Span] = {}
+        for project_id, span in batch:
+            unique.setdefault((project_id, span.trace_id, span.span_id), span)
+        with self._marker_lock:
+            # A marker no earlier batch used: rows carrying it after the insert are this batch's.
+            marker = max(time.time_ns(), self._last_marker + 1)
+            self._last_marker = marker
+        keys = list(unique)
+        pairs = [(key[0], span) for key, span in unique.items()]
+        return PreparedBatch(
+            keys=keys,
+            spans=list(unique.values()),
+            span_rows=[span_to_row(key[0], span, marker) for key, span in unique.items()],
+            markers=[marker],
+            trace_params=[self._trace_stmt.parameters(trace_rows(pairs))],
+            rollup_params=[self._rollup_stmt.parameters(rollup_rows(pairs))],
+        )
+
+    @staticmethod
+    def combine(parts: Sequence[PreparedBatch]) -> PreparedBatch:
+        """One batch of several prepared ones (a span in two of them is written once)."""
+        if len(parts) == 1:
+            return parts[0]
+        combined = PreparedBatch([], [], [], [], [], [])
+        for part in parts:
+            combined.keys += part.keys
+            combined.spans += part.spans
+            combined.span_rows += part.span_rows
+            combined.markers += part.markers
+            combined.trace_params += part.trace_params
+            combined.rollup_params += part.rollup_params
+        return combined
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction, taken in turn with the other writers of this database."""
+        with self._lock.held(), self.engine.begin() as conn:
+            yield conn
 
     def write(self, batch: Sequence[tuple[int, Span]]) -> int:
         """Persist ``batch`` in one transaction; returns how many spans were new."""
         if not batch:
             return 0
-        with self.engine.begin() as conn:
-            return self.write_in(conn, batch)
+        prepared = self.prepare(batch)
+        with self.transaction() as conn:
+            return self.write_prepared(conn, prepared)
 
     def write_in(self, conn: sa.Connection, batch: Sequence[tuple[int, Span]]) -> int:
         """Like :meth:`write`, inside the caller's transaction."""
-        unique: dict[tuple[int, str, str], Span] = {}
-        for project_id, span in batch:
-            unique.setdefault((project_id, span.trace_id, span.span_id), span)
-        inserted = self._insert_spans(conn, unique)
+        return self.write_prepared(conn, self.prepare(batch))
+
+    def write_prepared(self, conn: sa.Connection, prepared: PreparedBatch) -> int:
+        """Run a prepared batch inside the caller's transaction; returns how many were new."""
+        if not prepared.keys:
+            return 0
+        inserted = self._insert_spans(conn, prepared)
         if not inserted:
             return 0
-        new = [(key[0], unique[key]) for key in inserted]
-        self._upsert_traces(conn, new)
-        self._upsert_rollups(conn, new)
-        return len(new)
+        trace_params, rollup_params = prepared.trace_params, prepared.rollup_params
+        if len(inserted) != len(prepared.keys):
+            # Some spans were stored already (or came twice): only the new ones may add to the
+            # counters.
+            by_key = dict(zip(prepared.keys, prepared.spans, strict=True))
+            new = [(key[0], by_key[key]) for key in inserted]
+            trace_params = [self._trace_stmt.parameters(trace_rows(new))]
+            rollup_params = [self._rollup_stmt.parameters(rollup_rows(new))]
+        self._trace_stmt.execute(conn, trace_params)
+        self._rollup_stmt.execute(conn, rollup_params)
+        return len(inserted)
 
     def _insert_spans(
-        self, conn: sa.Connection, unique: dict[tuple[int, str, str], Span]
+        self, conn: sa.Connection, prepared: PreparedBatch
     ) -> list[tuple[int, str, str]]:
         """Insert the spans not stored yet; return the keys of those actually inserted."""
-        # A marker no earlier batch used: rows carrying it after the insert are this batch's.
-        marker = max(time.time_ns(), self._last_marker + 1)
-        self._last_marker = marker
-        rows = [span_to_row(key[0], span, marker) for key, span in unique.items()]
         if self._dialect == "postgresql":
-            return self._insert_spans_copy(conn, rows)
+            return self._insert_spans_copy(conn, prepared)
         driver = conn.connection.driver_connection
         cursor = driver.cursor()  # type: ignore[union-attr]
         try:
             before = driver.total_changes  # type: ignore[union-attr]
-            cursor.executemany(self._span_sql, rows)
-            if driver.total_changes - before == len(rows):  # type: ignore[union-attr]
-                return list(unique)  # nothing was a duplicate: no need to look
+            self._span_sql.execute(cursor, prepared.span_rows)
+            if driver.total_changes - before == len(prepared.keys):  # type: ignore[union-attr]
+                return prepared.keys  # nothing was a duplicate: no need to look
             by_project: dict[int, list[str]] = {}
-            for project_id, trace_id, _ in unique:
+            for project_id, trace_id, _ in prepared.keys:
                 by_project.setdefault(project_id, []).append(trace_id)
+            markers = prepared.markers
             inserted: list[tuple[int, str, str]] = []
             for project_id, trace_ids in by_project.items():
                 distinct = sorted(set(trace_ids))
@@ -284,8 +334,9 @@ class SpanWriter:
                     chunk = distinct[i : i + 500]
                     cursor.execute(
                         "SELECT project_id, trace_id, span_id FROM spans WHERE project_id = ?"
-                        f" AND trace_id IN ({','.join('?' * len(chunk))}) AND ingested_ns = ?",
-                        [project_id, *chunk, marker],
+                        f" AND trace_id IN ({','.join('?' * len(chunk))})"
+                        f" AND ingested_ns IN ({','.join('?' * len(markers))})",
+                        [project_id, *chunk, *markers],
                     )
                     inserted.extend(cursor.fetchall())
             return inserted
@@ -293,17 +344,31 @@ class SpanWriter:
             cursor.close()
 
     def _insert_spans_copy(
-        self, conn: sa.Connection, rows: list[tuple[Any, ...]]
+        self, conn: sa.Connection, prepared: PreparedBatch
     ) -> list[tuple[int, str, str]]:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        columns = ", ".join(_SPAN_COLUMNS)
+        driver = conn.connection.driver_connection
+        cursor = driver.cursor()  # type: ignore[union-attr]
         try:
+            # Nearly every batch is all new spans: COPY them straight into the table. A span
+            # stored already makes COPY fail as a whole; the savepoint takes that back and the
+            # batch goes through a staging table and ON CONFLICT DO NOTHING instead.
+            cursor.execute("SAVEPOINT bastion_span_copy")
+            try:
+                with cursor.copy(f"COPY spans ({columns}) FROM STDIN") as copy:
+                    for row in prepared.span_rows:
+                        copy.write_row(row)
+            except psycopg.errors.UniqueViolation:
+                cursor.execute("ROLLBACK TO SAVEPOINT bastion_span_copy")
+            else:
+                cursor.execute("RELEASE SAVEPOINT bastion_span_copy")
+                return prepared.keys
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS bastion_span_stage"
                 " (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
-            columns = ", ".join(_SPAN_COLUMNS)
             with cursor.copy(f"COPY bastion_span_stage ({columns}) FROM STDIN") as copy:
-                for row in rows:
+                for row in prepared.span_rows:
                     copy.write_row(row)
             cursor.execute(
                 f"INSERT INTO spans ({columns}) SELECT {columns} FROM bastion_span_stage"
@@ -312,101 +377,3 @@ class SpanWriter:
             return [tuple(row) for row in cursor.fetchall()]
         finally:
             cursor.close()
-
-    def _upsert_traces(self, conn: sa.Connection, items: Iterable[tuple[int, Span]]) -> None:
-        aggs: dict[tuple[int, str], _TraceAgg] = {}
-        for project_id, span in items:
-            key = (project_id, span.trace_id)
-            agg = aggs.get(key)
-            if agg is None:
-                agg = aggs[key] = _TraceAgg(span.start_ns, span.end_ns)
-            agg.add(span)
-        rows = [
-            {
-                "project_id": project_id,
-                "trace_id": trace_id,
-                "start_ns": a.start_ns,
-                "end_ns": a.end_ns,
-                "root_span_id": a.root_span_id,
-                "name": a.name,
-                "span_count": a.span_count,
-                "error_count": a.error_count,
-                "llm_count": a.llm_count,
-                "input_tokens": a.input_tokens,
-                "output_tokens": a.output_tokens,
-                "cost_usd": a.cost_usd,
-                "user_id": a.user_id,
-                "session_id": a.session_id,
-                "feature": a.feature,
-                "tenant": a.tenant,
-                "service_name": a.service_name,
-            }
-            for (project_id, trace_id), a in sorted(aggs.items())
-        ]
-        # Sorted keys keep the lock order stable, so concurrent writers cannot deadlock.
-        self._trace_stmt.executemany(conn, rows)
-
-    def _upsert_rollups(self, conn: sa.Connection, items: Iterable[tuple[int, Span]]) -> None:
-        # One accumulator per (project, dimension, hour, value): span count, errors, input,
-        # output and cached tokens, cost, spans of unknown cost, latency and TTFT histograms.
-        acc: dict[tuple[int, str, int, str], list[Any]] = {}
-        bucket_of = histogram.bucket_of
-        for project_id, span in items:
-            if not span.is_llm:
-                continue
-            hour = (span.start_ns // _HOUR_NS) * 3600
-            error = 1 if span.is_error else 0
-            inp = span.input_tokens or 0
-            out = span.output_tokens or 0
-            cached = span.cached_tokens or 0
-            cost = span.cost_usd
-            latency_bucket = bucket_of(span.latency_ms)
-            ttft_bucket = None if span.ttft_ms is None else bucket_of(span.ttft_ms)
-            for dimension, value in (
-                ("total", ""),
-                ("model", span.model),
-                ("provider", span.provider),
-                ("feature", span.feature),
-                ("user", span.user_id),
-                ("tenant", span.tenant),
-            ):
-                key = (project_id, dimension, hour, (value or "")[:200])
-                a = acc.get(key)
-                if a is None:
-                    a = acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
-                a[0] += 1
-                a[1] += error
-                a[2] += inp
-                a[3] += out
-                a[4] += cached
-                if cost is None:
-                    a[6] += 1
-                else:
-                    a[5] += cost
-                hist = a[7]
-                hist[latency_bucket] = hist.get(latency_bucket, 0) + 1
-                if ttft_bucket is not None:
-                    ttft = a[8]
-                    ttft[ttft_bucket] = ttft.get(ttft_bucket, 0) + 1
-        if not acc:
-            return
-        rows = [
-            {
-                "project_id": project_id,
-                "dimension": dimension,
-                "hour": hour,
-                "value": value,
-                "span_count": a[0],
-                "error_count": a[1],
-                "input_tokens": a[2],
-                "output_tokens": a[3],
-                "cached_tokens": a[4],
-                "cost_usd": a[5],
-                "cost_unknown_count": a[6],
-                "latency_hist": histogram.encode(a[7]),
-                "ttft_hist": histogram.encode(a[8]),
-            }
-            # Sorted keys keep the lock order stable, so concurrent writers cannot deadlock.
-            for (project_id, dimension, hour, value), a in sorted(acc.items())
-        ]
-        self._rollup_stmt.executemany(conn, rows)

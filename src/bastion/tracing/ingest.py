@@ -9,6 +9,11 @@ because a transaction costs about the same for one span as for hundreds; spans w
 awaits the acknowledgement (an OTLP request) are written at once. When the queue is full,
 ``submit`` raises :class:`Backpressure` at once rather than let memory grow; receivers turn
 that into 429/503 with ``Retry-After``.
+
+A producer that already runs off the event loop (the OTLP receiver decodes in a thread) calls
+:meth:`IngestPipeline.prepare` there and submits the result: pricing the spans and building
+their rows then happens in parallel with the writer instead of inside it, and the writer thread
+only runs statements.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from bastion.store.writer import SpanWriter
+from bastion.store.writer import PreparedBatch, SpanWriter
 from bastion.tracing.model import Span
 from bastion.tracing.spool import Spool, SpoolCorruption
 
@@ -97,6 +102,7 @@ class _Item:
     spans: Sequence[Span]
     done: Callable[[BaseException | None], None]
     awaited: bool = False
+    prepared: PreparedBatch | None = None
 
 
 @dataclass(slots=True)
@@ -122,7 +128,7 @@ class IngestPipeline:
         batch_max_spans: int = 5_000,
         batch_linger_s: float = 0.0,
         replay_interval_s: float = 1.0,
-        prepare: Callable[[int, Span], None] | None = None,
+        price: Callable[[int, Span], None] | None = None,
     ) -> None:
         self.writer = writer
         self.spool = spool
@@ -131,7 +137,7 @@ class IngestPipeline:
         self.batch_max_spans = batch_max_spans
         self.batch_linger_s = batch_linger_s
         self.replay_interval_s = replay_interval_s
-        self.prepare = prepare
+        self.price = price
         self._state = _State()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -175,11 +181,12 @@ class IngestPipeline:
         done: Callable[[BaseException | None], None],
         *,
         awaited: bool = False,
+        prepared: PreparedBatch | None = None,
     ) -> None:
         """Queue ``spans``; ``done`` is called from the writer thread once they are durable.
 
         ``awaited`` says someone is waiting for ``done``: the batch is then not held back for
-        the linger.
+        the linger. ``prepared`` is :meth:`prepare`'s result for the same spans.
         """
         if not spans:
             done(None)
@@ -195,7 +202,7 @@ class IngestPipeline:
                     retry_after_s=1 if state.database_ok else 5,
                 )
             was_empty = not state.pending
-            state.pending.append(_Item(project_id, spans, done, awaited))
+            state.pending.append(_Item(project_id, spans, done, awaited, prepared))
             state.pending_spans += len(spans)
             self.metrics.queue_spans.set(state.pending_spans)
             # The writer only needs waking to start a batch or to cut one short of its linger;
@@ -206,8 +213,20 @@ class IngestPipeline:
                 self._cond.notify_all()
         self.metrics.received.inc(len(spans))
 
-    async def submit(self, project_id: int, spans: Sequence[Span]) -> None:
-        """Queue ``spans`` and wait until they are durable (raises Backpressure / NotDurable)."""
+    def prepare(self, project_id: int, spans: Sequence[Span]) -> PreparedBatch:
+        """Price ``spans`` and build their rows (thread-safe; no database work)."""
+        if self.price is not None:
+            for span in spans:
+                self.price(project_id, span)
+        return self.writer.prepare([(project_id, span) for span in spans])
+
+    async def submit(
+        self, project_id: int, spans: Sequence[Span], prepared: PreparedBatch | None = None
+    ) -> None:
+        """Queue ``spans`` and wait until they are durable (raises Backpressure / NotDurable).
+
+        ``prepared``, when given, is :meth:`prepare`'s result for ``spans``.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
@@ -222,7 +241,7 @@ class IngestPipeline:
         def done(error: BaseException | None) -> None:
             loop.call_soon_threadsafe(resolve, error)
 
-        self.submit_nowait(project_id, spans, done, awaited=True)
+        self.submit_nowait(project_id, spans, done, awaited=True, prepared=prepared)
         await asyncio.shield(future)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -291,31 +310,38 @@ class IngestPipeline:
         self._maybe_replay(force=True)
 
     def _write(self, items: list[_Item]) -> None:
-        batch = [(item.project_id, span) for item in items for span in item.spans]
-        if self.prepare is not None:
-            for project_id, span in batch:
-                self.prepare(project_id, span)
+        parts = [item.prepared for item in items if item.prepared is not None]
+        raw = [item for item in items if item.prepared is None]
+        if raw:
+            pairs = [(item.project_id, span) for item in raw for span in item.spans]
+            if self.price is not None:
+                for project_id, span in pairs:
+                    self.price(project_id, span)
+            parts.append(self.writer.prepare(pairs))
+        prepared = self.writer.combine(parts)
+        batch = sum(len(item.spans) for item in items)
         error: BaseException | None = None
         if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
             try:
-                written = self.writer.write(batch)
+                with self.writer.transaction() as conn:
+                    written = self.writer.write_prepared(conn, prepared)
             except Exception as exc:  # noqa: BLE001 (any database failure: the spool takes over)
                 self._database_failed(exc)
             else:
                 self._database_recovered()
                 self.metrics.written.inc(written)
-                self.metrics.duplicates.inc(len(batch) - written)
+                self.metrics.duplicates.inc(batch - written)
                 for item in items:
                     item.done(None)
                 return
         try:
-            self.spool.append(batch)
+            self.spool.append(prepared.pairs())
         except OSError as exc:
-            log.error("spool append failed; %d spans not acknowledged: %s", len(batch), exc)
+            log.error("spool append failed; %d spans not acknowledged: %s", batch, exc)
             error = NotDurable(f"database unavailable and spool failed: {exc}")
         else:
             self._spool_has_data = True
-            self.metrics.spooled.inc(len(batch))
+            self.metrics.spooled.inc(len(prepared.keys))
             self.metrics.spool_bytes.set(self.spool.pending_bytes())
         for item in items:
             item.done(error)
@@ -352,7 +378,7 @@ class IngestPipeline:
                 return
             try:
                 replayed = 0
-                with self.writer.engine.begin() as conn:
+                with self.writer.transaction() as conn:
                     for batch in self.spool.read_segment(segment):
                         replayed += self.writer.write_in(conn, batch)
             except SpoolCorruption as exc:

@@ -1,0 +1,159 @@
+"""The trace and roll-up rows a batch of spans adds to, computed in memory.
+
+The span writer computes these before it opens its transaction, so that the database (and, on
+SQLite, the single write lock every worker process shares) is held only while rows are
+written, never while Python adds them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bastion.store import histogram
+from bastion.tracing.model import Span
+
+__all__ = ["ROLLUP_DIMENSIONS", "rollup_rows", "trace_rows"]
+
+ROLLUP_DIMENSIONS = ("total", "model", "provider", "feature", "user", "tenant")
+_HOUR_NS = 3600 * 1_000_000_000
+
+
+@dataclass(slots=True)
+class _TraceAgg:
+    start_ns: int
+    end_ns: int
+    root_span_id: str | None = None
+    name: str | None = None
+    span_count: int = 0
+    error_count: int = 0
+    llm_count: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    feature: str | None = None
+    tenant: str | None = None
+    service_name: str | None = None
+
+    def add(self, span: Span) -> None:
+        self.start_ns = min(self.start_ns, span.start_ns)
+        self.end_ns = max(self.end_ns, span.end_ns)
+        if span.parent_span_id is None:
+            self.root_span_id = span.span_id
+            self.name = span.name[:500]
+        elif self.name is None:
+            self.name = span.name[:500]
+        self.span_count += 1
+        self.error_count += span.is_error
+        if span.is_llm:
+            self.llm_count += 1
+        self.input_tokens += span.input_tokens or 0
+        self.output_tokens += span.output_tokens or 0
+        if span.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + span.cost_usd
+        self.user_id = self.user_id or span.user_id
+        self.session_id = self.session_id or span.session_id
+        self.feature = self.feature or span.feature
+        self.tenant = self.tenant or span.tenant
+        self.service_name = self.service_name or span.service_name
+
+
+def trace_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
+    """One ``traces`` upsert row per trace of ``items``, its counters summed over the batch."""
+    aggs: dict[tuple[int, str], _TraceAgg] = {}
+    for project_id, span in items:
+        key = (project_id, span.trace_id)
+        agg = aggs.get(key)
+        if agg is None:
+            agg = aggs[key] = _TraceAgg(span.start_ns, span.end_ns)
+        agg.add(span)
+    return [
+        {
+            "project_id": project_id,
+            "trace_id": trace_id,
+            "start_ns": a.start_ns,
+            "end_ns": a.end_ns,
+            "root_span_id": a.root_span_id,
+            "name": a.name,
+            "span_count": a.span_count,
+            "error_count": a.error_count,
+            "llm_count": a.llm_count,
+            "input_tokens": a.input_tokens,
+            "output_tokens": a.output_tokens,
+            "cost_usd": a.cost_usd,
+            "user_id": a.user_id,
+            "session_id": a.session_id,
+            "feature": a.feature,
+            "tenant": a.tenant,
+            "service_name": a.service_name,
+        }
+        # Sorted keys keep the lock order stable, so concurrent writers cannot deadlock.
+        for (project_id, trace_id), a in sorted(aggs.items())
+    ]
+
+
+def rollup_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
+    """One ``span_rollups`` upsert row per (project, dimension, hour, value) of the LLM spans."""
+    # One accumulator per key: span count, errors, input, output and cached tokens, cost,
+    # spans of unknown cost, latency and TTFT histograms.
+    acc: dict[tuple[int, str, int, str], list[Any]] = {}
+    bucket_of = histogram.bucket_of
+    for project_id, span in items:
+        if not span.is_llm:
+            continue
+        hour = (span.start_ns // _HOUR_NS) * 3600
+        error = 1 if span.is_error else 0
+        inp = span.input_tokens or 0
+        out = span.output_tokens or 0
+        cached = span.cached_tokens or 0
+        cost = span.cost_usd
+        latency_bucket = bucket_of(span.latency_ms)
+        ttft_bucket = None if span.ttft_ms is None else bucket_of(span.ttft_ms)
+        for dimension, value in (
+            ("total", ""),
+            ("model", span.model),
+            ("provider", span.provider),
+            ("feature", span.feature),
+            ("user", span.user_id),
+            ("tenant", span.tenant),
+        ):
+            key = (project_id, dimension, hour, (value or "")[:200])
+            a = acc.get(key)
+            if a is None:
+                a = acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
+            a[0] += 1
+            a[1] += error
+            a[2] += inp
+            a[3] += out
+            a[4] += cached
+            if cost is None:
+                a[6] += 1
+            else:
+                a[5] += cost
+            hist = a[7]
+            hist[latency_bucket] = hist.get(latency_bucket, 0) + 1
+            if ttft_bucket is not None:
+                ttft = a[8]
+                ttft[ttft_bucket] = ttft.get(ttft_bucket, 0) + 1
+    return [
+        {
+            "project_id": project_id,
+            "dimension": dimension,
+            "hour": hour,
+            "value": value,
+            "span_count": a[0],
+            "error_count": a[1],
+            "input_tokens": a[2],
+            "output_tokens": a[3],
+            "cached_tokens": a[4],
+            "cost_usd": a[5],
+            "cost_unknown_count": a[6],
+            "latency_hist": histogram.encode(a[7]),
+            "ttft_hist": histogram.encode(a[8]),
+        }
+        # Sorted keys keep the lock order stable, so concurrent writers cannot deadlock.
+        for (project_id, dimension, hour, value), a in sorted(acc.items())
+    ]

@@ -1,0 +1,110 @@
+"""Many rows per statement, straight through the database driver.
+
+The ingest path writes tens of thousands of rows a second. SQLAlchemy's per-row parameter
+processing would cost more than the database itself, and so would a statement per row: SQLite
+gets multi-row ``VALUES`` (one parse per hundreds of rows, and the driver hands the GIL back
+once per statement rather than once per row, which a writer thread must then win back from busy
+request threads); PostgreSQL gets one array per column through ``unnest``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = ["BulkUpsert", "MultiRowInsert", "UnnestInsert"]
+
+_ROWS_PER_STATEMENT = 900
+_MAX_PARAMETERS = 30_000  # below SQLite's limit (32,766 since 3.32)
+_PARAM = re.compile(r"%\((\w+)\)s(?:::\w+)?")
+
+
+class MultiRowInsert:
+    """A SQLite ``INSERT ... VALUES (?, ...) ...``, widened to many rows per execution.
+
+    Every parameter must be in the VALUES group; rows are tuples in :attr:`names` order.
+    """
+
+    def __init__(self, sql: str, names: Sequence[str]) -> None:
+        head, found, rest = sql.partition(" VALUES (")
+        depth, end = 1, 0
+        for end, char in enumerate(rest):  # noqa: B007 (the index is the result)
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+        group, tail = rest[:end], rest[end + 1 :]
+        if not found or depth or "?" in tail or group.count("?") != len(names):
+            raise ValueError(f"not a single-row INSERT with all parameters in VALUES: {sql}")
+        self.names = list(names)
+        self._group = f"({group})"
+        self._head, self._tail = head, tail
+        top = max(1, min(_ROWS_PER_STATEMENT, _MAX_PARAMETERS // len(self.names)))
+        # A few fixed widths, not one per remainder: every width is a statement the driver
+        # prepares and caches per connection, and a wide one is a large program.
+        self._widths = [top]
+        while self._widths[-1] > 1:
+            self._widths.append(max(1, self._widths[-1] // 3))
+        self._by_width = {width: self._sql(width) for width in self._widths}
+
+    def _sql(self, rows: int) -> str:
+        values = ", ".join(itertools.repeat(self._group, rows))
+        return f"{self._head} VALUES {values}{self._tail}"
+
+    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
+        start = 0
+        for width in self._widths:
+            while len(rows) - start >= width:
+                chunk = rows[start : start + width]
+                cursor.execute(self._by_width[width], list(itertools.chain.from_iterable(chunk)))
+                start += width
+
+
+class UnnestInsert:
+    """A psycopg ``INSERT ... VALUES (%(a)s::T, ...) ...`` as ``INSERT ... SELECT * FROM
+    unnest(%s::T[], ...) ...``: one array per column, so any number of rows is one short,
+    cacheable statement."""
+
+    def __init__(self, sql: str, table: sa.Table, dialect: sa.Dialect) -> None:
+        head, found, rest = sql.partition(" VALUES (")
+        group, _, tail = rest.partition(") ON CONFLICT")
+        params = [_PARAM.fullmatch(part.strip()) for part in group.split(",")]
+        if not found or not tail or not all(params) or _PARAM.search(tail):
+            raise ValueError(f"not a single-row INSERT with all parameters in VALUES: {sql}")
+        self.names = [m.group(1) for m in params if m]
+        types = [table.c[name].type.compile(dialect=dialect) for name in self.names]
+        arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
+        self._sql = f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{tail}"
+
+    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cursor.execute(self._sql, [list(column) for column in zip(*rows, strict=True)])
+
+
+class BulkUpsert:
+    """A Core ``INSERT ... ON CONFLICT`` compiled once for SQLite or PostgreSQL."""
+
+    def __init__(self, statement: Any, table: sa.Table, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self._sql: MultiRowInsert | UnnestInsert = (
+            UnnestInsert(compiled.string, table, dialect)
+            if dialect.name == "postgresql"
+            else MultiRowInsert(compiled.string, list(compiled.positiontup or []))
+        )
+
+    def parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """``rows`` in the shape the driver takes (done before the transaction begins)."""
+        names = self._sql.names
+        return [tuple(r[k] for k in names) for r in rows]
+
+    def execute(self, conn: sa.Connection, groups: list[list[tuple[Any, ...]]]) -> None:
+        """Run each group of rows (no conflict key twice within a group)."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for rows in groups:
+                self._sql.execute(cursor, rows)
+        finally:
+            cursor.close()

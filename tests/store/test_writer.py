@@ -1,0 +1,113 @@
+"""The span writer: batches of any size, retries and concurrent writers keep every counter exact."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from bastion.store import migrate
+from bastion.store.engine import create_engine
+from bastion.store.writer import SpanWriter
+from bastion.tracing.model import Span, StatusCode
+
+
+def _spans(n: int, *, per_trace: int = 5) -> list[Span]:
+    now = time.time_ns()
+    spans: list[Span] = []
+    trace_id = ""
+    for i in range(n):
+        if i % per_trace == 0:
+            trace_id = os.urandom(16).hex()
+        spans.append(
+            Span(
+                trace_id=trace_id,
+                span_id=os.urandom(8).hex(),
+                name="chat",
+                start_ns=now + i,
+                end_ns=now + i + 2_000_000,
+                operation="chat",
+                request_model="gpt-4o-mini",
+                status_code=StatusCode.ERROR if i % 10 == 0 else StatusCode.UNSET,
+                input_tokens=10,
+                output_tokens=3,
+                ttft_ms=1.5 if i % 2 else None,
+                user_id=f"user-{i % 37}",
+                input="x" * 200,
+            )
+        )
+    return spans
+
+
+def _totals(engine: sa.Engine) -> tuple[int, int, int, int, int]:
+    with engine.connect() as conn:
+        spans = conn.execute(sa.text("SELECT COUNT(*) FROM spans")).scalar_one()
+        traced = conn.execute(sa.text("SELECT SUM(span_count) FROM traces")).scalar_one()
+        rolled, errors, inputs = conn.execute(
+            sa.text(
+                "SELECT span_count, error_count, input_tokens FROM span_rollups"
+                " WHERE dimension = 'total'"
+            )
+        ).one()
+    return int(spans), int(traced), int(rolled), int(errors), int(inputs)
+
+
+def _histogram_total(engine: sa.Engine, column: str) -> int:
+    from bastion.store.histogram import decode
+
+    with engine.connect() as conn:
+        text = conn.execute(
+            sa.text(f"SELECT {column} FROM span_rollups WHERE dimension = 'total'")
+        ).scalar_one()
+    return sum(decode(text).values())
+
+
+def test_a_batch_larger_than_one_statement_with_retried_spans_counts_each_span_once(
+    engine: sa.Engine,
+) -> None:
+    spans = _spans(2_500)
+    writer = SpanWriter(engine)
+    assert writer.write([(1, s) for s in spans[:1_000]]) == 1_000
+    # An exporter retries everything: only the 1,500 new spans may add to the counters.
+    assert writer.write([(1, s) for s in spans]) == 1_500
+    assert writer.write([(1, s) for s in spans]) == 0
+    assert _totals(engine) == (2_500, 2_500, 2_500, 250, 25_000)
+    assert _histogram_total(engine, "latency_hist") == 2_500
+    assert _histogram_total(engine, "ttft_hist") == 1_250
+
+
+def test_writers_of_one_sqlite_file_take_turns_without_losing_a_span(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    setup = create_engine(url)
+    migrate.upgrade(setup)
+    setup.dispose()
+    # Two engines stand for two worker processes: each has its own connections and lock file
+    # descriptor, and a short busy timeout shows they wait on the lock file, not on SQLite.
+    engines = [create_engine(url, sqlite_busy_timeout_ms=50) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def run(engine: sa.Engine) -> None:
+        writer = SpanWriter(engine)
+        try:
+            for _ in range(20):
+                writer.write([(1, s) for s in _spans(300)])
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    check = create_engine(url)
+    try:
+        assert _totals(check)[:3] == (12_000, 12_000, 12_000)
+    finally:
+        check.dispose()
+    assert (tmp_path / "shared.db.write-lock").exists()
