@@ -76,6 +76,7 @@ def _run(
     from aiohttp import web
 
     from bastion.server.app import create_app
+    from bastion.server.gc_tuning import tune_gc
     from bastion.server.malloc import limit_malloc_arenas
     from bastion.server.workers import rebalance_spool
 
@@ -104,6 +105,7 @@ def _run(
         raise SystemExit(serve_workers(settings, api=api))
     rebalance_spool(settings.spool_dir, 1)  # segments a former multi-worker run left
     application = create_app(settings, api=api, gateway=True)
+    tune_gc(settings.gc_young_threshold)
     web.run_app(application, host=settings.host, port=settings.port, print=None)
 
 

@@ -109,6 +109,7 @@ def _worker_main(settings: Settings, index: int, api: bool) -> None:
     from aiohttp import web
 
     from bastion.server.app import create_app
+    from bastion.server.gc_tuning import tune_gc
     from bastion.server.malloc import limit_malloc_arenas
 
     limit_malloc_arenas()
@@ -117,8 +118,10 @@ def _worker_main(settings: Settings, index: int, api: bool) -> None:
         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
     )
     settings.worker_index = index
+    application = create_app(settings, api=api, gateway=True)
+    tune_gc(settings.gc_young_threshold)
     web.run_app(
-        create_app(settings, api=api, gateway=True),
+        application,
         host=settings.host,
         port=settings.port,
         reuse_port=True,

@@ -90,8 +90,7 @@ def trace_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
             "tenant": a.tenant,
             "service_name": a.service_name,
         }
-        # Sorted keys keep the lock order stable, so concurrent writers cannot deadlock.
-        for (project_id, trace_id), a in sorted(aggs.items())
+        for (project_id, trace_id), a in aggs.items()
     ]
 
 
@@ -154,6 +153,5 @@ def rollup_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
             "latency_hist": histogram.encode(a[7]),
             "ttft_hist": histogram.encode(a[8]),
         }
-        # Sorted keys keep the lock order stable, so concurrent writers cannot deadlock.
-        for (project_id, dimension, hour, value), a in sorted(acc.items())
+        for (project_id, dimension, hour, value), a in acc.items()
     ]

@@ -10,6 +10,7 @@ request threads); PostgreSQL gets one array per column through ``unnest``.
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = ["BulkUpsert", "MultiRowInsert", "UnnestInsert"]
 
 _ROWS_PER_STATEMENT = 900
 _MAX_PARAMETERS = 30_000  # below SQLite's limit (32,766 since 3.32)
+_NO_KEY = object()
 _PARAM = re.compile(r"%\((\w+)\)s(?:::\w+)?")
 
 
@@ -85,26 +87,53 @@ class UnnestInsert:
 
 
 class BulkUpsert:
-    """A Core ``INSERT ... ON CONFLICT`` compiled once for SQLite or PostgreSQL."""
+    """A Core ``INSERT ... ON CONFLICT`` compiled once for SQLite or PostgreSQL.
 
-    def __init__(self, statement: Any, table: sa.Table, dialect: sa.Dialect) -> None:
+    Rows are written in the order of their conflict key, whatever groups they come in, so that
+    concurrent transactions lock the rows they share in the same order and cannot deadlock.
+    """
+
+    def __init__(
+        self, statement: Any, table: sa.Table, dialect: sa.Dialect, key: Sequence[str]
+    ) -> None:
         compiled = statement.compile(dialect=dialect)
         self._sql: MultiRowInsert | UnnestInsert = (
             UnnestInsert(compiled.string, table, dialect)
             if dialect.name == "postgresql"
             else MultiRowInsert(compiled.string, list(compiled.positiontup or []))
         )
+        self._key = operator.itemgetter(*(self._sql.names.index(column) for column in key))
 
     def parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """``rows`` in the shape the driver takes (done before the transaction begins)."""
+        """``rows`` in the shape the driver takes, in key order (before the transaction)."""
         names = self._sql.names
-        return [tuple(r[k] for k in names) for r in rows]
+        return sorted((tuple(r[k] for k in names) for r in rows), key=self._key)
 
     def execute(self, conn: sa.Connection, groups: list[list[tuple[Any, ...]]]) -> None:
-        """Run each group of rows (no conflict key twice within a group)."""
+        """Write ``groups`` of rows, each in key order with no key twice (as ``parameters``
+        makes them); a key in several groups is added to once per group."""
+        if len(groups) > 1:
+            groups = self._by_occurrence(groups)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             for rows in groups:
                 self._sql.execute(cursor, rows)
         finally:
             cursor.close()
+
+    def _by_occurrence(self, groups: list[list[tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
+        # The first statement holds every key once, in order, so it takes all the row locks in
+        # key order; the later ones (second occurrences and so on) only touch rows it holds.
+        # PostgreSQL also refuses one statement that updates a row twice.
+        rows = sorted(itertools.chain.from_iterable(groups), key=self._key)
+        out: list[list[tuple[Any, ...]]] = []
+        previous: Any = _NO_KEY
+        occurrence = 0
+        for row in rows:
+            key = self._key(row)
+            occurrence = occurrence + 1 if key == previous else 0
+            previous = key
+            if occurrence == len(out):
+                out.append([])
+            out[occurrence].append(row)
+        return out

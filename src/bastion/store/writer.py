@@ -36,6 +36,8 @@ __all__ = ["PreparedBatch", "SpanWriter", "span_to_row"]
 _ZERO: sa.ColumnElement[float] = sa.literal_column("0.0")
 _EMPTY_HIST: sa.ColumnElement[str] = sa.literal_column("'{}'")
 _SPAN_COLUMNS = tuple(c.name for c in spans.columns)
+_TRACE_KEY = ("project_id", "trace_id")
+_ROLLUP_KEY = ("project_id", "dimension", "hour", "value")
 
 
 def _dumps(value: Any) -> str:
@@ -185,7 +187,7 @@ class SpanWriter:
             else_=sa.func.coalesce(t.cost_usd, _ZERO) + sa.func.coalesce(ex.cost_usd, _ZERO),
         )
         stmt = ins.on_conflict_do_update(
-            index_elements=["project_id", "trace_id"],
+            index_elements=list(_TRACE_KEY),
             set_={
                 "start_ns": self._least(t.start_ns, ex.start_ns),
                 "end_ns": self._greatest(t.end_ns, ex.end_ns),
@@ -206,7 +208,7 @@ class SpanWriter:
                 "service_name": sa.func.coalesce(t.service_name, ex.service_name),
             },
         )
-        return BulkUpsert(stmt, traces, self.engine.dialect)
+        return BulkUpsert(stmt, traces, self.engine.dialect, key=_TRACE_KEY)
 
     def _build_rollup_upsert(self) -> BulkUpsert:
         ins = self._insert(span_rollups)
@@ -224,10 +226,8 @@ class SpanWriter:
         set_: dict[str, Any] = {name: r[name] + ex[name] for name in additive}
         set_["latency_hist"] = self._hist_merge(r.latency_hist, ex.latency_hist)
         set_["ttft_hist"] = self._hist_merge(r.ttft_hist, ex.ttft_hist)
-        stmt = ins.on_conflict_do_update(
-            index_elements=["project_id", "dimension", "hour", "value"], set_=set_
-        )
-        return BulkUpsert(stmt, span_rollups, self.engine.dialect)
+        stmt = ins.on_conflict_do_update(index_elements=list(_ROLLUP_KEY), set_=set_)
+        return BulkUpsert(stmt, span_rollups, self.engine.dialect, key=_ROLLUP_KEY)
 
     @staticmethod
     def _hist_merge(stored: Any, added: Any) -> Any:
