@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
+import pytest
 import sqlalchemy as sa
 
 from bastion.store import migrate
@@ -111,3 +113,25 @@ def test_writers_of_one_sqlite_file_take_turns_without_losing_a_span(tmp_path: P
     finally:
         check.dispose()
     assert (tmp_path / "shared.db.write-lock").exists()
+
+
+def test_text_needing_escapes_round_trips_exactly(engine: sa.Engine) -> None:
+    # Tabs, newlines, carriage returns and backslashes are COPY's own syntax on PostgreSQL.
+    tricky = "tab\there\nnew line\r\nback\\slash \\N not null ünï ✓ \U0001f600"
+    span = _spans(1)[0]
+    span.name = tricky
+    span.input = tricky * 3
+    span.user_id = "\\"
+    span.cost_usd = 1e-7
+    span.attributes = {"note": tricky}
+    assert SpanWriter(engine).write([(1, span)]) == 1
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT name, input, user_id, cost_usd, attributes, status_message FROM spans")
+        ).one()
+    assert row.name == tricky
+    assert row.input == tricky * 3
+    assert row.user_id == "\\"
+    assert row.cost_usd == pytest.approx(1e-7)
+    assert orjson.loads(row.attributes)["note"] == tricky
+    assert row.status_message is None
