@@ -234,7 +234,9 @@ def run_backend(
             engine.dispose()
 
         # Overload: a small queue (5,000 spans per worker) and more spans in flight than all
-        # queues hold; RSS must plateau (back-pressure, not growth) and 429s must appear.
+        # queues hold (twice as many); RSS must plateau (back-pressure, not growth) and 429s
+        # must appear.
+        overload_concurrency = max(args.concurrency * 4, 20 * args.workers)
         port = free_port()
         server = start_server(Path(home), database_url, port, 5_000, args.workers)
         url = f"http://127.0.0.1:{port}/v1/traces"
@@ -250,7 +252,7 @@ def run_backend(
 
             sampler = asyncio.create_task(sample())
             try:
-                return await send_all(url, key, bodies[4:] * 2, args.concurrency * 4, None)
+                return await send_all(url, key, bodies[4:] * 2, overload_concurrency, None)
             finally:
                 sampler.cancel()
 
