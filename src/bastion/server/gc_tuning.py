@@ -4,7 +4,7 @@ The collector runs whenever allocations of container objects outnumber deallocat
 young generation's threshold (700 by default). A 500-span OTLP request allocates thousands of
 containers that stay alive until their batch commits, so at the default the collector ran about
 150 times a second, promoted the spans in flight to the older generations, and its full
-collections traversed every object of the process, imported modules included: 2.6 s of an
+collections traversed every object of the process, imported modules included: 2.6 s of a
 13 s single-process ingest run (a fifth of it) with the GIL held. Spans hold no reference
 cycles; reference counting frees them whatever the threshold, so a higher one only changes how
 often the collector looks for cycles.

@@ -33,13 +33,8 @@ class MultiRowInsert:
 
     def __init__(self, sql: str, names: Sequence[str]) -> None:
         head, found, rest = sql.partition(" VALUES (")
-        depth, end = 1, 0
-        for end, char in enumerate(rest):  # noqa: B007 (the index is the result)
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            if depth == 0:
-                break
-        group, tail = rest[:end], rest[end + 1 :]
-        if not found or depth or "?" in tail or group.count("?") != len(names):
+        group, _, tail = rest.partition(")")
+        if not found or "?" in tail or group.replace(" ", "").split(",") != ["?"] * len(names):
             raise ValueError(f"not a single-row INSERT with all parameters in VALUES: {sql}")
         self.names = list(names)
         self._group = f"({group})"

@@ -215,10 +215,13 @@ class IngestPipeline:
 
     def prepare(self, project_id: int, spans: Sequence[Span]) -> PreparedBatch:
         """Price ``spans`` and build their rows (thread-safe; no database work)."""
+        return self._prepare([(project_id, span) for span in spans])
+
+    def _prepare(self, pairs: list[tuple[int, Span]]) -> PreparedBatch:
         if self.price is not None:
-            for span in spans:
+            for project_id, span in pairs:
                 self.price(project_id, span)
-        return self.writer.prepare([(project_id, span) for span in spans])
+        return self.writer.prepare(pairs)
 
     async def submit(
         self, project_id: int, spans: Sequence[Span], prepared: PreparedBatch | None = None
@@ -313,11 +316,7 @@ class IngestPipeline:
         parts = [item.prepared for item in items if item.prepared is not None]
         raw = [item for item in items if item.prepared is None]
         if raw:
-            pairs = [(item.project_id, span) for item in raw for span in item.spans]
-            if self.price is not None:
-                for project_id, span in pairs:
-                    self.price(project_id, span)
-            parts.append(self.writer.prepare(pairs))
+            parts.append(self._prepare([(i.project_id, span) for i in raw for span in i.spans]))
         prepared = self.writer.combine(parts)
         batch = sum(len(item.spans) for item in items)
         error: BaseException | None = None
