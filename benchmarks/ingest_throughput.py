@@ -8,8 +8,8 @@ its RSS to show back-pressure (429 + Retry-After) instead of memory growth.
 
     python benchmarks/ingest_throughput.py --db both --spans 200000
 
-Throughput is measured with one server process (the baseline) and with ``--workers`` processes
-(default: one per core), each against an empty table.
+Throughput is measured with one server process (the baseline) and with each count of
+``--workers`` (default: one per core, and one more than cores), each against an empty table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import orjson
 import psutil
 import sqlalchemy as sa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from rich.console import Console
 from rich.progress import Progress
@@ -45,8 +45,15 @@ SPANS_PER_REQUEST = 500
 
 
 def _kv(key: str, value: object) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
     if isinstance(value, int):
         return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    if isinstance(value, list):
+        items = [AnyValue(string_value=str(item)) for item in value]
+        return KeyValue(key=key, value=AnyValue(array_value=ArrayValue(values=items)))
     return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
@@ -60,12 +67,12 @@ def build_request(seed: int) -> bytes:
     now = time.time_ns()
     prompt = orjson.dumps(
         [
-            {"role": "system", "content": "You are a helpful support assistant. " * 6},
-            {"role": "user", "content": f"Question {seed}: how do I reset my password? " * 8},
+            {"role": "system", "content": "You are a helpful support assistant. " * 10},
+            {"role": "user", "content": f"Question {seed}: how do I reset my password? " * 11},
         ]
     ).decode()
     answer = orjson.dumps(
-        [{"role": "assistant", "content": "Go to settings and click reset. " * 10}]
+        [{"role": "assistant", "content": "Go to settings and click reset. " * 14}]
     ).decode()
     trace_id = b""
     parent = b""
@@ -91,6 +98,14 @@ def build_request(seed: int) -> bytes:
                 _kv("gen_ai.response.model", "gpt-4o-mini-2024-07-18"),
                 _kv("gen_ai.usage.input_tokens", 420 + i % 50),
                 _kv("gen_ai.usage.output_tokens", 80 + i % 20),
+                _kv("gen_ai.usage.cache_read.input_tokens", 128 if i % 3 == 0 else 0),
+                _kv("gen_ai.request.temperature", 0.2),
+                _kv("gen_ai.request.max_tokens", 512),
+                _kv("gen_ai.response.id", f"chatcmpl-{seed:06d}{i:04d}"),
+                _kv("gen_ai.response.finish_reasons", ["stop"]),
+                _kv("server.address", "api.openai.com"),
+                _kv("server.port", 443),
+                _kv("session.id", f"session-{(seed * 3 + i // 25) % 2000}"),
                 _kv("gen_ai.input.messages", prompt),
                 _kv("gen_ai.output.messages", answer),
                 _kv("bastion.user", f"user-{(seed * 7 + i) % 500}"),
@@ -190,7 +205,7 @@ def run_backend(
         key = create_key(database_url)
         # One process is the baseline; `serve --workers N` is how a multi-core machine is used.
         baseline: float | None = None
-        for workers in sorted({1, args.workers}):
+        for workers in sorted({1, *args.workers}):
             port = free_port()
             server = start_server(Path(home) / f"w{workers}", database_url, port, 200_000, workers)
             url = f"http://127.0.0.1:{port}/v1/traces"
@@ -225,19 +240,25 @@ def run_backend(
                     "PASS" if stored >= spans else "FAIL",
                 ]
             )
-            # The next run sends the same spans again: start from an empty table.
+            # The next run sends the same spans again: start from empty tables (TRUNCATE on
+            # PostgreSQL, where DELETE would leave the next run dead rows and bloated indexes).
             engine = sa.create_engine(database_url)
+            tables = ("span_rollup_deltas", "span_rollups", "traces", "spans")
             with engine.begin() as conn:
-                for table in ("span_rollups", "traces", "spans"):
-                    conn.execute(sa.text(f"DELETE FROM {table}"))
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sa.text(f"TRUNCATE {', '.join(tables)}"))
+                else:
+                    for table in tables:
+                        conn.execute(sa.text(f"DELETE FROM {table}"))
             engine.dispose()
 
         # Overload: a small queue (5,000 spans per worker) and more spans in flight than all
         # queues hold (twice as many); RSS must plateau (back-pressure, not growth) and 429s
         # must appear.
-        overload_concurrency = max(args.concurrency * 4, 20 * args.workers)
+        most = max(args.workers)
+        overload_concurrency = max(args.concurrency * 4, 20 * most)
         port = free_port()
-        server = start_server(Path(home), database_url, port, 5_000, args.workers)
+        server = start_server(Path(home), database_url, port, 5_000, most)
         url = f"http://127.0.0.1:{port}/v1/traces"
         process = psutil.Process(server.pid)
         samples: list[float] = []
@@ -281,11 +302,14 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--concurrency", type=int, default=8)
+    cores = os.cpu_count() or 1
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="bastion serve --workers (measured beside 1 worker; default: one per core)",
+        nargs="+",
+        default=[cores, cores + 1],
+        help="bastion serve --workers counts to measure beside 1 worker (default: cores and "
+        "cores + 1: PostgreSQL's own processes leave gaps one more Python process fills)",
     )
     parser.add_argument("--pg-url", default=PG_URL)
     args = parser.parse_args()

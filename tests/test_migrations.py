@@ -74,3 +74,52 @@ def test_histogram_merge_function_agrees_across_revisions(db_url: str) -> None:
     migrate.upgrade(engine)
     assert _merge_all(engine) == expected
     engine.dispose()
+
+
+def test_downgrade_below_deferred_roll_ups_folds_what_is_left(db_url: str) -> None:
+    import time
+
+    from bastion.store.queries import metrics_summary
+    from bastion.store.writer import SpanWriter
+    from bastion.tracing.model import Span
+
+    engine = create_engine(db_url)
+    migrate.upgrade(engine)
+    hour_ns = 3_600 * 1_000_000_000
+    start = (time.time_ns() // hour_ns - 2) * hour_ns
+    spans = [
+        Span(
+            trace_id=f"{i:032x}",
+            span_id=f"{i:016x}",
+            name="chat",
+            start_ns=start + i,
+            end_ns=start + i + (i + 1) * 1_000_000,
+            operation="chat",
+            request_model="gpt-4o-mini",
+            input_tokens=i,
+            ttft_ms=float(i) if i % 2 else None,
+            user_id=f"user-{i % 3}",
+        )
+        for i in range(30)
+    ]
+    writer = SpanWriter(engine)
+    with writer.transaction() as conn:
+        writer.write_prepared(conn, writer.prepare([(1, s) for s in spans]), defer_rollups=True)
+
+    def summary(by: str) -> object:
+        with engine.connect() as conn:
+            return metrics_summary(
+                conn, 1, start_ns=start, end_ns=start + hour_ns, group_by=[by]
+            ).model_dump()
+
+    before = {by: summary(by) for by in ("user", "model", "hour")}
+    migrate.downgrade(engine, "0006")
+    assert "span_rollup_deltas" not in sa.inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        total = conn.execute(
+            sa.text("SELECT span_count FROM span_rollups WHERE dimension = 'total'")
+        ).scalar_one()
+    assert total == 30
+    migrate.upgrade(engine)
+    assert {by: summary(by) for by in ("user", "model", "hour")} == before
+    engine.dispose()

@@ -55,6 +55,14 @@ class IngestSettings(BaseModel):
     spool_replay_interval_s: float = Field(
         1.0, gt=0, description="how often a non-empty spool retries the database"
     )
+    rollup_fold_interval_ms: float = Field(
+        1_000.0,
+        ge=0,
+        le=60_000,
+        description="how often a span writer folds its batches' deferred roll-up counters "
+        "into the hourly roll-ups; summaries count unfolded ones too, so this trades write "
+        "cost against the size of what a summary reads, never freshness",
+    )
     sqlite_synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$")
     sqlite_cache_mib: int = Field(
         4, ge=1, le=4096, description="page cache of each SQLite connection, in MiB"
@@ -66,11 +74,12 @@ class IngestSettings(BaseModel):
         description="soft limit on SQLite's memory in one process, all connections together",
     )
     sqlite_wal_autocheckpoint_pages: int = Field(
-        10_000,
+        2_500,
         ge=100,
         le=1_000_000,
-        description="WAL pages (4 KiB) a commit leaves before it checkpoints them into the "
-        "database file; more pages mean fewer, cheaper-per-span checkpoints",
+        description="WAL pages (16 KiB in a database Bastion created) a commit leaves before "
+        "it checkpoints them into the database file; more pages mean fewer, cheaper-per-span "
+        "checkpoints",
     )
 
 

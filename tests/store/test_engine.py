@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -53,9 +54,37 @@ def test_wal_checkpoints_at_the_configured_size_and_stays_bounded(tmp_path: Path
                     " WHERE i < 100) INSERT INTO blobs SELECT randomblob(4000) FROM n"
                 )
         wal = path.with_name("w.db-wal").stat().st_size
+        page = int(_pragma(engine, "page_size"))  # type: ignore[call-overload]
         # Checkpoints kept the log near its threshold (200 pages + one commit), not 16 MiB.
-        assert wal < (200 + 120) * 4096 * 1.1
+        assert wal < (200 * page + 500 * 1024) * 1.1 < 16 * 1024 * 1024
         assert _pragma(engine, "wal_autocheckpoint") == 200
+    finally:
+        engine.dispose()
+
+
+def test_a_new_database_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x)")
+        # Span rows are ~2 KB: several fit in a 16 KiB page, one in SQLite's default 4 KiB.
+        assert _pragma(engine, "page_size") == 16384
+    finally:
+        engine.dispose()
+
+    old = tmp_path / "old.db"
+    con = sqlite3.connect(old)
+    con.execute("PRAGMA page_size=4096")
+    con.execute("CREATE TABLE t (x)")
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()
+    con.close()
+    engine = create_engine(f"sqlite:///{old}")
+    try:
+        assert _pragma(engine, "page_size") == 4096
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT x FROM t").scalar_one() == 1
+        assert _pragma(engine, "journal_mode") == "wal"
     finally:
         engine.dispose()
 

@@ -98,6 +98,54 @@ def test_spans_are_written_and_duplicates_are_counted_once(
     assert total == 50
 
 
+def _rollup_state(engine: sa.Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        deltas = conn.execute(sa.text("SELECT COUNT(*) FROM span_rollup_deltas")).scalar_one()
+        total = conn.execute(
+            sa.text(
+                "SELECT COALESCE(SUM(span_count), 0) FROM span_rollups WHERE dimension = 'total'"
+            )
+        ).scalar_one()
+    return int(deltas), int(total)
+
+
+def test_the_writer_folds_deferred_roll_ups_once_per_interval_while_running(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    pipeline = IngestPipeline(
+        SpanWriter(engine),
+        Spool(tmp_path / "spool"),
+        metrics=IngestMetrics(registry),
+        rollup_fold_interval_s=2.0,
+    )
+    pipeline.start()
+    try:
+        for _ in range(3):
+            acks = Acks()
+            pipeline.submit_nowait(1, make_spans(20), acks.callback(20), awaited=True)
+            assert pipeline.flush(10)
+            assert acks.acked == 20
+        # Acknowledged with their batches' deltas; the fold waits for its interval.
+        assert _rollup_state(engine) == (3, 0)
+        deadline = time.monotonic() + 10
+        while _rollup_state(engine) != (0, 60) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _rollup_state(engine) == (0, 60)  # no more traffic: folded all the same
+        assert registry.get_sample_value("bastion_rollup_deltas_folded_total") == 3
+    finally:
+        pipeline.stop()
+
+
+def test_stopping_folds_what_is_left(engine: sa.Engine, tmp_path: Path) -> None:
+    pipeline = pipeline_for(engine, tmp_path / "spool", rollup_fold_interval_s=60)
+    pipeline.submit_nowait(1, make_spans(15), Acks().callback(15), awaited=True)
+    assert pipeline.flush(10)
+    assert _rollup_state(engine) == (1, 0)
+    pipeline.stop()
+    assert _rollup_state(engine) == (0, 15)
+
+
 class CountingWriter(SpanWriter):
     """A real writer that remembers the size of every batch it committed."""
 

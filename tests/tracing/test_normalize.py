@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import orjson
 import pytest
 
+from bastion.tracing import normalize as normalize_module
 from bastion.tracing.model import Span, StatusCode
 from bastion.tracing.normalize import normalize, truncate
 
@@ -225,3 +227,173 @@ def test_wrong_types_are_ignored_never_fatal(junk: dict[str, Any]) -> None:
     assert s.request_model is None
     assert s.ttft_ms is None
     assert s.prompt_version is None
+
+
+# --- the precedence plan cache ------------------------------------------------------------
+
+
+def _reference_scan(attrs: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+    """The attribute-by-attribute scan that the cached plans replaced: the oracle for them."""
+    found: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for source, offset, text_only in ((attrs, 0, False), (resource, 1 << 20, True)):
+        for key, value in source.items():
+            hit = normalize_module._LOOKUP.get(key)
+            if hit is None:
+                continue
+            field, convert, rank = hit
+            if text_only and (convert is not normalize_module._as_text or field == "error_class"):
+                continue
+            if ranks.get(field, 1 << 30) <= rank + offset:
+                continue
+            converted = convert(value)
+            if converted is not None:
+                found[field] = converted
+                ranks[field] = rank + offset
+    return found
+
+
+def _typed(found: dict[str, Any]) -> dict[str, tuple[type, Any]]:
+    return {field: (type(value), value) for field, value in found.items()}
+
+
+def test_same_keys_with_other_values_fall_through_to_the_next_convention() -> None:
+    keys = ("bastion.usage.input_tokens", "gen_ai.usage.input_tokens", "llm.token_count.prompt")
+    cases = [
+        ((3, 7, 9), 3),
+        (("lots", 7, 9), 7),  # the bastion value does not convert: the GenAI one wins
+        ((-1, None, "12"), 12),
+        ((True, [1], {"n": 1}), None),
+        ((" 5 ", 7, 9), 5),
+    ]
+    for values, expected in cases:  # one key set, so one cached plan serves every case
+        attrs = dict(zip(keys, values, strict=True))
+        assert span(attrs).input_tokens == expected
+        reversed_attrs = dict(reversed(list(attrs.items())))  # order never matters
+        assert span(reversed_attrs).input_tokens == expected
+    texts = ("bastion.user", "user.id", "enduser.id")
+    assert span(dict(zip(texts, ({"a": 1}, "", "e"), strict=True))).user_id == "e"
+    assert span(dict(zip(texts, ("b", "u", "e"), strict=True))).user_id == "b"
+    # A span attribute that does not convert lets the resource's value through...
+    assert span({"bastion.feature": ""}, resource={"bastion.feature": "r"}).feature == "r"
+    assert span({"bastion.feature": "s"}, resource={"bastion.feature": "r"}).feature == "s"
+    # ...but only text fields, error_class excepted, fall back to the resource.
+    assert span(resource={"bastion.usage.input_tokens": 5, "error.type": "E"}).input_tokens is None
+    assert span(resource={"error.type": "E"}).error_class is None
+
+
+class _Text(str):
+    __slots__ = ()
+
+
+_SCAN_VALUES: list[Any] = [
+    None,
+    "",
+    "x",
+    "Bob",
+    "12",
+    " 7 ",
+    "-3",
+    "1.5",
+    "inf",
+    "nan",
+    "lots",
+    "a" * 512,
+    "b" * 513,
+    _Text("sub"),
+    _Text("c" * 600),
+    0,
+    5,
+    -5,
+    True,
+    False,
+    0.0,
+    2.0,
+    2.5,
+    -1.5,
+    float("nan"),
+    [1, 2],
+    {"k": "v"},
+]
+
+
+def test_cached_plans_match_the_reference_scan_for_every_value() -> None:
+    rnd = random.Random(7)
+    known = sorted(normalize_module._LOOKUP)
+    key_sets = [rnd.sample([*known, "other", "gen_ai.request.top_p"], rnd.randrange(1, 12))]
+    key_sets += [rnd.sample(known, rnd.randrange(1, 8)) for _ in range(30)]
+    for _ in range(3000):
+        keys = rnd.choice(key_sets)
+        rnd.shuffle(keys)
+        attrs = {key: rnd.choice(_SCAN_VALUES) for key in keys}
+        resource = {key: rnd.choice(_SCAN_VALUES) for key in rnd.sample(known, rnd.randrange(3))}
+        got = normalize_module._scan(attrs, resource)
+        assert _typed(got) == _typed(_reference_scan(attrs, resource)), (attrs, resource)
+
+
+def test_plan_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(normalize_module, "_PLANS", {})
+    monkeypatch.setattr(normalize_module, "_PLANS_MAX", 3)
+    tokens = list(normalize_module._INPUT_TOKENS)
+    for i in range(1, len(tokens) + 1):
+        attrs = dict.fromkeys(tokens[:i], "oops") | {tokens[i - 1]: i}
+        assert span(attrs).input_tokens == i  # every higher-precedence value fails to convert
+        assert len(normalize_module._PLANS) <= 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("42", 42),
+        (" 7 ", 7),
+        ("²", None),  # a digit to str.isdigit(), not to int()
+        ("1" * 5000, None),  # more digits than int() takes from a string
+        (2**63 - 1, 2**63 - 1),
+        (2**63, None),  # would not fit the BIGINT column: the batch would be refused
+        (1e30, None),
+        (-3, None),
+        (3.0, 3),
+        (True, None),
+    ],
+)
+def test_token_counts_that_no_column_holds_are_dropped_not_fatal(
+    value: object, expected: int | None
+) -> None:
+    span = normalize(
+        Span(
+            trace_id="a" * 32,
+            span_id="b" * 16,
+            name="chat",
+            start_ns=1,
+            end_ns=2,
+            attributes={"gen_ai.usage.input_tokens": value, "gen_ai.usage.output_tokens": "5"},
+        ),
+        max_message_chars=1000,
+    )
+    assert span.input_tokens == expected
+    assert span.output_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(3, 3), (2**31 - 1, 2**31 - 1), (2**31, None), ("12", 12), ("x", None)],
+)
+def test_prompt_versions_fit_their_integer_column(value: object, expected: int | None) -> None:
+    attrs = {"bastion.prompt.name": "greet", "bastion.prompt.version": value}
+    span = normalize(
+        Span(trace_id="a" * 32, span_id="b" * 16, name="x", start_ns=1, end_ns=2, attributes=attrs),
+        max_message_chars=1000,
+    )
+    assert span.prompt_version == expected
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), "inf", "1e400", float("nan"), "nan", -1.0, 10**400]
+)
+def test_costs_that_are_not_finite_are_dropped(value: object) -> None:
+    attrs = {"gen_ai.request.model": "m", "gen_ai.usage.cost": value}
+    span = normalize(
+        Span(trace_id="a" * 32, span_id="b" * 16, name="x", start_ns=1, end_ns=2, attributes=attrs),
+        max_message_chars=1000,
+    )
+    assert span.cost_usd is None

@@ -116,8 +116,9 @@ def test_protobuf_span_keeps_ids_times_status_attributes_and_events() -> None:
     (got,) = result.spans
     assert (got.trace_id, got.span_id, got.parent_span_id) == (TRACE, SPAN, PARENT)
     assert (got.kind, got.status_code, got.status_message) == (3, 2, "boom")
+    assert (got.start_ns, got.end_ns) == (1_700_000_000_000_000_000, 1_700_000_000_250_000_000)
     assert got.latency_ms == 250.0
-    assert got.service_name == "svc"
+    assert (got.name, got.service_name, got.resource) == ("chat", "svc", {"service.name": "svc"})
     assert got.attributes["n"] == 3
     assert got.attributes["ratio"] == 0.5
     assert got.attributes["flag"] is True
@@ -280,3 +281,58 @@ def test_gzip_bomb_stops_at_the_cap_with_413() -> None:
     with pytest.raises(OtlpError, match="exceeds") as caught:
         decode(bomb, content_encoding="gzip", max_bytes=MB)
     assert caught.value.status == 413
+
+
+def test_protobuf_zero_empty_and_unset_values_keep_their_types() -> None:
+    # Decoding reads string_value and int_value before WhichOneof: an empty or zero value
+    # must still come out as what was sent, never as another type's default.
+    def kv(key: str, value: AnyValue) -> KeyValue:
+        return KeyValue(key=key, value=value)
+
+    array = ArrayValue(
+        values=[
+            AnyValue(string_value=""),
+            AnyValue(int_value=0),
+            AnyValue(),
+            AnyValue(bool_value=False),
+            AnyValue(string_value="x"),
+        ]
+    )
+    kvlist = KeyValueList(values=[kv("e", AnyValue(string_value="")), kv("z", AnyValue())])
+    attrs = [
+        kv("empty", AnyValue(string_value="")),
+        kv("zero", AnyValue(int_value=0)),
+        kv("negative", AnyValue(int_value=-3)),
+        kv("unset", AnyValue()),
+        kv("false", AnyValue(bool_value=False)),
+        kv("d0", AnyValue(double_value=0.0)),
+        kv("no bytes", AnyValue(bytes_value=b"")),
+        kv("array", AnyValue(array_value=array)),
+        kv("empty array", AnyValue(array_value=ArrayValue())),
+        kv("map", AnyValue(kvlist_value=kvlist)),
+        kv("dup", AnyValue(int_value=1)),
+        kv("text", AnyValue(string_value="t")),
+        kv("dup", AnyValue(string_value="")),  # the later value wins, in the first one's place
+    ]
+    event = PbSpan.Event(name="e", time_unix_nano=1, attributes=[kv("n", AnyValue(int_value=0))])
+    (got,) = decode(pb_request(pb_span(attributes=attrs, events=[event]))).spans
+    typed = {key: (type(value), value) for key, value in got.attributes.items()}
+    assert typed == {
+        "empty": (str, ""),
+        "zero": (int, 0),
+        "negative": (int, -3),
+        "unset": (type(None), None),
+        "false": (bool, False),
+        "d0": (float, 0.0),
+        "no bytes": (str, ""),
+        "array": (list, ["", 0, None, False, "x"]),
+        "empty array": (list, []),
+        "map": (dict, {"e": "", "z": None}),
+        "dup": (str, ""),
+        "text": (str, "t"),
+        "otel.scope.name": (str, "lib"),
+    }
+    assert list(got.attributes) == [*typed]  # insertion order is the sent order
+    assert [type(v) for v in got.attributes["array"]] == [str, int, type(None), bool, str]
+    assert got.events == [{"name": "e", "time_ns": 1, "attributes": {"n": 0}}]
+    assert type(got.events[0]["attributes"]["n"]) is int

@@ -76,6 +76,7 @@ def _run(
     from aiohttp import web
 
     from bastion.server.app import create_app
+    from bastion.server.event_loop import new_event_loop
     from bastion.server.gc_tuning import tune_gc
     from bastion.server.malloc import limit_malloc_arenas
     from bastion.server.workers import rebalance_spool
@@ -106,7 +107,13 @@ def _run(
     rebalance_spool(settings.spool_dir, 1)  # segments a former multi-worker run left
     application = create_app(settings, api=api, gateway=True)
     tune_gc(settings.gc_young_threshold)
-    web.run_app(application, host=settings.host, port=settings.port, print=None)
+    web.run_app(
+        application,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        loop=new_event_loop(),
+    )
 
 
 @app.command()

@@ -93,6 +93,7 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
         batch_max_spans=settings.ingest.batch_max_spans,
         batch_linger_s=settings.ingest.batch_linger_ms / 1000,
         replay_interval_s=settings.ingest.spool_replay_interval_s,
+        rollup_fold_interval_s=settings.ingest.rollup_fold_interval_ms / 1000,
         price=catalog.price_span,
     )
     return AppState(

@@ -109,6 +109,7 @@ def _worker_main(settings: Settings, index: int, api: bool) -> None:
     from aiohttp import web
 
     from bastion.server.app import create_app
+    from bastion.server.event_loop import new_event_loop
     from bastion.server.gc_tuning import tune_gc
     from bastion.server.malloc import limit_malloc_arenas
 
@@ -126,6 +127,7 @@ def _worker_main(settings: Settings, index: int, api: bool) -> None:
         port=settings.port,
         reuse_port=True,
         print=None,
+        loop=new_event_loop(),
     )
 
 

@@ -7,14 +7,16 @@ written, never while Python adds them up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from bastion.store import histogram
 from bastion.tracing.model import Span
 
-__all__ = ["ROLLUP_DIMENSIONS", "rollup_rows", "trace_rows"]
+__all__ = ["ROLLUP_DIMENSIONS", "RollupTotals", "iter_dumped", "rollup_rows", "trace_rows"]
 
 ROLLUP_DIMENSIONS = ("total", "model", "provider", "feature", "user", "tenant")
 _HOUR_NS = 3600 * 1_000_000_000
@@ -94,64 +96,164 @@ def trace_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
     ]
 
 
-def rollup_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
-    """One ``span_rollups`` upsert row per (project, dimension, hour, value) of the LLM spans."""
-    # One accumulator per key: span count, errors, input, output and cached tokens, cost,
-    # spans of unknown cost, latency and TTFT histograms.
-    acc: dict[tuple[int, str, int, str], list[Any]] = {}
-    bucket_of = histogram.bucket_of
-    for project_id, span in items:
-        if not span.is_llm:
-            continue
-        hour = (span.start_ns // _HOUR_NS) * 3600
-        error = 1 if span.is_error else 0
-        inp = span.input_tokens or 0
-        out = span.output_tokens or 0
-        cached = span.cached_tokens or 0
-        cost = span.cost_usd
-        latency_bucket = bucket_of(span.latency_ms)
-        ttft_bucket = None if span.ttft_ms is None else bucket_of(span.ttft_ms)
-        for dimension, value in (
-            ("total", ""),
-            ("model", span.model),
-            ("provider", span.provider),
-            ("feature", span.feature),
-            ("user", span.user_id),
-            ("tenant", span.tenant),
-        ):
-            key = (project_id, dimension, hour, (value or "")[:200])
+RollupKey = tuple[int, str, int, str]  # project, dimension, hour (Unix s), value
+
+
+class RollupTotals:
+    """Hourly roll-up counters of LLM spans, one accumulator per (project, dimension, hour,
+    value); the ``span_rollups`` upsert rows of a batch.
+
+    Totals of batches prepared apart merge (:meth:`merge`) before they are written, so a
+    transaction upserts each key once however many requests it carries: the upserts, and on
+    PostgreSQL the histogram merges inside them, cost per row written, not per span.
+    """
+
+    __slots__ = ("_acc",)
+
+    def __init__(self) -> None:
+        # Per key: span count, errors, input, output and cached tokens, cost, spans of unknown
+        # cost, latency histogram, TTFT histogram (bucket -> count).
+        self._acc: dict[RollupKey, list[Any]] = {}
+
+    @classmethod
+    def of(cls, items: Iterable[tuple[int, Span]]) -> RollupTotals:
+        totals = cls()
+        totals.add(items)
+        return totals
+
+    def __len__(self) -> int:
+        return len(self._acc)
+
+    def add(self, items: Iterable[tuple[int, Span]]) -> None:
+        """Count the LLM spans of ``items`` in."""
+        acc = self._acc
+        bucket_of = histogram.bucket_of
+        for project_id, span in items:
+            if not span.is_llm:
+                continue
+            hour = (span.start_ns // _HOUR_NS) * 3600
+            error = 1 if span.is_error else 0
+            inp = span.input_tokens or 0
+            out = span.output_tokens or 0
+            cached = span.cached_tokens or 0
+            cost = span.cost_usd
+            latency_bucket = bucket_of(span.latency_ms)
+            ttft_bucket = None if span.ttft_ms is None else bucket_of(span.ttft_ms)
+            for dimension, value in (
+                ("total", ""),
+                ("model", span.model),
+                ("provider", span.provider),
+                ("feature", span.feature),
+                ("user", span.user_id),
+                ("tenant", span.tenant),
+            ):
+                key = (project_id, dimension, hour, (value or "")[:200])
+                a = acc.get(key)
+                if a is None:
+                    a = acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
+                a[0] += 1
+                a[1] += error
+                a[2] += inp
+                a[3] += out
+                a[4] += cached
+                if cost is None:
+                    a[6] += 1
+                else:
+                    a[5] += cost
+                hist = a[7]
+                hist[latency_bucket] = hist.get(latency_bucket, 0) + 1
+                if ttft_bucket is not None:
+                    ttft = a[8]
+                    ttft[ttft_bucket] = ttft.get(ttft_bucket, 0) + 1
+
+    def merge(self, other: RollupTotals) -> None:
+        """Add ``other``'s counters into these (``other`` is left as it was)."""
+        acc = self._acc
+        for key, b in other._acc.items():
             a = acc.get(key)
             if a is None:
-                a = acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
-            a[0] += 1
-            a[1] += error
-            a[2] += inp
-            a[3] += out
-            a[4] += cached
-            if cost is None:
-                a[6] += 1
-            else:
-                a[5] += cost
-            hist = a[7]
-            hist[latency_bucket] = hist.get(latency_bucket, 0) + 1
-            if ttft_bucket is not None:
-                ttft = a[8]
-                ttft[ttft_bucket] = ttft.get(ttft_bucket, 0) + 1
-    return [
-        {
-            "project_id": project_id,
-            "dimension": dimension,
-            "hour": hour,
-            "value": value,
-            "span_count": a[0],
-            "error_count": a[1],
-            "input_tokens": a[2],
-            "output_tokens": a[3],
-            "cached_tokens": a[4],
-            "cost_usd": a[5],
-            "cost_unknown_count": a[6],
-            "latency_hist": histogram.encode(a[7]),
-            "ttft_hist": histogram.encode(a[8]),
+                acc[key] = [*b[:7], dict(b[7]), dict(b[8])]
+                continue
+            for i in range(7):
+                a[i] += b[i]
+            histogram.add_into(a[7], b[7])
+            histogram.add_into(a[8], b[8])
+
+    def dumps_by_project(self) -> dict[int, bytes]:
+        """The counters as JSON, one document per project (what a deferred write stores).
+
+        A document is a list of ``[dimension, hour, value, count, errors, input tokens,
+        output tokens, cached tokens, cost, unknown-cost count, latency histogram, TTFT
+        histogram]`` entries; :func:`iter_dumped` reads it back.
+        """
+        entries: dict[int, list[list[Any]]] = {}
+        for (project_id, dimension, hour, value), a in self._acc.items():
+            entries.setdefault(project_id, []).append([dimension, hour, value, *a])
+        return {
+            project_id: orjson.dumps(items, option=orjson.OPT_NON_STR_KEYS)
+            for project_id, items in entries.items()
         }
-        for (project_id, dimension, hour, value), a in acc.items()
-    ]
+
+    def add_dumped(self, project_id: int, document: str | bytes) -> None:
+        """Add the counters of a :meth:`dumps_by_project` document of ``project_id``."""
+        acc = self._acc
+        for dimension, hour, value, *b in iter_dumped(document):
+            key = (project_id, dimension, hour, value)
+            a = acc.get(key)
+            if a is None:
+                acc[key] = b
+                continue
+            for i in range(7):
+                a[i] += b[i]
+            histogram.add_into(a[7], b[7])
+            histogram.add_into(a[8], b[8])
+
+    def row_keys(self) -> list[RollupKey]:
+        return list(self._acc)
+
+    def add_row(
+        self, key: RollupKey, counters: Sequence[Any], latency_hist: str, ttft_hist: str
+    ) -> None:
+        """Add one stored ``span_rollups`` row (its seven counters and encoded histograms)."""
+        a = self._acc.get(key)
+        if a is None:
+            a = self._acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
+        for i in range(7):
+            a[i] += counters[i]
+        histogram.add_into(a[7], histogram.decode(latency_hist))
+        histogram.add_into(a[8], histogram.decode(ttft_hist))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One ``span_rollups`` upsert row per key."""
+        return [
+            {
+                "project_id": project_id,
+                "dimension": dimension,
+                "hour": hour,
+                "value": value,
+                "span_count": a[0],
+                "error_count": a[1],
+                "input_tokens": a[2],
+                "output_tokens": a[3],
+                "cached_tokens": a[4],
+                "cost_usd": a[5],
+                "cost_unknown_count": a[6],
+                "latency_hist": histogram.encode(a[7]),
+                "ttft_hist": histogram.encode(a[8]),
+            }
+            for (project_id, dimension, hour, value), a in self._acc.items()
+        ]
+
+
+def iter_dumped(document: str | bytes) -> Iterator[list[Any]]:
+    """The entries of a :meth:`RollupTotals.dumps_by_project` document, histogram buckets as
+    integers again."""
+    for entry in orjson.loads(document):
+        entry[10] = {int(k): v for k, v in entry[10].items()}
+        entry[11] = {int(k): v for k, v in entry[11].items()}
+        yield entry
+
+
+def rollup_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
+    """One ``span_rollups`` upsert row per (project, dimension, hour, value) of the LLM spans."""
+    return RollupTotals.of(items).rows()

@@ -5,7 +5,7 @@ The public names are re-exported by :mod:`bastion.store.queries`; import them fr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from bastion.store import histogram
+from bastion.store.aggregates import iter_dumped
 from bastion.store.queries_common import (
     Bind,
     TraceFilter,
@@ -23,7 +24,7 @@ from bastion.store.queries_common import (
     ns_to_datetime,
     span_conditions,
 )
-from bastion.store.schema import span_rollups, spans
+from bastion.store.schema import span_rollup_deltas, span_rollups, spans
 from bastion.tracing.model import StatusCode
 
 __all__ = ["GROUP_BY_KEYS", "MetricsGroup", "MetricsSummary", "metrics_summary"]
@@ -265,8 +266,13 @@ def _add_rollups(
     step: int | None,
     aggs: dict[_Key, _Agg],
 ) -> None:
-    """Merge the roll-ups of the hours in ``hours`` (Unix seconds, half-open) into ``aggs``."""
+    """Merge the roll-ups of the hours in ``hours`` (Unix seconds, half-open) into ``aggs``.
+
+    Roll-up rows and the deferred deltas not folded into them yet are read by one statement:
+    one snapshot, so a fold committing meanwhile can neither hide a batch nor count it twice.
+    """
     r = span_rollups.c
+    d = span_rollup_deltas.c
     dimension, only_value = rollup
     first_hour, end_hour = hours
     conds = [
@@ -277,7 +283,7 @@ def _add_rollups(
     ]
     if only_value is not None:
         conds.append(r.value == only_value)
-    stmt = sa.select(
+    rows = sa.select(
         r.value,
         r.hour,
         r.span_count,
@@ -289,13 +295,40 @@ def _add_rollups(
         r.cost_unknown_count,
         r.latency_hist,
         r.ttft_hist,
+        sa.cast(sa.null(), sa.Text).label("deltas"),
     ).where(*conds)
-    loads = orjson.loads
-    for value, hour, n, errors, tin, tout, tcached, cost, unknown, lat, ttft in conn.execute(stmt):
+    deltas = sa.select(
+        *(sa.cast(sa.null(), column.type) for column in rows.selected_columns[:-1]),
+        d.totals,
+    ).where(d.project_id == project_id)
+
+    def agg_for(value: str, hour: int) -> _Agg:
         key = (value or None if keep_value else None, hour - hour % step if step else None)
         agg = aggs.get(key)
         if agg is None:
             agg = aggs[key] = _Agg()
+        return agg
+
+    # A 30-day summary by user reads hundreds of thousands of rows: the loop stays flat.
+    loads = orjson.loads
+    for (
+        value,
+        hour,
+        n,
+        errors,
+        tin,
+        tout,
+        tcached,
+        cost,
+        unknown,
+        lat,
+        ttft,
+        pending,
+    ) in conn.execute(sa.union_all(rows, deltas)):
+        if pending is not None:
+            _add_deltas(pending, dimension, hours, only_value, agg_for)
+            continue
+        agg = agg_for(value, hour)
         agg.count += n
         agg.errors += errors
         agg.input_tokens += tin
@@ -303,10 +336,43 @@ def _add_rollups(
         agg.cached_tokens += tcached
         agg.cost_usd += cost
         agg.cost_unknown += unknown
-        for target, text in ((agg.latency, lat), (agg.ttft, ttft)):
-            for bucket, count in loads(text).items():
+        target = agg.latency
+        for bucket, count in loads(lat).items():
+            b = int(bucket)
+            target[b] = target.get(b, 0) + count
+        if ttft != "{}":
+            target = agg.ttft
+            for bucket, count in loads(ttft).items():
                 b = int(bucket)
                 target[b] = target.get(b, 0) + count
+
+
+def _add_deltas(
+    document: str,
+    dimension: str,
+    hours: tuple[int, int],
+    only_value: str | None,
+    agg_for: Callable[[str, int], _Agg],
+) -> None:
+    """Add the entries of one deferred roll-up document that fall in the summary's range."""
+    first_hour, end_hour = hours
+    for entry in iter_dumped(document):
+        name, hour, value, *counters, latency, ttft = entry
+        if name != dimension or not first_hour <= hour < end_hour:
+            continue
+        if only_value is not None and value != only_value:
+            continue
+        agg = agg_for(value, hour)
+        n, errors, tin, tout, tcached, cost, unknown = counters
+        agg.count += n
+        agg.errors += errors
+        agg.input_tokens += tin
+        agg.output_tokens += tout
+        agg.cached_tokens += tcached
+        agg.cost_usd += cost
+        agg.cost_unknown += unknown
+        histogram.add_into(agg.latency, latency)
+        histogram.add_into(agg.ttft, ttft)
 
 
 def _add_spans(

@@ -182,6 +182,23 @@ span_rollups = sa.Table(
 )
 
 
+# Roll-up counters of committed span batches not yet folded into span_rollups: one row per
+# batch and project, a JSON document of RollupTotals (bastion.store.aggregates). The ingest
+# pipeline writes these instead of upserting span_rollups in every transaction and folds them
+# in about once a second; summaries read both in one statement, so nothing is ever missing.
+span_rollup_deltas = sa.Table(
+    "span_rollup_deltas",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("totals", sa.Text, nullable=False),
+)
+
 # -- prompt registry -------------------------------------------------------------------------
 # A prompt is a name; its versions are immutable and content-addressed; labels point at versions
 # and every label move is appended to prompt_label_events (the deploy/rollback history).

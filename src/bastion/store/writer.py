@@ -26,9 +26,9 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bastion.store.aggregates import rollup_rows, trace_rows
+from bastion.store.aggregates import RollupTotals, trace_rows
 from bastion.store.bulk import BulkUpsert, MultiRowInsert
-from bastion.store.schema import span_rollups, spans, traces
+from bastion.store.schema import span_rollup_deltas, span_rollups, spans, traces
 from bastion.tracing.model import Span
 
 __all__ = ["PreparedBatch", "SpanWriter", "span_to_row"]
@@ -38,6 +38,7 @@ _EMPTY_HIST: sa.ColumnElement[str] = sa.literal_column("'{}'")
 _SPAN_COLUMNS = tuple(c.name for c in spans.columns)
 _TRACE_KEY = ("project_id", "trace_id")
 _ROLLUP_KEY = ("project_id", "dimension", "hour", "value")
+_FOLD_LOCK = 0x62617374696F6E  # the advisory lock one roll-up fold at a time holds
 
 
 def _dumps(value: Any) -> str:
@@ -52,15 +53,21 @@ def _t(value: str | None) -> str | None:
 
 
 def _cut(value: str | None, size: int) -> str | None:
+    # _t and a cap in one call: this runs for a dozen columns of every span.
     if value is None:
         return None
-    return _t(value[:size]) if len(value) > size else _t(value)
+    if len(value) > size:
+        value = value[:size]
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
-def span_to_row(project_id: int, span: Span, ingested_ns: int) -> tuple[Any, ...]:
+def span_to_row(
+    project_id: int, span: Span, ingested_ns: int, resource_json: str | None = None
+) -> tuple[Any, ...]:
     """The ``spans`` row for ``span``, in column order (attributes kept as JSON text).
 
-    A tuple, not a dict: this runs once per span on the ingest path.
+    A tuple, not a dict: this runs once per span on the ingest path. ``resource_json`` is
+    ``span.resource`` as JSON when the caller has it already (spans of one request share it).
     """
     return (
         project_id,
@@ -96,8 +103,8 @@ def span_to_row(project_id: int, span: Span, ingested_ns: int) -> tuple[Any, ...
         _t(span.input),
         _t(span.output),
         _dumps(span.attributes),
-        _dumps(span.resource),
-        _dumps(span.events),
+        _dumps(span.resource) if resource_json is None else resource_json,
+        _dumps(span.events) if span.events else "[]",
         ingested_ns,
     )
 
@@ -126,9 +133,10 @@ class PreparedBatch:
     spans: list[Span]
     span_rows: list[tuple[Any, ...]]
     markers: list[int]
-    # Upsert rows in groups: within a group no key repeats, across groups (parts) it may.
+    # Trace upsert rows in groups: within a group no key repeats, across groups (parts) it may.
     trace_params: list[list[tuple[Any, ...]]]
-    rollup_params: list[list[tuple[Any, ...]]]
+    # Roll-ups stay counters until the write: parts merge, and each key is upserted once.
+    rollups: RollupTotals
 
     def pairs(self) -> list[tuple[int, Span]]:
         """The ``(project_id, span)`` pairs of the batch (what the spool keeps)."""
@@ -177,6 +185,7 @@ class SpanWriter:
         )
         self._trace_stmt = self._build_trace_upsert()
         self._rollup_stmt = self._build_rollup_upsert()
+        self._replace_rollups = self._build_rollup_replace()
 
     def _build_trace_upsert(self) -> BulkUpsert:
         ins = self._insert(traces)
@@ -229,6 +238,16 @@ class SpanWriter:
         stmt = ins.on_conflict_do_update(index_elements=list(_ROLLUP_KEY), set_=set_)
         return BulkUpsert(stmt, span_rollups, self.engine.dialect, key=_ROLLUP_KEY)
 
+    def _build_rollup_replace(self) -> BulkUpsert:
+        ins = self._insert(span_rollups)
+        stmt = ins.on_conflict_do_update(
+            index_elements=list(_ROLLUP_KEY),
+            set_={
+                c.name: ins.excluded[c.name] for c in span_rollups.c if c.name not in _ROLLUP_KEY
+            },
+        )
+        return BulkUpsert(stmt, span_rollups, self.engine.dialect, key=_ROLLUP_KEY)
+
     @staticmethod
     def _hist_merge(stored: Any, added: Any) -> Any:
         # Most spans carry no TTFT: an empty histogram adds nothing, so skip the function call.
@@ -249,13 +268,21 @@ class SpanWriter:
             self._last_marker = marker
         keys = list(unique)
         pairs = [(key[0], span) for key, span in unique.items()]
+        # The spans of one request share their resource: serialise each resource once.
+        resources: dict[int, str] = {}
+        rows = []
+        for project_id, span in pairs:
+            resource = resources.get(id(span.resource))
+            if resource is None:
+                resource = resources[id(span.resource)] = _dumps(span.resource)
+            rows.append(span_to_row(project_id, span, marker, resource))
         return PreparedBatch(
             keys=keys,
             spans=list(unique.values()),
-            span_rows=[span_to_row(key[0], span, marker) for key, span in unique.items()],
+            span_rows=rows,
             markers=[marker],
             trace_params=[self._trace_stmt.parameters(trace_rows(pairs))],
-            rollup_params=[self._rollup_stmt.parameters(rollup_rows(pairs))],
+            rollups=RollupTotals.of(pairs),
         )
 
     @staticmethod
@@ -263,14 +290,14 @@ class SpanWriter:
         """One batch of several prepared ones (a span in two of them is written once)."""
         if len(parts) == 1:
             return parts[0]
-        combined = PreparedBatch([], [], [], [], [], [])
+        combined = PreparedBatch([], [], [], [], [], RollupTotals())
         for part in parts:
             combined.keys += part.keys
             combined.spans += part.spans
             combined.span_rows += part.span_rows
             combined.markers += part.markers
             combined.trace_params += part.trace_params
-            combined.rollup_params += part.rollup_params
+            combined.rollups.merge(part.rollups)
         return combined
 
     @contextmanager
@@ -291,24 +318,110 @@ class SpanWriter:
         """Like :meth:`write`, inside the caller's transaction."""
         return self.write_prepared(conn, self.prepare(batch))
 
-    def write_prepared(self, conn: sa.Connection, prepared: PreparedBatch) -> int:
-        """Run a prepared batch inside the caller's transaction; returns how many were new."""
+    def write_prepared(
+        self, conn: sa.Connection, prepared: PreparedBatch, *, defer_rollups: bool = False
+    ) -> int:
+        """Run a prepared batch inside the caller's transaction; returns how many were new.
+
+        With ``defer_rollups`` the batch's roll-up counters go into ``span_rollup_deltas`` as
+        one row per project instead of being upserted into ``span_rollups``; whoever defers
+        must call :meth:`fold_rollups` now and then (the ingest pipeline does, about once a
+        second). Summaries count deltas as they count roll-ups, so the choice never shows.
+        """
         if not prepared.keys:
             return 0
         inserted = self._insert_spans(conn, prepared)
         if not inserted:
             return 0
-        trace_params, rollup_params = prepared.trace_params, prepared.rollup_params
+        trace_params, rollups = prepared.trace_params, prepared.rollups
         if len(inserted) != len(prepared.keys):
             # Some spans were stored already (or came twice): only the new ones may add to the
             # counters.
             by_key = dict(zip(prepared.keys, prepared.spans, strict=True))
             new = [(key[0], by_key[key]) for key in inserted]
             trace_params = [self._trace_stmt.parameters(trace_rows(new))]
-            rollup_params = [self._rollup_stmt.parameters(rollup_rows(new))]
+            rollups = RollupTotals.of(new)
         self._trace_stmt.execute(conn, trace_params)
-        self._rollup_stmt.execute(conn, rollup_params)
+        if defer_rollups:
+            documents = rollups.dumps_by_project()  # empty when no span was an LLM call
+            if documents:
+                conn.execute(
+                    span_rollup_deltas.insert(),
+                    [
+                        {"project_id": project_id, "totals": document.decode()}
+                        for project_id, document in documents.items()
+                    ],
+                )
+        else:
+            self._upsert_rollups(conn, rollups)
         return len(inserted)
+
+    def _upsert_rollups(self, conn: sa.Connection, rollups: RollupTotals) -> None:
+        if len(rollups):
+            self._rollup_stmt.execute(conn, [self._rollup_stmt.parameters(rollups.rows())])
+
+    def fold_rollups(self, conn: sa.Connection, limit: int = 5_000) -> int | None:
+        """Fold up to ``limit`` deferred roll-up rows into ``span_rollups`` inside the caller's
+        transaction; returns how many were folded, or None when another writer is folding.
+
+        Every key is upserted once however many batches added to it: what makes deferring
+        cheaper than upserting per batch. The deltas are deleted in the same transaction, so a
+        failure leaves them to the next fold and nothing is counted twice.
+        """
+        d = span_rollup_deltas.c
+        oldest = sa.select(d.id).order_by(d.id).limit(limit)
+        if self._dialect == "postgresql":
+            # One folder at a time: a second one would only wait on the same roll-up rows.
+            if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(_FOLD_LOCK))).scalar():
+                return None
+            oldest = oldest.with_for_update(skip_locked=True)
+        folded = conn.execute(
+            sa.delete(span_rollup_deltas)
+            .where(d.id.in_(oldest.scalar_subquery()))
+            .returning(d.project_id, d.totals)
+        ).all()
+        totals = RollupTotals()
+        for project_id, document in folded:
+            totals.add_dumped(project_id, document)
+        if self._dialect == "sqlite":
+            # SQLite would call the Python histogram merge once per row from inside the
+            # statement, taking the GIL back each time while the write lock is held: add the
+            # stored rows in here instead and write the sums (no other writer runs meanwhile).
+            self._add_stored_rollups(conn, totals)
+            if len(totals):
+                self._replace_rollups.execute(
+                    conn, [self._replace_rollups.parameters(totals.rows())]
+                )
+        else:
+            self._upsert_rollups(conn, totals)
+        return len(folded)
+
+    def _add_stored_rollups(self, conn: sa.Connection, totals: RollupTotals) -> None:
+        r = span_rollups.c
+        by_slot: dict[tuple[int, str, int], list[str]] = {}
+        for project_id, dimension, hour, value in totals.row_keys():
+            by_slot.setdefault((project_id, dimension, hour), []).append(value)
+        counters = (
+            r.span_count,
+            r.error_count,
+            r.input_tokens,
+            r.output_tokens,
+            r.cached_tokens,
+            r.cost_usd,
+            r.cost_unknown_count,
+        )
+        for (project_id, dimension, hour), values in by_slot.items():
+            for i in range(0, len(values), 500):
+                stored = conn.execute(
+                    sa.select(r.value, *counters, r.latency_hist, r.ttft_hist).where(
+                        r.project_id == project_id,
+                        r.dimension == dimension,
+                        r.hour == hour,
+                        r.value.in_(values[i : i + 500]),
+                    )
+                )
+                for value, *numbers, latency, ttft in stored:
+                    totals.add_row((project_id, dimension, hour, value), numbers, latency, ttft)
 
     def _insert_spans(
         self, conn: sa.Connection, prepared: PreparedBatch

@@ -36,6 +36,8 @@ __all__ = ["Backpressure", "IngestMetrics", "IngestPipeline", "NotDurable"]
 
 log = logging.getLogger("bastion.ingest")
 
+_FOLD_LIMIT = 5_000  # deferred roll-up rows (one per batch and project) folded per transaction
+
 
 class Backpressure(Exception):
     """The queue is full; the caller should retry after ``retry_after_s``."""
@@ -88,6 +90,11 @@ class IngestMetrics:
         self.spool_bytes = Gauge(
             "bastion_ingest_spool_bytes", "Bytes waiting in the spool", registry=registry
         )
+        self.rollup_deltas_folded = Counter(
+            "bastion_rollup_deltas_folded",
+            "Deferred roll-up rows (one per batch) folded into the hourly roll-ups",
+            registry=registry,
+        )
         self.database_up = Gauge(
             "bastion_ingest_database_up",
             "1 when the last write to the database succeeded",
@@ -113,6 +120,9 @@ class _State:
     stopping: bool = False
     database_ok: bool = True
     next_replay_at: float = 0.0
+    # Roll-up deltas this writer committed and no fold has taken yet (see _maybe_fold).
+    deltas_pending: bool = False
+    next_fold_at: float = 0.0
 
 
 class IngestPipeline:
@@ -128,6 +138,7 @@ class IngestPipeline:
         batch_max_spans: int = 5_000,
         batch_linger_s: float = 0.0,
         replay_interval_s: float = 1.0,
+        rollup_fold_interval_s: float = 1.0,
         price: Callable[[int, Span], None] | None = None,
     ) -> None:
         self.writer = writer
@@ -137,6 +148,7 @@ class IngestPipeline:
         self.batch_max_spans = batch_max_spans
         self.batch_linger_s = batch_linger_s
         self.replay_interval_s = replay_interval_s
+        self.rollup_fold_interval_s = rollup_fold_interval_s
         self.price = price
         self._state = _State()
         self._cond = threading.Condition()
@@ -269,8 +281,11 @@ class IngestPipeline:
                 if state.stopping:
                     return None
                 timeout = self.replay_interval_s if self._spool_has_data else None
+                if state.deltas_pending:
+                    fold_in = max(0.0, state.next_fold_at - time.monotonic())
+                    timeout = fold_in if timeout is None else min(timeout, fold_in)
                 self._cond.wait(timeout)
-                if not state.pending and self._spool_has_data:
+                if not state.pending and (self._spool_has_data or state.deltas_pending):
                     return []
             if self.batch_linger_s > 0:
                 deadline = time.monotonic() + self.batch_linger_s
@@ -306,11 +321,13 @@ class IngestPipeline:
                 if items:
                     self._write(items)
                 self._maybe_replay()
+                self._maybe_fold()
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
         self._maybe_replay(force=True)
+        self._maybe_fold(force=True)
 
     def _write(self, items: list[_Item]) -> None:
         parts = [item.prepared for item in items if item.prepared is not None]
@@ -323,11 +340,14 @@ class IngestPipeline:
         if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
             try:
                 with self.writer.transaction() as conn:
-                    written = self.writer.write_prepared(conn, prepared)
+                    written = self.writer.write_prepared(conn, prepared, defer_rollups=True)
             except Exception as exc:  # noqa: BLE001 (any database failure: the spool takes over)
                 self._database_failed(exc)
             else:
                 self._database_recovered()
+                if written and not self._state.deltas_pending:
+                    self._state.deltas_pending = True
+                    self._state.next_fold_at = time.monotonic() + self.rollup_fold_interval_s
                 self.metrics.written.inc(written)
                 self.metrics.duplicates.inc(batch - written)
                 for item in items:
@@ -358,6 +378,29 @@ class IngestPipeline:
             log.warning("database writes recovered")
         self._state.database_ok = True
         self.metrics.database_up.set(1)
+
+    def _maybe_fold(self, force: bool = False) -> None:
+        """Fold committed roll-up deltas into the roll-ups, at most once per fold interval.
+
+        The deltas are in the database already (the spans' own transactions wrote them), so a
+        fold that fails loses nothing: the next one takes them.
+        """
+        state = self._state
+        if not state.deltas_pending or (not force and time.monotonic() < state.next_fold_at):
+            return
+        try:
+            with self.writer.transaction() as conn:
+                folded = self.writer.fold_rollups(conn, limit=_FOLD_LIMIT)
+        except Exception as exc:  # noqa: BLE001 (the deltas wait in the database for the next try)
+            log.warning("roll-up fold failed, retrying later: %s", exc)
+            folded = None
+        self.metrics.rollup_deltas_folded.inc(folded or 0)
+        # Done once a fold took what was left; while another writer folds (None), or more
+        # remain than one fold takes, this one stays responsible for its deltas.
+        if folded is not None and folded < _FOLD_LIMIT:
+            state.deltas_pending = False
+        else:
+            state.next_fold_at = time.monotonic() + self.rollup_fold_interval_s
 
     def _maybe_replay(self, force: bool = False) -> None:
         """Move spooled segments into the database while it accepts them (oldest first)."""

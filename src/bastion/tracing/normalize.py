@@ -15,6 +15,7 @@ type is ignored, not fatal, because one odd producer must not cost a whole batch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -147,29 +148,30 @@ def normalize(span: Span, *, max_message_chars: int) -> Span:
     """Set ``span``'s LLM and attribution fields from its attributes, in place; returns it."""
     attrs, resource = span.attributes, span.resource
     found = _scan(attrs, resource)
-    span.operation = found.get("operation") or _kind_operation(attrs)
-    provider = found.get("provider")
+    get = found.get
+    span.operation = get("operation") or _kind_operation(attrs)
+    provider = get("provider")
     span.provider = provider.lower() if provider is not None else None
-    span.request_model = found.get("request_model")
-    span.response_model = found.get("response_model")
-    span.input_tokens = found.get("input_tokens")
-    span.output_tokens = found.get("output_tokens")
-    span.cached_tokens = found.get("cached_tokens")
-    span.cache_write_tokens = found.get("cache_write_tokens")
+    span.request_model = get("request_model")
+    span.response_model = get("response_model")
+    span.input_tokens = get("input_tokens")
+    span.output_tokens = get("output_tokens")
+    span.cached_tokens = get("cached_tokens")
+    span.cache_write_tokens = get("cache_write_tokens")
     if "langfuse.observation.usage_details" in attrs:
         _langfuse_usage(span, attrs)
-    span.cost_usd = found.get("cost_usd")
+    span.cost_usd = get("cost_usd")
     if span.cost_usd is None and "langfuse.observation.cost_details" in attrs:
         span.cost_usd = _json_number(attrs["langfuse.observation.cost_details"], "total")
-    span.user_id = found.get("user_id")
-    span.session_id = found.get("session_id")
-    span.feature = found.get("feature")
-    span.tenant = found.get("tenant")
-    span.prompt_name = found.get("prompt_name")
-    span.prompt_version = found.get("prompt_version") or None
-    span.release_id = found.get("release_id")
+    span.user_id = get("user_id")
+    span.session_id = get("session_id")
+    span.feature = get("feature")
+    span.tenant = get("tenant")
+    span.prompt_name = get("prompt_name")
+    span.prompt_version = get("prompt_version") or None
+    span.release_id = get("release_id")
     span.ttft_ms = _ttft_ms(span, found)
-    span.error_class = _error_class(span, found.get("error_class"))
+    span.error_class = _error_class(span, get("error_class"))
     span.input = _messages(span, _INPUT_TEXT, _INDEXED_INPUT, max_message_chars, output=False)
     span.output = _messages(span, _OUTPUT_TEXT, _INDEXED_OUTPUT, max_message_chars, output=True)
     _cap_attributes(span, max_message_chars)
@@ -177,70 +179,108 @@ def normalize(span: Span, *, max_message_chars: int) -> Span:
 
 
 def _scan(attrs: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
-    """One pass over the attributes: each known key fills its field unless a key of higher
-    precedence already did. Text fields fall back to resource attributes."""
+    """Each field's value from the key of highest precedence whose value converts (is not None).
+
+    Any span attribute outranks any resource attribute, and only text fields other than
+    ``error_class`` fall back to the resource.
+    """
     found: dict[str, Any] = {}
-    ranks: dict[str, int] = {}
-    for key, value in attrs.items():
-        hit = _LOOKUP.get(key)
-        if hit is None:
-            continue
-        field, convert, rank = hit
-        if ranks.get(field, _NO_RANK) <= rank:
-            continue
-        converted = convert(value)
-        if converted is not None:
-            found[field] = converted
-            ranks[field] = rank
-    for key, value in resource.items():
-        hit = _LOOKUP.get(key)
-        if hit is None or hit[1] is not _as_text or hit[0] == "error_class":
-            continue
-        field, convert, rank = hit
-        rank += _RESOURCE_RANK
-        if ranks.get(field, _NO_RANK) <= rank:
-            continue
-        converted = convert(value)
-        if converted is not None:
-            found[field] = converted
-            ranks[field] = rank
+    for field, key, convert, in_resource in _plan(attrs, resource):
+        if field in found:
+            continue  # filled by a key of higher precedence
+        value = (resource if in_resource else attrs)[key]
+        # A short non-empty string is its own text: the common case, worth skipping a call for.
+        if convert is not _as_text or value.__class__ is not str or not 0 < len(value) <= 512:
+            value = convert(value)
+        if value is not None:
+            found[field] = value
     return found
+
+
+# What ``_scan`` tries for the keys present, in order: (field, key, converter, whether the key is
+# a resource attribute), grouped by field, each group in precedence order.
+_Plan = tuple[tuple[str, str, Callable[[Any], Any], bool], ...]
+
+# Producers send the same keys span after span, so a plan serves many spans. Keyed by the known
+# keys present (never arbitrary, possibly huge, attribute keys) and cleared when full, so its
+# memory stays bounded whatever clients send. Dict reads and writes are atomic under the GIL
+# and plans are immutable, so decoding threads can share it.
+_PLANS: dict[tuple[frozenset[str], frozenset[str]], _Plan] = {}
+_PLANS_MAX = 256
+
+
+def _plan(attrs: dict[str, Any], resource: dict[str, Any]) -> _Plan:
+    cache_key = (_SPAN_KEYS.intersection(attrs), _RESOURCE_KEYS.intersection(resource))
+    plan = _PLANS.get(cache_key)
+    if plan is None:
+        plan = _build_plan(*cache_key)
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[cache_key] = plan
+    return plan
+
+
+def _build_plan(span_keys: frozenset[str], resource_keys: frozenset[str]) -> _Plan:
+    ranked: list[tuple[str, int, str, Callable[[Any], Any], bool]] = []
+    for key in span_keys:
+        field, convert, rank = _LOOKUP[key]
+        ranked.append((field, rank, key, convert, False))
+    for key in resource_keys:
+        field, convert, rank = _LOOKUP[key]
+        ranked.append((field, rank + _RESOURCE_RANK, key, convert, True))
+    ranked.sort()  # (field, rank) pairs are unique, so this never compares converters
+    return tuple(
+        (field, key, convert, in_resource) for field, _, key, convert, in_resource in ranked
+    )
 
 
 # --- lookups ------------------------------------------------------------------------------
 
 
 def _as_text(value: Any) -> str | None:
+    if isinstance(value, str):  # first: it is the common case
+        return value[:512] if value else None
     if value is None or isinstance(value, dict | list):
         return None
-    text = value if isinstance(value, str) else str(value)
+    text = str(value)
     return text[:512] if text else None
 
 
-def _as_int(value: Any) -> int | None:
+# Counts are stored as BIGINT and prompt versions as INTEGER: a larger value would make the
+# database refuse the whole batch, again on every retry.
+_BIGINT_MAX = 2**63 - 1
+_INTEGER_MAX = 2**31 - 1
+
+
+def _as_int(value: Any, limit: int = _BIGINT_MAX) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
+    number: int | None = None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if text.isascii() and text.isdigit() and len(text) <= 19:
+            number = int(text)
+    return number if number is not None and 0 <= number <= limit else None
+
+
+def _as_version(value: Any) -> int | None:
+    return _as_int(value, _INTEGER_MAX)
 
 
 def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return number if number >= 0 and number == number else None  # rejects NaN
-    return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    # NaN fails both comparisons; infinity would turn every sum it joins into infinity.
+    return number if 0 <= number < math.inf else None
 
 
 def _as_seconds_in_ms(value: Any) -> float | None:
@@ -248,7 +288,6 @@ def _as_seconds_in_ms(value: Any) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
-_NO_RANK = 1 << 30
 _RESOURCE_RANK = 1 << 20  # any span attribute outranks any resource attribute
 
 
@@ -271,7 +310,7 @@ def _build_lookup() -> dict[str, tuple[str, Callable[[Any], Any], int]]:
         ("feature", _as_text, _FEATURE),
         ("tenant", _as_text, _TENANT),
         ("prompt_name", _as_text, _PROMPT_NAME),
-        ("prompt_version", _as_int, _PROMPT_VERSION),
+        ("prompt_version", _as_version, _PROMPT_VERSION),
         ("release_id", _as_text, _RELEASE),
         ("error_class", _as_text, _ERROR_CLASS),
         ("ttft_ms", _as_float, _TTFT_MS),
@@ -285,6 +324,12 @@ def _build_lookup() -> dict[str, tuple[str, Callable[[Any], Any], int]]:
 
 
 _LOOKUP = _build_lookup()
+_SPAN_KEYS = frozenset(_LOOKUP)
+_RESOURCE_KEYS = frozenset(
+    key
+    for key, (field, convert, _) in _LOOKUP.items()
+    if convert is _as_text and field != "error_class"
+)
 
 
 def _json_object(value: Any) -> dict[str, Any] | None:
