@@ -16,9 +16,25 @@ import orjson
 from bastion.store import histogram
 from bastion.tracing.model import Span
 
-__all__ = ["ROLLUP_DIMENSIONS", "RollupTotals", "iter_dumped", "rollup_rows", "trace_rows"]
+__all__ = [
+    "ROLLUP_COUNTERS",
+    "ROLLUP_DIMENSIONS",
+    "RollupTotals",
+    "iter_dumped",
+    "trace_rows",
+]
 
 ROLLUP_DIMENSIONS = ("total", "model", "provider", "feature", "user", "tenant")
+# The additive columns of span_rollups, in the order RollupTotals keeps and dumps them.
+ROLLUP_COUNTERS = (
+    "span_count",
+    "error_count",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "cost_unknown_count",
+)
 _HOUR_NS = 3600 * 1_000_000_000
 
 
@@ -252,8 +268,3 @@ def iter_dumped(document: str | bytes) -> Iterator[list[Any]]:
         entry[10] = {int(k): v for k, v in entry[10].items()}
         entry[11] = {int(k): v for k, v in entry[11].items()}
         yield entry
-
-
-def rollup_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
-    """One ``span_rollups`` upsert row per (project, dimension, hour, value) of the LLM spans."""
-    return RollupTotals.of(items).rows()

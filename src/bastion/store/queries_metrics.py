@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from bastion.store import histogram
-from bastion.store.aggregates import iter_dumped
+from bastion.store.aggregates import ROLLUP_COUNTERS, iter_dumped
 from bastion.store.queries_common import (
     Bind,
     TraceFilter,
@@ -95,6 +95,18 @@ class _Agg:
     cost_unknown: int = 0
     latency: dict[int, int] = field(default_factory=dict)
     ttft: dict[int, int] = field(default_factory=dict)
+
+    def add_counts(
+        self, n: int, errors: int, tin: int, tout: int, tcached: int, cost: float, unknown: int
+    ) -> None:
+        """Add one roll-up's counters (in ``ROLLUP_COUNTERS`` order)."""
+        self.count += n
+        self.errors += errors
+        self.input_tokens += tin
+        self.output_tokens += tout
+        self.cached_tokens += tcached
+        self.cost_usd += cost
+        self.cost_unknown += unknown
 
     def merge(self, other: _Agg) -> None:
         self.count += other.count
@@ -286,13 +298,7 @@ def _add_rollups(
     rows = sa.select(
         r.value,
         r.hour,
-        r.span_count,
-        r.error_count,
-        r.input_tokens,
-        r.output_tokens,
-        r.cached_tokens,
-        r.cost_usd,
-        r.cost_unknown_count,
+        *(r[name] for name in ROLLUP_COUNTERS),
         r.latency_hist,
         r.ttft_hist,
         sa.cast(sa.null(), sa.Text).label("deltas"),
@@ -329,13 +335,7 @@ def _add_rollups(
             _add_deltas(pending, dimension, hours, only_value, agg_for)
             continue
         agg = agg_for(value, hour)
-        agg.count += n
-        agg.errors += errors
-        agg.input_tokens += tin
-        agg.output_tokens += tout
-        agg.cached_tokens += tcached
-        agg.cost_usd += cost
-        agg.cost_unknown += unknown
+        agg.add_counts(n, errors, tin, tout, tcached, cost, unknown)
         target = agg.latency
         for bucket, count in loads(lat).items():
             b = int(bucket)
@@ -363,14 +363,7 @@ def _add_deltas(
         if only_value is not None and value != only_value:
             continue
         agg = agg_for(value, hour)
-        n, errors, tin, tout, tcached, cost, unknown = counters
-        agg.count += n
-        agg.errors += errors
-        agg.input_tokens += tin
-        agg.output_tokens += tout
-        agg.cached_tokens += tcached
-        agg.cost_usd += cost
-        agg.cost_unknown += unknown
+        agg.add_counts(*counters)
         histogram.add_into(agg.latency, latency)
         histogram.add_into(agg.ttft, ttft)
 

@@ -26,7 +26,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bastion.store.aggregates import RollupTotals, trace_rows
+from bastion.store.aggregates import ROLLUP_COUNTERS, RollupTotals, trace_rows
 from bastion.store.bulk import BulkUpsert, MultiRowInsert
 from bastion.store.schema import span_rollup_deltas, span_rollups, spans, traces
 from bastion.tracing.model import Span
@@ -223,16 +223,7 @@ class SpanWriter:
         ins = self._insert(span_rollups)
         ex = ins.excluded
         r = span_rollups.c
-        additive = [
-            "span_count",
-            "error_count",
-            "input_tokens",
-            "output_tokens",
-            "cached_tokens",
-            "cost_usd",
-            "cost_unknown_count",
-        ]
-        set_: dict[str, Any] = {name: r[name] + ex[name] for name in additive}
+        set_: dict[str, Any] = {name: r[name] + ex[name] for name in ROLLUP_COUNTERS}
         set_["latency_hist"] = self._hist_merge(r.latency_hist, ex.latency_hist)
         set_["ttft_hist"] = self._hist_merge(r.ttft_hist, ex.ttft_hist)
         stmt = ins.on_conflict_do_update(index_elements=list(_ROLLUP_KEY), set_=set_)
@@ -401,15 +392,7 @@ class SpanWriter:
         by_slot: dict[tuple[int, str, int], list[str]] = {}
         for project_id, dimension, hour, value in totals.row_keys():
             by_slot.setdefault((project_id, dimension, hour), []).append(value)
-        counters = (
-            r.span_count,
-            r.error_count,
-            r.input_tokens,
-            r.output_tokens,
-            r.cached_tokens,
-            r.cost_usd,
-            r.cost_unknown_count,
-        )
+        counters = [r[name] for name in ROLLUP_COUNTERS]
         for (project_id, dimension, hour), values in by_slot.items():
             for i in range(0, len(values), 500):
                 stored = conn.execute(
