@@ -330,7 +330,7 @@ def _add_rollups(
         lat,
         ttft,
         pending,
-    ) in conn.execute(sa.union_all(rows, deltas)):
+    ) in conn.execute(sa.union_all(rows, deltas)).all():  # fetched at once: far cheaper per row
         if pending is not None:
             _add_deltas(pending, dimension, hours, only_value, agg_for)
             continue
