@@ -135,3 +135,23 @@ def test_text_needing_escapes_round_trips_exactly(engine: sa.Engine) -> None:
     assert row.cost_usd == pytest.approx(1e-7)
     assert orjson.loads(row.attributes)["note"] == tricky
     assert row.status_message is None
+
+
+def test_numbers_no_column_holds_are_stored_as_unknown_not_wrapped(engine: sa.Engine) -> None:
+    # Receivers range-check what they accept; any other producer's out-of-range number must
+    # neither fail the batch on every retry nor wrap around in PostgreSQL's binary COPY.
+    (span,) = _spans(1)
+    span.input_tokens = 2**64
+    span.output_tokens = 10**12  # the most one call may report
+    span.cached_tokens = -5
+    span.prompt_version = 2**40
+    span.prompt_name = "greet"
+    span.kind = 40_000
+    assert SpanWriter(engine).write([(1, span)]) == 1
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT input_tokens, output_tokens, cached_tokens, prompt_version, kind FROM spans"
+            )
+        ).one()
+    assert tuple(row) == (None, 10**12, None, None, 0)

@@ -222,6 +222,25 @@ def test_protobuf_parent_id_of_the_wrong_length_rejects_the_span() -> None:
     assert "parent_span_id" in result.error_message
 
 
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"kind": 99}, "unknown span kind 99"),
+        ({"status": Status(code=7)}, "unknown status code 7"),
+        ({"start_time_unix_nano": 2**64 - 1, "end_time_unix_nano": 2**64 - 1}, "year 2262"),
+        ({"end_time_unix_nano": 2**63}, "year 2262"),
+    ],
+)
+def test_protobuf_values_no_column_holds_reject_the_span_not_the_batch(
+    fields: dict[str, Any], needle: str
+) -> None:
+    # Proto3 enums accept any number and times are unsigned: a column refusing one of them
+    # would fail the batch's transaction on every retry.
+    result = decode(pb_request(pb_span(**fields), pb_span()))
+    assert (len(result.spans), result.rejected) == (1, 1)
+    assert needle in result.error_message
+
+
 def test_unfinished_span_gets_zero_latency_not_negative() -> None:
     (got,) = decode(pb_request(pb_span(end_time_unix_nano=0))).spans
     assert got.end_ns == got.start_ns

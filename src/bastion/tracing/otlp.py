@@ -35,6 +35,9 @@ JSON_TYPE = "application/json"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _HEX = frozenset("0123456789abcdef")
+_INT64_MAX = 2**63 - 1
+_SPAN_KINDS = frozenset(int(kind) for kind in SpanKind)
+_STATUS_CODES = frozenset(int(code) for code in StatusCode)
 
 
 class OtlpError(ValueError):
@@ -467,6 +470,17 @@ def _build_span(
 ) -> Span | None:
     if start_ns <= 0:
         result.reject(f"span {span_id}: start time is missing")
+        return None
+    # Times are stored as BIGINT and kind and status as SMALLINT: a value they cannot hold
+    # would make the database refuse the whole batch, again on every retry.
+    if start_ns > _INT64_MAX or end_ns > _INT64_MAX:
+        result.reject(f"span {span_id}: a time is past the year 2262")
+        return None
+    if kind not in _SPAN_KINDS:
+        result.reject(f"span {span_id}: unknown span kind {kind}")
+        return None
+    if status_code not in _STATUS_CODES:
+        result.reject(f"span {span_id}: unknown status code {status_code}")
         return None
     if end_ns < start_ns:
         end_ns = start_ns  # an unfinished or clock-skewed span still counts, with zero latency
