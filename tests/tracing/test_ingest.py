@@ -153,10 +153,43 @@ class CountingWriter(SpanWriter):
         super().__init__(engine)
         self.batches: list[int] = []
 
-    def write_prepared(self, conn: sa.Connection, prepared: PreparedBatch) -> int:
-        written = super().write_prepared(conn, prepared)
+    def write_prepared(
+        self, conn: sa.Connection, prepared: PreparedBatch, *, defer_rollups: bool = False
+    ) -> int:
+        written = super().write_prepared(conn, prepared, defer_rollups=defer_rollups)
         self.batches.append(len(prepared.keys))
         return written
+
+
+def test_requests_queued_while_the_writer_waits_for_its_turn_join_its_batch(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the write lock that makes writers wait is SQLite's")
+    writer = CountingWriter(engine)
+    pipeline = IngestPipeline(
+        writer, Spool(tmp_path / "spool"), metrics=IngestMetrics(CollectorRegistry())
+    )
+    pipeline.start()
+    acks = Acks()
+    try:
+        with SpanWriter(engine).transaction():  # another worker's turn
+            pipeline.submit_nowait(1, make_spans(4), acks.callback(4), awaited=True)
+            deadline = time.monotonic() + 10
+            while pipeline.queued_spans and time.monotonic() < deadline:
+                time.sleep(0.01)  # the writer took the first request and waits for the lock
+            for n in (3, 5):
+                spans = make_spans(n)
+                prepared = pipeline.prepare(1, spans)
+                pipeline.submit_nowait(1, spans, acks.callback(n), awaited=True, prepared=prepared)
+            time.sleep(0.1)
+            assert writer.batches == []
+        assert pipeline.flush(10)
+    finally:
+        pipeline.stop()
+    assert writer.batches == [12]  # one turn, one commit for all three requests
+    assert acks.acked == 12
+    assert count_spans(engine) == 12
 
 
 def test_unawaited_spans_linger_into_one_batch_and_an_awaited_one_cuts_it_short(

@@ -340,6 +340,15 @@ class IngestPipeline:
         if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
             try:
                 with self.writer.transaction() as conn:
+                    # Requests that arrived while this writer waited for its turn (SQLite's
+                    # write lock is shared by all workers) join the batch: one turn and one
+                    # commit for all of them, rather than another wait each.
+                    extra = self._take_prepared(self.batch_max_spans - batch)
+                    if extra:
+                        items = items + extra
+                        parts = [prepared, *(item.prepared for item in extra if item.prepared)]
+                        prepared = self.writer.combine(parts)
+                        batch += sum(len(item.spans) for item in extra)
                     written = self.writer.write_prepared(conn, prepared, defer_rollups=True)
             except Exception as exc:  # noqa: BLE001 (any database failure: the spool takes over)
                 self._database_failed(exc)
@@ -364,6 +373,24 @@ class IngestPipeline:
             self.metrics.spool_bytes.set(self.spool.pending_bytes())
         for item in items:
             item.done(error)
+
+    def _take_prepared(self, room: int) -> list[_Item]:
+        """Queued items already prepared, oldest first, while they fit in ``room`` spans."""
+        taken: list[_Item] = []
+        with self._cond:
+            state = self._state
+            while state.pending and state.pending[0].prepared is not None:
+                size = len(state.pending[0].spans)
+                if size > room:
+                    break
+                item = state.pending.popleft()
+                taken.append(item)
+                room -= size
+                state.pending_spans -= size
+                state.awaited_items -= item.awaited
+            if taken:
+                self.metrics.queue_spans.set(state.pending_spans)
+        return taken
 
     def _database_failed(self, exc: Exception) -> None:
         if self._state.database_ok:
