@@ -7,7 +7,7 @@ written, never while Python adds them up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,18 +182,26 @@ class RollupTotals:
                     ttft = a[8]
                     ttft[ttft_bucket] = ttft.get(ttft_bucket, 0) + 1
 
+    def _add(
+        self,
+        key: RollupKey,
+        counters: Sequence[Any],
+        latency: Mapping[int, int],
+        ttft: Mapping[int, int],
+    ) -> None:
+        """Add seven counters (``ROLLUP_COUNTERS`` order) and two histograms to ``key``."""
+        a = self._acc.get(key)
+        if a is None:
+            a = self._acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
+        for i in range(7):
+            a[i] += counters[i]
+        histogram.add_into(a[7], latency)
+        histogram.add_into(a[8], ttft)
+
     def merge(self, other: RollupTotals) -> None:
         """Add ``other``'s counters into these (``other`` is left as it was)."""
-        acc = self._acc
         for key, b in other._acc.items():
-            a = acc.get(key)
-            if a is None:
-                acc[key] = [*b[:7], dict(b[7]), dict(b[8])]
-                continue
-            for i in range(7):
-                a[i] += b[i]
-            histogram.add_into(a[7], b[7])
-            histogram.add_into(a[8], b[8])
+            self._add(key, b, b[7], b[8])
 
     def dumps_by_project(self) -> dict[int, bytes]:
         """The counters as JSON, one document per project (what a deferred write stores).
@@ -212,17 +220,8 @@ class RollupTotals:
 
     def add_dumped(self, project_id: int, document: str | bytes) -> None:
         """Add the counters of a :meth:`dumps_by_project` document of ``project_id``."""
-        acc = self._acc
         for dimension, hour, value, *b in iter_dumped(document):
-            key = (project_id, dimension, hour, value)
-            a = acc.get(key)
-            if a is None:
-                acc[key] = b
-                continue
-            for i in range(7):
-                a[i] += b[i]
-            histogram.add_into(a[7], b[7])
-            histogram.add_into(a[8], b[8])
+            self._add((project_id, dimension, hour, value), b, b[7], b[8])
 
     def row_keys(self) -> list[RollupKey]:
         return list(self._acc)
@@ -231,13 +230,7 @@ class RollupTotals:
         self, key: RollupKey, counters: Sequence[Any], latency_hist: str, ttft_hist: str
     ) -> None:
         """Add one stored ``span_rollups`` row (its seven counters and encoded histograms)."""
-        a = self._acc.get(key)
-        if a is None:
-            a = self._acc[key] = [0, 0, 0, 0, 0, 0.0, 0, {}, {}]
-        for i in range(7):
-            a[i] += counters[i]
-        histogram.add_into(a[7], histogram.decode(latency_hist))
-        histogram.add_into(a[8], histogram.decode(ttft_hist))
+        self._add(key, counters, histogram.decode(latency_hist), histogram.decode(ttft_hist))
 
     def rows(self) -> list[dict[str, Any]]:
         """One ``span_rollups`` upsert row per key."""

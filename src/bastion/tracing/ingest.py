@@ -298,17 +298,8 @@ class IngestPipeline:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-            items: list[_Item] = []
-            count = 0
-            while state.pending and (
-                not items or count + len(state.pending[0].spans) <= self.batch_max_spans
-            ):
-                item = state.pending.popleft()
-                items.append(item)
-                count += len(item.spans)
-                state.awaited_items -= item.awaited
-            state.pending_spans -= count
-            self.metrics.queue_spans.set(state.pending_spans)
+            # The first item goes whatever its size: one larger than a batch still gets written.
+            items = self._pop(max(self.batch_max_spans, len(state.pending[0].spans)))
             self._busy = True
             return items
 
@@ -376,21 +367,24 @@ class IngestPipeline:
 
     def _take_prepared(self, room: int) -> list[_Item]:
         """Queued items already prepared, oldest first, while they fit in ``room`` spans."""
-        taken: list[_Item] = []
         with self._cond:
-            state = self._state
-            while state.pending and state.pending[0].prepared is not None:
-                size = len(state.pending[0].spans)
-                if size > room:
-                    break
-                item = state.pending.popleft()
-                taken.append(item)
-                room -= size
-                state.pending_spans -= size
-                state.awaited_items -= item.awaited
-            if taken:
-                self.metrics.queue_spans.set(state.pending_spans)
-        return taken
+            return self._pop(room, prepared_only=True)
+
+    def _pop(self, room: int, *, prepared_only: bool = False) -> list[_Item]:
+        """Dequeue items, oldest first, while they fit in ``room`` spans (lock held)."""
+        state = self._state
+        items: list[_Item] = []
+        while state.pending and len(state.pending[0].spans) <= room:
+            if prepared_only and state.pending[0].prepared is None:
+                break
+            item = state.pending.popleft()
+            items.append(item)
+            room -= len(item.spans)
+            state.pending_spans -= len(item.spans)
+            state.awaited_items -= item.awaited
+        if items:
+            self.metrics.queue_spans.set(state.pending_spans)
+        return items
 
     def _database_failed(self, exc: Exception) -> None:
         if self._state.database_ok:
