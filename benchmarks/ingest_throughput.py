@@ -9,13 +9,16 @@ its RSS to show back-pressure (429 + Retry-After) instead of memory growth.
     python benchmarks/ingest_throughput.py --db both --spans 200000
 
 Throughput is measured with one server process (the baseline) and with each count of
-``--workers`` (default: one per core, and one more than cores), each against an empty table.
+``--workers`` (default: one per core, and one more than cores), each against an empty table,
+or with ``--stored N`` against tables already holding N spans of the past 30 days: an index
+that has outgrown the page cache costs a write more than an empty one does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import os
 import signal
 import socket
@@ -189,6 +192,56 @@ async def send_all(
     return stats
 
 
+def prefill(database_url: str, count: int) -> None:
+    """Store ``count`` spans spread over the 30 days before now, written as ingest writes them
+    (5,000 per transaction, fresh ids, users and sessions varying like the benchmark's)."""
+    from bastion.store.engine import create_engine
+    from bastion.store.writer import SpanWriter
+    from bastion.tracing.otlp import decode_request
+
+    engine = create_engine(database_url, sqlite_wal_autocheckpoint_pages=2_500)
+    writer = SpanWriter(engine)
+    with engine.connect() as conn:
+        project_id = conn.execute(
+            sa.text("SELECT id FROM projects WHERE slug = 'default'")
+        ).scalar_one()
+    templates = [
+        decode_request(
+            build_request(seed),
+            content_type="application/x-protobuf",
+            content_encoding=None,
+            max_bytes=2**30,
+            max_message_chars=20_000,
+        ).spans
+        for seed in range(50)
+    ]
+    month = 30 * 86_400 * 10**9
+    first = time.time_ns() - month - 3_600 * 10**9
+    step = month // max(count, 1)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"storing {count:,} spans first", total=count)
+        written = 0
+        while written < count:
+            batch = []
+            for template in templates[(written // 5_000) % 5 * 10 :][:10]:
+                trace_ids: dict[str, str] = {}
+                for span in template:
+                    stored = copy.copy(span)
+                    stored.trace_id = trace_ids.setdefault(span.trace_id, os.urandom(16).hex())
+                    stored.span_id = os.urandom(8).hex()
+                    stored.start_ns = first + (written + len(batch)) * step
+                    stored.end_ns = stored.start_ns + 350_000_000
+                    batch.append((project_id, stored))
+            batch = batch[: count - written]
+            prepared = writer.prepare(batch)
+            with writer.transaction() as conn:
+                writer.write_prepared(conn, prepared, defer_rollups=True)
+                writer.fold_rollups(conn)
+            written += len(batch)
+            progress.update(task, completed=written)
+    engine.dispose()
+
+
 def count_spans(database_url: str) -> int:
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:
@@ -197,12 +250,38 @@ def count_spans(database_url: str) -> int:
     return n
 
 
+def forget_run(database_url: str, since: int | None) -> None:
+    """Take back what a run stored, so the next one sends the same spans again: everything
+    (TRUNCATE on PostgreSQL, where DELETE would leave dead rows and bloated indexes), or with
+    a history, the spans and traces starting after ``since``."""
+    engine = sa.create_engine(database_url)
+    tables = ("span_rollup_deltas", "span_rollups", "traces", "spans")
+    with engine.begin() as conn:
+        if since is not None:
+            for table in ("traces", "spans"):
+                conn.execute(
+                    sa.text(f"DELETE FROM {table} WHERE start_ns >= :since"), {"since": since}
+                )
+        elif engine.dialect.name == "postgresql":
+            conn.execute(sa.text(f"TRUNCATE {', '.join(tables)}"))
+        else:
+            for table in tables:
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+    if since is not None and engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM (ANALYZE) spans, traces"))
+    engine.dispose()
+
+
 def run_backend(
     name: str, database_url: str, bodies: list[bytes], args: argparse.Namespace
 ) -> list[list[str]]:
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as home:
         key = create_key(database_url)
+        if args.stored:
+            prefill(database_url, args.stored)
+        history = f"on {args.stored:,} stored spans" if args.stored else "from empty"
         # One process is the baseline; `serve --workers N` is how a multi-core machine is used.
         baseline: float | None = None
         for workers in sorted({1, *args.workers}):
@@ -225,11 +304,11 @@ def run_backend(
                     f"throughput, {workers} worker{'s' if workers > 1 else ''}",
                     f"{spans:,} spans",
                     f"{rate:,.0f} spans/s ({rate / baseline:.2f}x)",
-                    f"c={args.concurrency}, {stats['throttled']:.0f} throttled",
+                    f"c={args.concurrency}, {history}, {stats['throttled']:.0f} throttled",
                     "PASS" if rate >= 20_000 else "FAIL",
                 ]
             )
-            stored = count_spans(database_url)
+            stored = count_spans(database_url) - args.stored
             rows.append(
                 [
                     name,
@@ -240,17 +319,7 @@ def run_backend(
                     "PASS" if stored >= spans else "FAIL",
                 ]
             )
-            # The next run sends the same spans again: start from empty tables (TRUNCATE on
-            # PostgreSQL, where DELETE would leave the next run dead rows and bloated indexes).
-            engine = sa.create_engine(database_url)
-            tables = ("span_rollup_deltas", "span_rollups", "traces", "spans")
-            with engine.begin() as conn:
-                if engine.dialect.name == "postgresql":
-                    conn.execute(sa.text(f"TRUNCATE {', '.join(tables)}"))
-                else:
-                    for table in tables:
-                        conn.execute(sa.text(f"DELETE FROM {table}"))
-            engine.dispose()
+            forget_run(database_url, args.sent_from if args.stored else None)
 
         # Overload: a small queue (5,000 spans per worker) and more spans in flight than all
         # queues hold (twice as many); RSS must plateau (back-pressure, not growth) and 429s
@@ -311,10 +380,17 @@ def main() -> None:
         help="bastion serve --workers counts to measure beside 1 worker (default: cores and "
         "cores + 1: PostgreSQL's own processes leave gaps one more Python process fills)",
     )
+    parser.add_argument(
+        "--stored",
+        type=int,
+        default=0,
+        help="spans stored before each run (spread over the past 30 days); default: none",
+    )
     parser.add_argument("--pg-url", default=PG_URL)
     args = parser.parse_args()
 
     requests = max(8, args.spans // SPANS_PER_REQUEST) + 4
+    args.sent_from = time.time_ns()  # every span sent starts after this, every stored one before
     with console.status(f"building {requests} OTLP requests…"):
         bodies = [build_request(i) for i in range(requests)]
     size = len(bodies[0])
