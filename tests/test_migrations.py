@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import sqlalchemy as sa
 
 from bastion.store import migrate
@@ -122,4 +125,82 @@ def test_downgrade_below_deferred_roll_ups_folds_what_is_left(db_url: str) -> No
     assert total == 30
     migrate.upgrade(engine)
     assert {by: summary(by) for by in ("user", "model", "hour")} == before
+    engine.dispose()
+
+
+def _trace_seqs(conn: sa.Connection) -> dict[tuple[int, str], int]:
+    rows = conn.execute(sa.text("SELECT project_id, trace_id, seq FROM traces"))
+    return {(project, trace): seq for project, trace, seq in rows}
+
+
+def _span_count(tree: Any) -> int:
+    def count(nodes: Any) -> int:
+        return sum(1 + count(node.children) for node in nodes)
+
+    return 0 if tree is None else count(tree.roots)
+
+
+def test_spans_move_to_their_traces_sequence_and_back(db_url: str) -> None:
+    from bastion.store.queries import get_trace
+    from bastion.store.writer import SpanWriter
+    from bastion.tracing.model import Span
+
+    engine = create_engine(db_url)
+    migrate.upgrade(engine, "0007")
+    span_sql = sa.text(
+        "INSERT INTO spans (project_id, trace_id, span_id, name, kind, start_ns, end_ns,"
+        " status_code, latency_ms, attributes, resource, events, ingested_ns)"
+        " VALUES (:p, :t, :s, 'step', 0, :start, :start + 5, 0, 1.0, '{}', '{}', '[]', 1)"
+    )
+    trace_sql = sa.text(
+        "INSERT INTO traces (project_id, trace_id, start_ns, end_ns, span_count, error_count,"
+        " llm_count, input_tokens, output_tokens) VALUES (:p, :t, 100, 205, 2, 0, 0, 0, 0)"
+    )
+    # Two projects share a trace id; the third trace has spans but lost its trace row.
+    stored = {(1, "a" * 32): 2, (2, "a" * 32): 2, (1, "b" * 32): 2, (1, "c" * 32): 3}
+    with engine.begin() as conn:
+        for (project, trace), count in stored.items():
+            if trace != "c" * 32:
+                conn.execute(trace_sql, {"p": project, "t": trace})
+            for i in range(count):
+                conn.execute(
+                    span_sql, {"p": project, "t": trace, "s": f"{i:016x}", "start": 100 * (i + 1)}
+                )
+
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        seqs = _trace_seqs(conn)
+        keyed = conn.execute(sa.text("SELECT project_id, trace_id, trace_seq FROM spans")).all()
+        orphan = conn.execute(
+            sa.text("SELECT span_count, start_ns, end_ns FROM traces WHERE trace_id = :t"),
+            {"t": "c" * 32},
+        ).one()
+        trees = {key: get_trace(conn, key[0], key[1]) for key in stored}
+    assert set(seqs) == set(stored)
+    assert len(set(seqs.values())) == len(stored)
+    assert all(seq == seqs[(project, trace)] for project, trace, seq in keyed)
+    assert tuple(orphan) == (3, 100, 305)
+    assert {key: _span_count(tree) for key, tree in trees.items()} == stored
+
+    # Traces seen from now on number on from the largest.
+    writer = SpanWriter(engine)
+    late = Span(trace_id="b" * 32, span_id="f" * 16, name="late", start_ns=400, end_ns=450)
+    new = Span(trace_id="d" * 32, span_id="e" * 16, name="new", start_ns=500, end_ns=550)
+    assert writer.write([(1, late), (1, new)]) == 2
+    with engine.connect() as conn:
+        after = _trace_seqs(conn)
+        tree = get_trace(conn, 1, "b" * 32)
+    assert after[(1, "d" * 32)] > max(seqs.values())
+    assert after[(1, "b" * 32)] == seqs[(1, "b" * 32)]
+    assert _span_count(tree) == 3
+
+    migrate.downgrade(engine, "0007")
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("spans")}
+    assert "trace_seq" not in columns
+    assert "seq" not in {c["name"] for c in sa.inspect(engine).get_columns("traces")}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM spans")).scalar_one() == 11
+    # The span key is the trace id again.
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(span_sql, {"p": 1, "t": "c" * 32, "s": f"{0:016x}", "start": 1})
     engine.dispose()

@@ -93,6 +93,7 @@ def _span_rows(
             {
                 "project_id": project_id,
                 "trace_id": os.urandom(16).hex(),
+                "trace_seq": int.from_bytes(os.urandom(7), "big"),  # no traces row is needed
                 "span_id": os.urandom(8).hex(),
                 "parent_span_id": None,
                 "name": "chat",

@@ -17,6 +17,8 @@ def test_any_number_of_rows_lands_through_a_bounded_set_of_statements(count: int
     cursor = conn.cursor()
 
     class Recording:
+        description = None  # no RETURNING
+
         def execute(self, sql: str, parameters: list[object]) -> None:
             statements.add(sql)
             cursor.execute(sql, parameters)

@@ -155,3 +155,56 @@ def test_numbers_no_column_holds_are_stored_as_unknown_not_wrapped(engine: sa.En
             )
         ).one()
     assert tuple(row) == (None, 10**12, None, None, 0)
+
+
+def _trace_seqs(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {row[0]: row[1] for row in conn.execute(sa.text("SELECT trace_id, seq FROM traces"))}
+
+
+def test_spans_are_stored_under_their_traces_number_however_they_arrive(
+    engine: sa.Engine,
+) -> None:
+    from bastion.store.queries import get_trace
+
+    first, second, third = _spans(15)[::5], _spans(5), _spans(5)
+    late_trace = first[0].trace_id
+    late = Span(trace_id=late_trace, span_id="f" * 16, name="late", start_ns=1, end_ns=2)
+    writer = SpanWriter(engine)
+    assert writer.write([(1, s) for s in first]) == 3
+    before = _trace_seqs(engine)
+    # A late span of a stored trace, a retried one, and new traces in one batch.
+    assert writer.write([(1, s) for s in [late, first[1], *second]]) == 6
+    after = _trace_seqs(engine)
+    assert writer.write([(1, s) for s in third]) == 5
+    latest = _trace_seqs(engine)
+
+    assert {t: after[t] for t in before} == before  # a stored trace keeps its number
+    assert min(after[second[0].trace_id], after[first[0].trace_id]) >= min(before.values())
+    assert after[second[0].trace_id] > max(before.values())
+    assert latest[third[0].trace_id] > max(after.values())
+    with engine.connect() as conn:
+        keyed = conn.execute(sa.text("SELECT trace_id, trace_seq FROM spans")).all()
+        tree = get_trace(conn, 1, late_trace)
+        counts = {
+            row[0]: row[1]
+            for row in conn.execute(sa.text("SELECT trace_id, span_count FROM traces"))
+        }
+    assert all(seq == latest[trace] for trace, seq in keyed)
+    assert tree is not None
+    assert sorted(node.span_id for node in tree.roots) == sorted([first[0].span_id, "f" * 16])
+    assert counts[late_trace] == 2
+    assert sum(counts.values()) == len(keyed) == 14
+
+
+def test_a_span_in_two_combined_parts_is_written_and_counted_once(engine: sa.Engine) -> None:
+    spans = _spans(40)
+    writer = SpanWriter(engine)
+    parts = [
+        writer.prepare([(1, s) for s in spans[:30]]),
+        writer.prepare([(1, s) for s in spans[20:]]),
+    ]
+    with writer.transaction() as conn:
+        assert writer.write_prepared(conn, SpanWriter.combine(parts)) == 40
+    assert _totals(engine) == (40, 40, 40, 4, 400)
+    assert len(set(_trace_seqs(engine).values())) == 8

@@ -32,7 +32,7 @@ from bastion.evals.datasets import Item
 from bastion.evals.from_traces import TraceSelection, parse_output, snapshot
 from bastion.evals.scorers import Output, Scorer
 from bastion.releases.model import ReleaseSpec, ReleaseSpecError
-from bastion.store.schema import spans
+from bastion.store.schema import spans, traces
 
 __all__ = [
     "ReplayResult",
@@ -103,9 +103,16 @@ def load_items(conn: sa.Connection, project_id: int, selection: TraceSelection) 
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         rows = conn.execute(
-            sa.select(spans.c.trace_id, spans.c.span_id, spans.c.output).where(
-                spans.c.project_id == project_id,
-                spans.c.trace_id.in_([t for t, _ in chunk]),
+            sa.select(spans.c.trace_id, spans.c.span_id, spans.c.output)
+            .join(
+                traces,
+                sa.and_(
+                    traces.c.project_id == spans.c.project_id, traces.c.seq == spans.c.trace_seq
+                ),
+            )
+            .where(
+                traces.c.project_id == project_id,
+                traces.c.trace_id.in_([t for t, _ in chunk]),
             )
         )
         outputs.update({(r.trace_id, r.span_id): parse_output(r.output) for r in rows})

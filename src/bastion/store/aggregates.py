@@ -92,6 +92,7 @@ def trace_rows(items: Iterable[tuple[int, Span]]) -> list[dict[str, Any]]:
         {
             "project_id": project_id,
             "trace_id": trace_id,
+            "seq": None,  # a new trace's number: the writer assigns it
             "start_ns": a.start_ns,
             "end_ns": a.end_ns,
             "root_span_id": a.root_span_id,

@@ -51,13 +51,18 @@ class MultiRowInsert:
         values = ", ".join(itertools.repeat(self._group, rows))
         return f"{self._head} VALUES {values}{self._tail}"
 
-    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
+    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Insert ``rows``; returns the rows a ``RETURNING`` clause returned (else none)."""
+        returned: list[tuple[Any, ...]] = []
         start = 0
         for width in self._widths:
             while len(rows) - start >= width:
                 chunk = rows[start : start + width]
                 cursor.execute(self._by_width[width], list(itertools.chain.from_iterable(chunk)))
+                if cursor.description is not None:
+                    returned += cursor.fetchall()
                 start += width
+        return returned
 
 
 class UnnestInsert:
@@ -76,9 +81,12 @@ class UnnestInsert:
         arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
         self._sql = f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{tail}"
 
-    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            cursor.execute(self._sql, [list(column) for column in zip(*rows, strict=True)])
+    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Insert ``rows``; returns the rows a ``RETURNING`` clause returned (else none)."""
+        if not rows:
+            return []
+        cursor.execute(self._sql, [list(column) for column in zip(*rows, strict=True)])
+        return cursor.fetchall() if cursor.description is not None else []
 
 
 class BulkUpsert:
@@ -89,9 +97,15 @@ class BulkUpsert:
     """
 
     def __init__(
-        self, statement: Any, table: sa.Table, dialect: sa.Dialect, key: Sequence[str]
+        self,
+        statement: Any,
+        table: sa.Table,
+        dialect: sa.Dialect,
+        key: Sequence[str],
+        columns: Sequence[str] | None = None,
     ) -> None:
-        compiled = statement.compile(dialect=dialect)
+        # ``columns``: the ones rows give (default: all); the others take their defaults.
+        compiled = statement.compile(dialect=dialect, column_keys=columns)
         self._sql: MultiRowInsert | UnnestInsert = (
             UnnestInsert(compiled.string, table, dialect)
             if dialect.name == "postgresql"
@@ -99,22 +113,32 @@ class BulkUpsert:
         )
         self._key = operator.itemgetter(*(self._sql.names.index(column) for column in key))
 
+    @property
+    def names(self) -> list[str]:
+        """The columns of a row, in the order :meth:`parameters` puts them."""
+        return self._sql.names
+
     def parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         """``rows`` in the shape the driver takes, in key order (before the transaction)."""
         names = self._sql.names
         return sorted((tuple(r[k] for k in names) for r in rows), key=self._key)
 
-    def execute(self, conn: sa.Connection, groups: list[list[tuple[Any, ...]]]) -> None:
+    def execute(
+        self, conn: sa.Connection, groups: list[list[tuple[Any, ...]]]
+    ) -> list[tuple[Any, ...]]:
         """Write ``groups`` of rows, each in key order with no key twice (as ``parameters``
-        makes them); a key in several groups is added to once per group."""
+        makes them); a key in several groups is added to once per group. Returns what the
+        statement's ``RETURNING`` clause returned, if it has one."""
         if len(groups) > 1:
             groups = self._by_occurrence(groups)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        returned: list[tuple[Any, ...]] = []
         try:
             for rows in groups:
-                self._sql.execute(cursor, rows)
+                returned += self._sql.execute(cursor, rows)
         finally:
             cursor.close()
+        return returned
 
     def _by_occurrence(self, groups: list[list[tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
         # The first statement holds every key once, in order, so it takes all the row locks in

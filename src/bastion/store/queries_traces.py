@@ -144,8 +144,9 @@ class TraceTree(BaseModel):
     roots: list[SpanNode]
 
 
-_TRACE_COLUMNS = [c for c in traces.c if c.name != "project_id"]
-_SPAN_COLUMNS = [c for c in spans.c if c.name != "project_id"]
+# The project is the caller's and the sequence numbers are storage keys: neither is shown.
+_TRACE_COLUMNS = [c for c in traces.c if c.name not in ("project_id", "seq")]
+_SPAN_COLUMNS = [c for c in spans.c if c.name not in ("project_id", "trace_seq")]
 
 
 def _summary(row: Mapping[Any, Any]) -> TraceSummary:
@@ -213,7 +214,7 @@ def _trace_conditions(
         conds.append(t.cost_usd >= flt.min_cost_usd)
 
     def has_span(condition: sa.ColumnElement[bool]) -> sa.Exists:
-        inner = [s.project_id == project_id, s.trace_id == t.trace_id, condition]
+        inner = [s.project_id == project_id, s.trace_seq == t.seq, condition]
         if flt.start_ns is not None:
             # Implied (a trace starts with its first span) but lets a planner bound a scan of
             # spans by time instead of probing every trace.
@@ -321,7 +322,13 @@ def get_trace(conn: Bind, project_id: int, trace_id: str) -> TraceTree | None:
         rows = (
             c.execute(
                 sa.select(*_SPAN_COLUMNS)
-                .where(s.project_id == project_id, s.trace_id == trace_id)
+                .where(
+                    s.project_id == project_id,
+                    s.trace_seq
+                    == sa.select(t.seq)
+                    .where(t.project_id == project_id, t.trace_id == trace_id)
+                    .scalar_subquery(),
+                )
                 .order_by(s.start_ns, s.span_id)
             )
             .mappings()

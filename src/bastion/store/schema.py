@@ -71,6 +71,8 @@ spans = sa.Table(
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
     sa.Column("trace_id", sa.String(32), nullable=False),
+    # The trace's ``traces.seq``: spans are keyed by it rather than by the random trace id.
+    sa.Column("trace_seq", sa.BigInteger, nullable=False),
     sa.Column("span_id", sa.String(16), nullable=False),
     sa.Column("parent_span_id", sa.String(16), nullable=True),
     sa.Column("name", sa.String(500), nullable=False),
@@ -106,7 +108,11 @@ spans = sa.Table(
     sa.Column("resource", sa.Text, nullable=False),
     sa.Column("events", sa.Text, nullable=False),
     sa.Column("ingested_ns", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("project_id", "trace_id", "span_id"),
+    # New traces take ever larger seqs, so a batch's spans go to the end of this key instead
+    # of to a page each all over it, as random trace ids sent them: once the key outgrows the
+    # cache, that was a page read and a page written per span (SQLite writes whole pages to
+    # its WAL at every commit).
+    sa.PrimaryKeyConstraint("project_id", "trace_seq", "span_id"),
     sa.Index(None, "project_id", "start_ns"),
     sa.Index(None, "project_id", "request_model", "start_ns"),
     # Per prompt version usage (bastion.prompts.usage): counts, p95 and recent traces. Partial:
@@ -137,6 +143,10 @@ traces = sa.Table(
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
     sa.Column("trace_id", sa.String(32), nullable=False),
+    # Numbers traces in the order they were first seen; spans refer to their trace by it.
+    # PostgreSQL draws it from an identity sequence, the SQLite writer (the only one holding
+    # the write lock) from the largest so far.
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
     sa.Column("start_ns", sa.BigInteger, nullable=False),
     sa.Column("end_ns", sa.BigInteger, nullable=False),
     sa.Column("root_span_id", sa.String(16), nullable=True),
@@ -153,6 +163,7 @@ traces = sa.Table(
     sa.Column("tenant", sa.String(200), nullable=True),
     sa.Column("service_name", sa.String(200), nullable=True),
     sa.PrimaryKeyConstraint("project_id", "trace_id"),
+    sa.UniqueConstraint("seq"),
     sa.Index(None, "project_id", "start_ns"),
     sa.Index(None, "project_id", "user_id", "start_ns"),
     sa.Index(None, "project_id", "session_id", "start_ns"),

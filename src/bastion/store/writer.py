@@ -3,6 +3,11 @@
 Writes are idempotent: a span already stored (an exporter retrying, a spool segment replayed
 after a crash) is skipped, and only spans actually inserted feed the trace and roll-up counters.
 
+A transaction upserts the batch's traces first, learning each one's ``seq`` (the key spans are
+stored under), then inserts the spans. Nearly every batch is all new spans; when one is not,
+the transaction goes back to before the traces and takes the careful way: number the traces
+without counting, insert what is new, then count only that.
+
 Every row of a batch is built before its transaction begins (:meth:`SpanWriter.prepare`), so a
 transaction only runs statements. On SQLite the writers of all worker processes also take turns
 through a lock file next to the database: a writer waiting on it wakes the moment the other
@@ -37,6 +42,14 @@ _ZERO: sa.ColumnElement[float] = sa.literal_column("0.0")
 _EMPTY_HIST: sa.ColumnElement[str] = sa.literal_column("'{}'")
 _SPAN_COLUMNS = tuple(c.name for c in spans.columns)
 _TRACE_KEY = ("project_id", "trace_id")
+_COUNTERS_ZERO = {
+    "span_count": 0,
+    "error_count": 0,
+    "llm_count": 0,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cost_usd": None,
+}
 _ROLLUP_KEY = ("project_id", "dimension", "hour", "value")
 _FOLD_LOCK = 0x62617374696F6E  # the advisory lock one roll-up fold at a time holds
 
@@ -94,15 +107,17 @@ def _keep_in_range(span: Span) -> None:
 
 def span_to_row(
     project_id: int, span: Span, ingested_ns: int, resource_json: str | None = None
-) -> tuple[Any, ...]:
-    """The ``spans`` row for ``span``, in column order (attributes kept as JSON text).
+) -> list[Any]:
+    """The ``spans`` row for ``span``, in column order (attributes kept as JSON text), its
+    ``trace_seq`` None until the writer knows it.
 
-    A tuple, not a dict: this runs once per span on the ingest path. ``resource_json`` is
+    A list, not a dict: this runs once per span on the ingest path. ``resource_json`` is
     ``span.resource`` as JSON when the caller has it already (spans of one request share it).
     """
-    return (
+    return [
         project_id,
         span.trace_id,
+        None,
         span.span_id,
         span.parent_span_id,
         _cut(span.name, 500) or "",
@@ -137,17 +152,18 @@ def span_to_row(
         _dumps(span.resource) if resource_json is None else resource_json,
         _dumps(span.events) if span.events else "[]",
         ingested_ns,
-    )
+    ]
 
 
 _ROW_COLUMNS = (
-    "project_id", "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns",
-    "status_code", "status_message", "service_name", "operation", "provider", "request_model",
-    "response_model", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-    "cost_usd", "ttft_ms", "latency_ms", "error_class", "user_id", "session_id", "feature",
-    "tenant", "prompt_name", "prompt_version", "release_id", "input", "output", "attributes",
-    "resource", "events", "ingested_ns",
+    "project_id", "trace_id", "trace_seq", "span_id", "parent_span_id", "name", "kind",
+    "start_ns", "end_ns", "status_code", "status_message", "service_name", "operation",
+    "provider", "request_model", "response_model", "input_tokens", "output_tokens",
+    "cached_tokens", "cache_write_tokens", "cost_usd", "ttft_ms", "latency_ms", "error_class",
+    "user_id", "session_id", "feature", "tenant", "prompt_name", "prompt_version", "release_id",
+    "input", "output", "attributes", "resource", "events", "ingested_ns",
 )  # fmt: skip
+_TRACE_SEQ = _ROW_COLUMNS.index("trace_seq")
 if _ROW_COLUMNS != _SPAN_COLUMNS:  # a schema change must update span_to_row too
     raise RuntimeError(f"span_to_row is out of date with the spans table: {_SPAN_COLUMNS}")
 
@@ -177,7 +193,7 @@ class PreparedBatch:
 
     keys: list[tuple[int, str, str]]
     spans: list[Span]
-    span_rows: list[tuple[Any, ...]]
+    span_rows: list[list[Any]]
     markers: list[int]
     # Trace upsert rows in groups: within a group no key repeats, across groups (parts) it may.
     trace_params: list[list[tuple[Any, ...]]]
@@ -234,6 +250,7 @@ class SpanWriter:
         # silently, so prepare() keeps every number in range first.
         self._copy_types = [_binary_type(c.type) for c in spans.columns]
         self._trace_stmt = self._build_trace_upsert()
+        self._seq_index = self._trace_stmt.names.index("seq") if self._dialect == "sqlite" else -1
         self._rollup_stmt = self._build_rollup_upsert()
         self._replace_rollups = self._build_rollup_replace()
 
@@ -266,8 +283,10 @@ class SpanWriter:
                 "tenant": sa.func.coalesce(t.tenant, ex.tenant),
                 "service_name": sa.func.coalesce(t.service_name, ex.service_name),
             },
-        )
-        return BulkUpsert(stmt, traces, self.engine.dialect, key=_TRACE_KEY)
+        ).returning(t.project_id, t.trace_id, t.seq)
+        # PostgreSQL numbers new traces from the column's identity; on SQLite the writer does.
+        columns = [c.name for c in traces.c if c.name != "seq" or self._dialect == "sqlite"]
+        return BulkUpsert(stmt, traces, self.engine.dialect, key=_TRACE_KEY, columns=columns)
 
     def _build_rollup_upsert(self) -> BulkUpsert:
         ins = self._insert(span_rollups)
@@ -373,18 +392,27 @@ class SpanWriter:
         """
         if not prepared.keys:
             return 0
-        inserted = self._insert_spans(conn, prepared)
-        if not inserted:
-            return 0
-        trace_params, rollups = prepared.trace_params, prepared.rollups
-        if len(inserted) != len(prepared.keys):
-            # Some spans were stored already (or came twice): only the new ones may add to the
-            # counters.
-            by_key = dict(zip(prepared.keys, prepared.spans, strict=True))
-            new = [(key[0], by_key[key]) for key in inserted]
-            trace_params = [self._trace_stmt.parameters(trace_rows(new))]
-            rollups = RollupTotals.of(new)
-        self._trace_stmt.execute(conn, trace_params)
+        driver = conn.connection.driver_connection
+        if self._dialect == "sqlite" and not driver.in_transaction:  # type: ignore[union-attr]
+            # Savepoints need a transaction around them (releasing one that began it would
+            # commit), and the write lock up front: the numbering below reads before it writes.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        cursor = driver.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("SAVEPOINT bastion_batch")
+            self._number_spans(prepared, self._upsert_traces(conn, prepared.trace_params))
+            if self._insert_new_spans(cursor, prepared):
+                cursor.execute("RELEASE SAVEPOINT bastion_batch")
+                inserted = len(prepared.keys)
+                rollups = prepared.rollups
+            else:
+                cursor.execute("ROLLBACK TO SAVEPOINT bastion_batch")
+                cursor.execute("RELEASE SAVEPOINT bastion_batch")
+                new = self._write_new_spans(conn, cursor, prepared)
+                inserted = len(new)
+                rollups = RollupTotals.of(new)
+        finally:
+            cursor.close()
         if defer_rollups:
             documents = rollups.dumps_by_project()  # empty when no span was an LLM call
             if documents:
@@ -397,7 +425,50 @@ class SpanWriter:
                 )
         else:
             self._upsert_rollups(conn, rollups)
-        return len(inserted)
+        return inserted
+
+    def _upsert_traces(
+        self, conn: sa.Connection, groups: list[list[tuple[Any, ...]]]
+    ) -> dict[tuple[int, str], int]:
+        """Upsert trace rows; returns every trace's seq (a new one's just assigned)."""
+        if self._dialect == "sqlite":
+            # Only one writer at a time holds the write lock, so numbering on from the largest
+            # seq is safe; a trace stored already keeps its own and its candidate goes unused.
+            seq = conn.exec_driver_sql("SELECT COALESCE(MAX(seq), 0) FROM traces").scalar_one()
+            at = self._seq_index
+            numbered = []
+            for rows in groups:
+                out = []
+                for row in rows:
+                    seq += 1
+                    out.append((*row[:at], seq, *row[at + 1 :]))
+                numbered.append(out)
+            groups = numbered
+        return {
+            (project, trace): seq for project, trace, seq in self._trace_stmt.execute(conn, groups)
+        }
+
+    @staticmethod
+    def _number_spans(prepared: PreparedBatch, seqs: dict[tuple[int, str], int]) -> None:
+        for row in prepared.span_rows:
+            row[_TRACE_SEQ] = seqs[(row[0], row[1])]
+
+    def _write_new_spans(
+        self, conn: sa.Connection, cursor: Any, prepared: PreparedBatch
+    ) -> list[tuple[int, Span]]:
+        """The careful way, for a batch holding spans stored already (or twice): make sure every
+        trace has a row and a seq without counting anything, insert the spans not stored yet,
+        then count those alone. Returns the new spans."""
+        pairs = prepared.pairs()
+        uncounted = [{**row, **_COUNTERS_ZERO} for row in trace_rows(pairs)]
+        self._number_spans(
+            prepared, self._upsert_traces(conn, [self._trace_stmt.parameters(uncounted)])
+        )
+        by_key = dict(zip(prepared.keys, prepared.spans, strict=True))
+        new = [(key[0], by_key[key]) for key in self._insert_spans_checked(cursor, prepared)]
+        if new:
+            self._upsert_traces(conn, [self._trace_stmt.parameters(trace_rows(new))])
+        return new
 
     def _upsert_rollups(self, conn: sa.Connection, rollups: RollupTotals) -> None:
         if len(rollups):
@@ -458,74 +529,63 @@ class SpanWriter:
                 for value, *numbers, latency, ttft in stored:
                     totals.add_row((project_id, dimension, hour, value), numbers, latency, ttft)
 
-    def _insert_spans(
-        self, conn: sa.Connection, prepared: PreparedBatch
+    def _insert_new_spans(self, cursor: Any, prepared: PreparedBatch) -> bool:
+        """Insert the batch's spans assuming all are new; False when one was not (PostgreSQL
+        has then failed the statement, SQLite skipped it: either way the caller rolls back)."""
+        if self._dialect == "sqlite":
+            before = cursor.connection.total_changes
+            self._span_sql.execute(cursor, prepared.span_rows)
+            return bool(cursor.connection.total_changes - before == len(prepared.span_rows))
+        try:
+            self._copy_spans(cursor, "spans", prepared.span_rows)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
+
+    def _copy_spans(self, cursor: Any, table: str, rows: list[list[Any]]) -> None:
+        # COPY in binary: PostgreSQL skips parsing text and the client escaping it.
+        columns = ", ".join(_SPAN_COLUMNS)
+        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(self._copy_types)
+            for row in rows:
+                copy.write_row(row)
+
+    def _insert_spans_checked(
+        self, cursor: Any, prepared: PreparedBatch
     ) -> list[tuple[int, str, str]]:
         """Insert the spans not stored yet; return the keys of those actually inserted."""
         if self._dialect == "postgresql":
-            return self._insert_spans_copy(conn, prepared)
-        driver = conn.connection.driver_connection
-        cursor = driver.cursor()  # type: ignore[union-attr]
-        try:
-            before = driver.total_changes  # type: ignore[union-attr]
-            self._span_sql.execute(cursor, prepared.span_rows)
-            if driver.total_changes - before == len(prepared.keys):  # type: ignore[union-attr]
-                return prepared.keys  # nothing was a duplicate: no need to look
-            by_project: dict[int, list[str]] = {}
-            for project_id, trace_id, _ in prepared.keys:
-                by_project.setdefault(project_id, []).append(trace_id)
-            markers = prepared.markers
-            inserted: list[tuple[int, str, str]] = []
-            for project_id, trace_ids in by_project.items():
-                distinct = sorted(set(trace_ids))
-                for i in range(0, len(distinct), 500):
-                    chunk = distinct[i : i + 500]
-                    cursor.execute(
-                        "SELECT project_id, trace_id, span_id FROM spans WHERE project_id = ?"
-                        f" AND trace_id IN ({','.join('?' * len(chunk))})"
-                        f" AND ingested_ns IN ({','.join('?' * len(markers))})",
-                        [project_id, *chunk, *markers],
-                    )
-                    inserted.extend(cursor.fetchall())
-            return inserted
-        finally:
-            cursor.close()
-
-    def _insert_spans_copy(
-        self, conn: sa.Connection, prepared: PreparedBatch
-    ) -> list[tuple[int, str, str]]:
-        columns = ", ".join(_SPAN_COLUMNS)
-        driver = conn.connection.driver_connection
-        cursor = driver.cursor()  # type: ignore[union-attr]
-        try:
-            # Nearly every batch is all new spans: COPY them straight into the table. A span
-            # stored already makes COPY fail as a whole; the savepoint takes that back and the
-            # batch goes through a staging table and ON CONFLICT DO NOTHING instead.
-            cursor.execute("SAVEPOINT bastion_span_copy")
-            try:
-                with cursor.copy(f"COPY spans ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(self._copy_types)
-                    for row in prepared.span_rows:
-                        copy.write_row(row)
-            except psycopg.errors.UniqueViolation:
-                cursor.execute("ROLLBACK TO SAVEPOINT bastion_span_copy")
-            else:
-                cursor.execute("RELEASE SAVEPOINT bastion_span_copy")
-                return prepared.keys
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS bastion_span_stage"
                 " (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
-            with cursor.copy(
-                f"COPY bastion_span_stage ({columns}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(self._copy_types)
-                for row in prepared.span_rows:
-                    copy.write_row(row)
+            self._copy_spans(cursor, "bastion_span_stage", prepared.span_rows)
+            columns = ", ".join(_SPAN_COLUMNS)
             cursor.execute(
                 f"INSERT INTO spans ({columns}) SELECT {columns} FROM bastion_span_stage"
                 " ON CONFLICT DO NOTHING RETURNING project_id, trace_id, span_id"
             )
-            return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
+            stored = [tuple(row) for row in cursor.fetchall()]
+            cursor.execute("TRUNCATE bastion_span_stage")
+            return stored
+        before = cursor.connection.total_changes
+        self._span_sql.execute(cursor, prepared.span_rows)
+        if cursor.connection.total_changes - before == len(prepared.keys):
+            return prepared.keys  # nothing was a duplicate after all
+        by_project: dict[int, set[int]] = {}
+        for row in prepared.span_rows:
+            by_project.setdefault(row[0], set()).add(row[_TRACE_SEQ])
+        markers = prepared.markers
+        inserted: list[tuple[int, str, str]] = []
+        for project_id, seqs in by_project.items():
+            distinct = sorted(seqs)
+            for i in range(0, len(distinct), 500):
+                chunk = distinct[i : i + 500]
+                cursor.execute(
+                    "SELECT project_id, trace_id, span_id FROM spans WHERE project_id = ?"
+                    f" AND trace_seq IN ({','.join('?' * len(chunk))})"
+                    f" AND ingested_ns IN ({','.join('?' * len(markers))})",
+                    [project_id, *chunk, *markers],
+                )
+                inserted.extend(cursor.fetchall())
+        return inserted
