@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from bastion.store import migrate
+from bastion.store.aggregates import ROLLUP_DIMENSIONS
 from bastion.store.engine import create_engine
 from bastion.store.schema import metadata
 
@@ -203,4 +205,58 @@ def test_spans_move_to_their_traces_sequence_and_back(db_url: str) -> None:
     # The span key is the trace id again.
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(span_sql, {"p": 1, "t": "c" * 32, "s": f"{0:016x}", "start": 1})
+    engine.dispose()
+
+
+def test_day_roll_ups_are_backfilled_as_ingest_writes_them(db_url: str) -> None:
+    import random
+
+    from bastion.store.writer import SpanWriter
+    from bastion.tracing.model import Span
+
+    engine = create_engine(db_url)
+    migrate.upgrade(engine)
+    rng = random.Random(3)
+    hour_ns = 3_600 * 1_000_000_000
+    start = 1_767_225_600 * 1_000_000_000 - 7 * hour_ns  # three calendar days
+    spans = [
+        Span(
+            trace_id=f"{i:032x}",
+            span_id=f"{i:016x}",
+            name="chat",
+            start_ns=start + rng.randrange(0, 50 * hour_ns),
+            end_ns=start + 50 * hour_ns + rng.randrange(1, 10**10),
+            operation="chat",
+            request_model=rng.choice(["a", "b"]),
+            input_tokens=rng.randrange(1, 100),
+            cost_usd=rng.choice([None, 0.25]),
+            ttft_ms=rng.choice([None, 12.5, 400.0]),
+            user_id=rng.choice(["u1", "u2", "u3"]),
+        )
+        for i in range(400)
+    ]
+    writer = SpanWriter(engine)
+    for i in range(0, len(spans), 100):
+        writer.write([(1, s) for s in spans[i : i + 100]])
+
+    def day_rows() -> list[tuple[Any, ...]]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT project_id, dimension, hour, value, span_count, error_count,"
+                    " input_tokens, output_tokens, cached_tokens, cost_usd, cost_unknown_count,"
+                    " latency_hist, ttft_hist FROM span_rollups WHERE dimension LIKE :days"
+                ),
+                {"days": "%:day"},
+            ).all()
+        decode = orjson.loads
+        return sorted((*row[:-2], decode(row[-2]), decode(row[-1])) for row in rows)
+
+    written = day_rows()
+    assert {row[1] for row in written} == {f"{d}:day" for d in ROLLUP_DIMENSIONS}
+    assert len({row[2] for row in written}) == 3
+    migrate.downgrade(engine, "0008")
+    assert day_rows() == []
+    migrate.upgrade(engine)
+    assert day_rows() == written
     engine.dispose()

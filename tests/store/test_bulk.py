@@ -81,3 +81,17 @@ def test_groups_sharing_keys_are_written_key_ordered_one_occurrence_per_statemen
         "('c', 10)",
     ]
     engine.dispose()
+
+
+@pytest.mark.parametrize("count", [1, 901, 2_000])
+def test_returning_rows_come_back_from_every_statement(count: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    insert = MultiRowInsert(
+        "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+        " RETURNING a",
+        ["a", "b"],
+    )
+    returned = insert.execute(conn.cursor(), [(i, "x") for i in range(count)])
+    assert sorted(a for (a,) in returned) == list(range(count))
+    conn.close()

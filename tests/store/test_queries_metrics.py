@@ -382,3 +382,24 @@ def test_accepts_a_connection(engine: sa.Engine, llm_spans: list[Span]) -> None:
 def test_group_by_is_validated(engine: sa.Engine, group_by: list[str], bad: str) -> None:
     with pytest.raises(ValueError, match=bad):
         queries.metrics_summary(engine, 1, start_ns=FIRST, end_ns=LAST, group_by=group_by)
+
+
+def test_whole_days_come_from_day_rows_folded_or_not(engine: sa.Engine) -> None:
+    spans = build_spans(random.Random(11), 900)
+    writer = SpanWriter(engine)
+    # As ingest writes: deltas, the first half folded into hour and day rows, the rest not yet.
+    for i in range(0, len(spans), 150):
+        prepared = writer.prepare([(1, s) for s in spans[i : i + 150]])
+        with writer.transaction() as conn:
+            writer.write_prepared(conn, prepared, defer_rollups=True)
+            if i == 300:
+                writer.fold_rollups(conn)
+    with engine.connect() as conn:
+        days = conn.execute(
+            sa.text("SELECT DISTINCT hour FROM span_rollups WHERE dimension = 'user:day'")
+        ).all()
+    assert {hour for (hour,) in days} >= {BASE // 1_000_000_000}
+    for range_name in ("whole hours", "partial edges", "wider than the data"):
+        start_ns, end_ns = RANGES[range_name]
+        for group_by in GROUPINGS:
+            check(engine, spans, start_ns, end_ns, group_by)

@@ -91,8 +91,9 @@ def test_deferred_batches_sum_like_upserted_ones_before_and_after_the_fold(
     with writer.transaction() as conn:
         assert writer.fold_rollups(conn) == 4
     assert _count(engine, "span_rollup_deltas") == 0
-    # One row per key however many batches added to it: 6 dimensions, 2 models, 7 users.
-    assert _count(engine, "span_rollups") == 2 * reference_rows == 2 * (1 + 2 + 1 + 1 + 7 + 1)
+    # One row per key however many batches added to it: 6 dimensions, 2 models, 7 users; an
+    # hour's row and its day's row each.
+    assert _count(engine, "span_rollups") == 2 * reference_rows == 2 * 2 * (1 + 2 + 1 + 1 + 7 + 1)
     for by, summary in before.items():
         assert _summary(engine, by) == summary
 

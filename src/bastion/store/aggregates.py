@@ -17,6 +17,7 @@ from bastion.store import histogram
 from bastion.tracing.model import Span
 
 __all__ = [
+    "DAY_SUFFIX",
     "ROLLUP_COUNTERS",
     "ROLLUP_DIMENSIONS",
     "RollupTotals",
@@ -25,6 +26,11 @@ __all__ = [
 ]
 
 ROLLUP_DIMENSIONS = ("total", "model", "provider", "feature", "user", "tenant")
+# Suffix of the dimension of a day's roll-up rows: ``user:day`` rows, keyed by the day's first
+# second, sum that day's ``user`` hours. A 30-day summary by user reads one row per user and
+# day instead of one per user and hour.
+DAY_SUFFIX = ":day"
+_DAY_S = 86_400
 # The additive columns of span_rollups, in the order RollupTotals keeps and dumps them.
 ROLLUP_COUNTERS = (
     "span_count",
@@ -198,6 +204,18 @@ class RollupTotals:
             a[i] += counters[i]
         histogram.add_into(a[7], latency)
         histogram.add_into(a[8], ttft)
+
+    def with_days(self) -> RollupTotals:
+        """These totals and, beside each hourly key, the same counters under its day's key
+        (what is written to ``span_rollups``: every hour adds to its day too)."""
+        out = RollupTotals()
+        for key, a in self._acc.items():
+            out._add(key, a, a[7], a[8])
+            project_id, dimension, hour, value = key
+            if not dimension.endswith(DAY_SUFFIX):
+                day = (project_id, dimension + DAY_SUFFIX, hour - hour % _DAY_S, value)
+                out._add(day, a, a[7], a[8])
+        return out
 
     def merge(self, other: RollupTotals) -> None:
         """Add ``other``'s counters into these (``other`` is left as it was)."""

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from bastion.store import histogram
-from bastion.store.aggregates import ROLLUP_COUNTERS, iter_dumped
+from bastion.store.aggregates import DAY_SUFFIX, ROLLUP_COUNTERS, iter_dumped
 from bastion.store.queries_common import (
     Bind,
     TraceFilter,
@@ -33,6 +33,7 @@ _DIMENSIONS = ("model", "feature", "user", "tenant", "provider")
 _TIME_STEPS = {"day": 86_400, "hour": 3_600}
 GROUP_BY_KEYS = (*_DIMENSIONS, *_TIME_STEPS)
 _HOUR_NS = 3_600 * 1_000_000_000
+_DAY_S = 86_400
 _ERROR = int(StatusCode.ERROR)
 _VALUE_MAX = 200  # roll-up values are cut to the column's length; raw keys are cut alike
 # Filter fields that are also roll-up dimensions: one of them alone can still use roll-ups.
@@ -287,24 +288,41 @@ def _add_rollups(
     d = span_rollup_deltas.c
     dimension, only_value = rollup
     first_hour, end_hour = hours
-    conds = [
-        r.project_id == project_id,
-        r.dimension == dimension,
-        r.hour >= first_hour,
-        r.hour < end_hour,
+    # Whole days from the day rows, unless grouping by hour; the hours around them from hourly
+    # rows. Deltas are not in either yet and count wherever their hour falls in the range.
+    first_day = -(-first_hour // _DAY_S) * _DAY_S
+    end_day = end_hour // _DAY_S * _DAY_S
+    if step == _TIME_STEPS["hour"] or first_day >= end_day:
+        first_day = end_day = end_hour
+    segments = [
+        (dimension, first_hour, first_day),
+        (dimension + DAY_SUFFIX, first_day, end_day),
+        (dimension, end_day, end_hour),
     ]
-    if only_value is not None:
-        conds.append(r.value == only_value)
-    rows = sa.select(
-        r.value,
-        r.hour,
-        *(r[name] for name in ROLLUP_COUNTERS),
-        r.latency_hist,
-        r.ttft_hist,
-        sa.cast(sa.null(), sa.Text).label("deltas"),
-    ).where(*conds)
+
+    def stored(row_dimension: str, low: int, high: int) -> sa.Select[Any]:
+        conds = [
+            r.project_id == project_id,
+            r.dimension == row_dimension,
+            r.hour >= low,
+            r.hour < high,
+        ]
+        if only_value is not None:
+            conds.append(r.value == only_value)
+        return sa.select(
+            r.value,
+            r.hour,
+            *(r[name] for name in ROLLUP_COUNTERS),
+            r.latency_hist,
+            r.ttft_hist,
+            sa.cast(sa.null(), sa.Text).label("deltas"),
+        ).where(*conds)
+
+    parts = [
+        stored(row_dimension, low, high) for row_dimension, low, high in segments if low < high
+    ]
     deltas = sa.select(
-        *(sa.cast(sa.null(), column.type) for column in rows.selected_columns[:-1]),
+        *(sa.cast(sa.null(), column.type) for column in parts[0].selected_columns[:-1]),
         d.totals,
     ).where(d.project_id == project_id)
 
@@ -315,8 +333,10 @@ def _add_rollups(
             agg = aggs[key] = _Agg()
         return agg
 
-    # A 30-day summary by user reads hundreds of thousands of rows: the loop stays flat.
+    # A 30-day summary by user reads tens of thousands of rows: the loop stays flat.
     loads = orjson.loads
+    # Fetched at once: far cheaper per row.
+    fetched: Sequence[Any] = conn.execute(sa.union_all(*parts, deltas)).all()
     for (
         value,
         hour,
@@ -330,7 +350,7 @@ def _add_rollups(
         lat,
         ttft,
         pending,
-    ) in conn.execute(sa.union_all(rows, deltas)).all():  # fetched at once: far cheaper per row
+    ) in fetched:
         if pending is not None:
             _add_deltas(pending, dimension, hours, only_value, agg_for)
             continue

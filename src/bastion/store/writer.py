@@ -424,7 +424,7 @@ class SpanWriter:
                     ],
                 )
         else:
-            self._upsert_rollups(conn, rollups)
+            self._upsert_rollups(conn, rollups.with_days())
         return inserted
 
     def _upsert_traces(
@@ -494,9 +494,10 @@ class SpanWriter:
             .where(d.id.in_(oldest.scalar_subquery()))
             .returning(d.project_id, d.totals)
         ).all()
-        totals = RollupTotals()
+        hours = RollupTotals()
         for project_id, document in folded:
-            totals.add_dumped(project_id, document)
+            hours.add_dumped(project_id, document)
+        totals = hours.with_days()
         if self._dialect == "sqlite":
             # SQLite would call the Python histogram merge once per row from inside the
             # statement, taking the GIL back each time while the write lock is held: add the
