@@ -184,7 +184,11 @@ async def send_all(
             if progress is not None and task is not None:
                 progress.advance(task)
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    # A connection per request: `serve --workers` shares its port through SO_REUSEPORT, which
+    # hashes each connection to one worker, and eight kept-alive connections split unevenly as
+    # often as not (all but one on one worker made 2 workers no faster than 1). Fresh
+    # connections spread as many clients' would.
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
