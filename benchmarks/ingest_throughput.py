@@ -185,9 +185,9 @@ async def send_all(
                 progress.advance(task)
 
     # A connection per request: `serve --workers` shares its port through SO_REUSEPORT, which
-    # hashes each connection to one worker, and eight kept-alive connections split unevenly as
-    # often as not (all but one on one worker made 2 workers no faster than 1). Fresh
-    # connections spread as many clients' would.
+    # hashes each connection to one worker, and eight kept-alive connections split unevenly
+    # (six tries with 2 workers: 7/1, 6/2 twice, 5/3 twice, 4/4), so a run measured its luck.
+    # Fresh connections spread as many clients' would.
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
