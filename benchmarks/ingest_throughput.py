@@ -227,7 +227,8 @@ def prefill(database_url: str, count: int) -> None:
         written = 0
         while written < count:
             batch = []
-            for template in templates[(written // 5_000) % 5 * 10 :][:10]:
+            first_template = (written // 5_000) % 5 * 10  # ten requests of 500: 5,000 spans
+            for template in templates[first_template : first_template + 10]:
                 trace_ids: dict[str, str] = {}
                 for span in template:
                     stored = copy.copy(span)

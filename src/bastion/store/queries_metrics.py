@@ -33,7 +33,7 @@ _DIMENSIONS = ("model", "feature", "user", "tenant", "provider")
 _TIME_STEPS = {"day": 86_400, "hour": 3_600}
 GROUP_BY_KEYS = (*_DIMENSIONS, *_TIME_STEPS)
 _HOUR_NS = 3_600 * 1_000_000_000
-_DAY_S = 86_400
+_DAY_S = _TIME_STEPS["day"]
 _ERROR = int(StatusCode.ERROR)
 _VALUE_MAX = 200  # roll-up values are cut to the column's length; raw keys are cut alike
 # Filter fields that are also roll-up dimensions: one of them alone can still use roll-ups.

@@ -41,6 +41,7 @@ __all__ = ["PreparedBatch", "SpanWriter", "span_to_row"]
 _ZERO: sa.ColumnElement[float] = sa.literal_column("0.0")
 _EMPTY_HIST: sa.ColumnElement[str] = sa.literal_column("'{}'")
 _SPAN_COLUMNS = tuple(c.name for c in spans.columns)
+_SPAN_COLUMN_LIST = ", ".join(_SPAN_COLUMNS)
 _TRACE_KEY = ("project_id", "trace_id")
 _COUNTERS_ZERO = {
     "span_count": 0,
@@ -241,7 +242,7 @@ class SpanWriter:
         self._marker_lock = threading.Lock()
         self._lock = _SqliteWriteLock(engine.url.database if self._dialect == "sqlite" else None)
         self._span_sql = MultiRowInsert(
-            f"INSERT INTO spans ({', '.join(_SPAN_COLUMNS)})"
+            f"INSERT INTO spans ({_SPAN_COLUMN_LIST})"
             f" VALUES ({', '.join('?' * len(_SPAN_COLUMNS))}) ON CONFLICT DO NOTHING",
             _SPAN_COLUMNS,
         )
@@ -534,19 +535,23 @@ class SpanWriter:
         """Insert the batch's spans assuming all are new; False when one was not (PostgreSQL
         has then failed the statement, SQLite skipped it: either way the caller rolls back)."""
         if self._dialect == "sqlite":
-            before = cursor.connection.total_changes
-            self._span_sql.execute(cursor, prepared.span_rows)
-            return bool(cursor.connection.total_changes - before == len(prepared.span_rows))
+            return self._insert_sqlite(cursor, prepared.span_rows) == len(prepared.span_rows)
         try:
             self._copy_spans(cursor, "spans", prepared.span_rows)
         except psycopg.errors.UniqueViolation:
             return False
         return True
 
+    def _insert_sqlite(self, cursor: Any, rows: list[list[Any]]) -> int:
+        """Insert ``rows`` skipping spans stored already; returns how many were inserted."""
+        before: int = cursor.connection.total_changes
+        self._span_sql.execute(cursor, rows)
+        return int(cursor.connection.total_changes) - before
+
     def _copy_spans(self, cursor: Any, table: str, rows: list[list[Any]]) -> None:
         # COPY in binary: PostgreSQL skips parsing text and the client escaping it.
-        columns = ", ".join(_SPAN_COLUMNS)
-        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy_sql = f"COPY {table} ({_SPAN_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(copy_sql) as copy:
             copy.set_types(self._copy_types)
             for row in rows:
                 copy.write_row(row)
@@ -561,17 +566,15 @@ class SpanWriter:
                 " (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             self._copy_spans(cursor, "bastion_span_stage", prepared.span_rows)
-            columns = ", ".join(_SPAN_COLUMNS)
             cursor.execute(
-                f"INSERT INTO spans ({columns}) SELECT {columns} FROM bastion_span_stage"
+                f"INSERT INTO spans ({_SPAN_COLUMN_LIST}) SELECT {_SPAN_COLUMN_LIST}"
+                " FROM bastion_span_stage"
                 " ON CONFLICT DO NOTHING RETURNING project_id, trace_id, span_id"
             )
             stored = [tuple(row) for row in cursor.fetchall()]
             cursor.execute("TRUNCATE bastion_span_stage")
             return stored
-        before = cursor.connection.total_changes
-        self._span_sql.execute(cursor, prepared.span_rows)
-        if cursor.connection.total_changes - before == len(prepared.keys):
+        if self._insert_sqlite(cursor, prepared.span_rows) == len(prepared.keys):
             return prepared.keys  # nothing was a duplicate after all
         by_project: dict[int, set[int]] = {}
         for row in prepared.span_rows:
