@@ -56,7 +56,7 @@ class IngestSettings(BaseModel):
         1.0, gt=0, description="how often a non-empty spool retries the database"
     )
     rollup_fold_interval_ms: float = Field(
-        1_000.0,
+        5_000.0,
         ge=0,
         le=60_000,
         description="how often a span writer folds its batches' deferred roll-up counters "

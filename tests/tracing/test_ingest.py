@@ -192,6 +192,68 @@ def test_requests_queued_while_the_writer_waits_for_its_turn_join_its_batch(
     assert count_spans(engine) == 12
 
 
+class HoldingWriter(SpanWriter):
+    """Holds its transaction open until released; fails the write when told to."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        super().__init__(engine)
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.fail = False
+
+    def write_prepared(
+        self, conn: sa.Connection, prepared: PreparedBatch, *, defer_rollups: bool = False
+    ) -> int:
+        self.inside.set()
+        assert self.release.wait(10)
+        if self.fail:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database went away"))
+        return super().write_prepared(conn, prepared, defer_rollups=defer_rollups)
+
+
+def test_decoding_threads_yield_to_the_writer_while_its_transaction_is_open(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    writer = HoldingWriter(engine)
+    pipeline = IngestPipeline(
+        writer, Spool(tmp_path / "spool"), metrics=IngestMetrics(CollectorRegistry())
+    )
+    pipeline.start()
+    acks = Acks()
+    try:
+        assert pipeline.yield_to_writer(0)  # no transaction open: no wait
+        pipeline.submit_nowait(1, make_spans(3), acks.callback(3), awaited=True)
+        assert writer.inside.wait(10)
+        started = time.monotonic()
+        assert not pipeline.yield_to_writer(0.1)  # a stalled write stalls nobody for long
+        assert time.monotonic() - started >= 0.1
+        waited: list[bool] = []
+        waiter = threading.Thread(target=lambda: waited.append(pipeline.yield_to_writer(10)))
+        waiter.start()
+        time.sleep(0.1)
+        assert waiter.is_alive()  # held back while the writer writes
+        writer.release.set()
+        waiter.join(10)
+        assert waited == [True]
+        assert pipeline.flush(10)
+
+        # A write that fails opens the way again too (its spans go to the spool).
+        writer.inside.clear()
+        writer.release.clear()
+        writer.fail = True
+        pipeline.submit_nowait(1, make_spans(2), acks.callback(2), awaited=True)
+        assert writer.inside.wait(10)
+        assert not pipeline.yield_to_writer(0.05)
+        writer.release.set()
+        assert pipeline.flush(10)
+        assert pipeline.yield_to_writer(0)
+    finally:
+        writer.release.set()
+        pipeline.stop()
+    assert acks.acked == 5
+    assert acks.failed == 0
+
+
 def test_unawaited_spans_linger_into_one_batch_and_an_awaited_one_cuts_it_short(
     engine: sa.Engine, tmp_path: Path
 ) -> None:

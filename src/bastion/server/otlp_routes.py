@@ -95,9 +95,14 @@ async def _receive(request: web.Request, *, allow_basic: bool) -> web.Response:
         # Rows are built here, beside the writer thread, not in it.
         return decoded, state.pipeline.prepare(principal.project_id, decoded.spans)
 
+    def decode_in_thread() -> tuple[DecodeResult, PreparedBatch]:
+        state.pipeline.yield_to_writer()
+        return decode()
+
     try:
         if len(body) > _DECODE_INLINE_MAX:
-            result, prepared = await asyncio.get_running_loop().run_in_executor(None, decode)
+            loop = asyncio.get_running_loop()
+            result, prepared = await loop.run_in_executor(None, decode_in_thread)
         else:
             result, prepared = decode()
     except OtlpError as exc:

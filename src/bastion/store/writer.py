@@ -388,8 +388,9 @@ class SpanWriter:
 
         With ``defer_rollups`` the batch's roll-up counters go into ``span_rollup_deltas`` as
         one row per project instead of being upserted into ``span_rollups``; whoever defers
-        must call :meth:`fold_rollups` now and then (the ingest pipeline does, about once a
-        second). Summaries count deltas as they count roll-ups, so the choice never shows.
+        must call :meth:`fold_rollups` now and then (the ingest pipeline does, every
+        ``ingest.rollup_fold_interval_ms``). Summaries count deltas as they count roll-ups, so
+        the choice never shows.
         """
         if not prepared.keys:
             return 0

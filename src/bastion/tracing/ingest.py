@@ -13,7 +13,10 @@ that into 429/503 with ``Retry-After``.
 A producer that already runs off the event loop (the OTLP receiver decodes in a thread) calls
 :meth:`IngestPipeline.prepare` there and submits the result: pricing the spans and building
 their rows then happens in parallel with the writer instead of inside it, and the writer thread
-only runs statements.
+only runs statements. Such a thread first calls :meth:`IngestPipeline.yield_to_writer`, which
+waits while the writer holds the database: the threads of a process share one GIL, and a
+decoding thread beside the writer made each of its transactions take about twice as long, which
+on SQLite is time the write lock all worker processes share stays held.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bastion.store.writer import PreparedBatch, SpanWriter
@@ -37,6 +42,9 @@ __all__ = ["Backpressure", "IngestMetrics", "IngestPipeline", "NotDurable"]
 log = logging.getLogger("bastion.ingest")
 
 _FOLD_LIMIT = 5_000  # deferred roll-up rows (one per batch and project) folded per transaction
+# Longest a decoding thread waits for the writer: a database that stalls a transaction must not
+# stall decoding with it.
+_YIELD_MAX_S = 0.25
 
 
 class Backpressure(Exception):
@@ -138,7 +146,7 @@ class IngestPipeline:
         batch_max_spans: int = 5_000,
         batch_linger_s: float = 0.0,
         replay_interval_s: float = 1.0,
-        rollup_fold_interval_s: float = 1.0,
+        rollup_fold_interval_s: float = 5.0,
         price: Callable[[int, Span], None] | None = None,
     ) -> None:
         self.writer = writer
@@ -154,6 +162,8 @@ class IngestPipeline:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._spool_has_data = not spool.empty
+        self._writer_out = threading.Event()  # set while the writer holds no transaction
+        self._writer_out.set()
         self.metrics.spool_bytes.set(spool.pending_bytes())
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -228,6 +238,15 @@ class IngestPipeline:
     def prepare(self, project_id: int, spans: Sequence[Span]) -> PreparedBatch:
         """Price ``spans`` and build their rows (thread-safe; no database work)."""
         return self._prepare([(project_id, span) for span in spans])
+
+    def yield_to_writer(self, timeout: float = _YIELD_MAX_S) -> bool:
+        """Wait while the writer thread holds a transaction, at most ``timeout`` seconds;
+        False when it still does.
+
+        For threads about to do CPU work that can wait (decoding a request): they would take
+        the GIL from the writer between its statements. Never call it on the event loop.
+        """
+        return self._writer_out.wait(timeout)
 
     def _prepare(self, pairs: list[tuple[int, Span]]) -> PreparedBatch:
         if self.price is not None:
@@ -320,6 +339,16 @@ class IngestPipeline:
         self._maybe_replay(force=True)
         self._maybe_fold(force=True)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """The writer's transaction, with decoding threads yielding to it while it is open."""
+        with self.writer.transaction() as conn:
+            self._writer_out.clear()
+            try:
+                yield conn
+            finally:
+                self._writer_out.set()
+
     def _write(self, items: list[_Item]) -> None:
         parts = [item.prepared for item in items if item.prepared is not None]
         raw = [item for item in items if item.prepared is None]
@@ -330,7 +359,7 @@ class IngestPipeline:
         error: BaseException | None = None
         if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
             try:
-                with self.writer.transaction() as conn:
+                with self._transaction() as conn:
                     # Requests that arrived while this writer waited for its turn (SQLite's
                     # write lock is shared by all workers) join the batch: one turn and one
                     # commit for all of them, rather than another wait each.
@@ -410,7 +439,7 @@ class IngestPipeline:
         if not state.deltas_pending or (not force and time.monotonic() < state.next_fold_at):
             return
         try:
-            with self.writer.transaction() as conn:
+            with self._transaction() as conn:
                 folded = self.writer.fold_rollups(conn, limit=_FOLD_LIMIT)
         except Exception as exc:  # noqa: BLE001 (the deltas wait in the database for the next try)
             log.warning("roll-up fold failed, retrying later: %s", exc)
@@ -441,7 +470,7 @@ class IngestPipeline:
                 return
             try:
                 replayed = 0
-                with self.writer.transaction() as conn:
+                with self._transaction() as conn:
                     for batch in self.spool.read_segment(segment):
                         replayed += self.writer.write_in(conn, batch)
             except SpoolCorruption as exc:
