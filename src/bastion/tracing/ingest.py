@@ -162,7 +162,7 @@ class IngestPipeline:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._spool_has_data = not spool.empty
-        self._writer_out = threading.Event()  # set while the writer holds no transaction
+        self._writer_out = threading.Event()  # cleared while the writer runs statements
         self._writer_out.set()
         self.metrics.spool_bytes.set(spool.pending_bytes())
 
@@ -240,8 +240,8 @@ class IngestPipeline:
         return self._prepare([(project_id, span) for span in spans])
 
     def yield_to_writer(self, timeout: float = _YIELD_MAX_S) -> bool:
-        """Wait while the writer thread holds a transaction, at most ``timeout`` seconds;
-        False when it still does.
+        """Wait while the writer thread runs a transaction's statements, at most ``timeout``
+        seconds; False when it still does.
 
         For threads about to do CPU work that can wait (decoding a request): they would take
         the GIL from the writer between its statements. Never call it on the event loop.
@@ -341,7 +341,8 @@ class IngestPipeline:
 
     @contextmanager
     def _transaction(self) -> Iterator[sa.Connection]:
-        """The writer's transaction, with decoding threads yielding to it while it is open."""
+        """The writer's transaction, with decoding threads yielding to it while its statements
+        run (not during the commit, which mostly waits for the disk with the GIL released)."""
         with self.writer.transaction() as conn:
             self._writer_out.clear()
             try:
