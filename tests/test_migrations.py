@@ -260,3 +260,49 @@ def test_day_roll_ups_are_backfilled_as_ingest_writes_them(db_url: str) -> None:
     migrate.upgrade(engine)
     assert day_rows() == written
     engine.dispose()
+
+
+def test_span_text_is_compressed_with_lz4_on_postgresql_and_back(db_url: str) -> None:
+    from bastion.store.writer import SpanWriter
+    from bastion.tracing.model import Span
+
+    engine = create_engine(db_url)
+    migrate.upgrade(engine)
+    columns = ("input", "output", "attributes", "resource", "events")
+    text = "How do I reset my password? " * 200  # compressible, past the TOAST threshold
+
+    def write(n: int) -> None:
+        span = Span(f"{n:032x}", f"{n:016x}", "chat", 10**18, 10**18 + 1, input=text)
+        SpanWriter(engine).write([(1, span)])
+
+    def methods() -> tuple[dict[str, str], list[str | None]]:
+        with engine.connect() as conn:
+            declared = conn.execute(
+                sa.text(
+                    "SELECT attname, attcompression FROM pg_attribute"
+                    " WHERE attrelid = 'spans'::regclass AND attname = ANY(:columns)"
+                ),
+                {"columns": list(columns)},
+            ).all()
+            stored = conn.execute(
+                sa.text("SELECT pg_column_compression(input) FROM spans ORDER BY span_id")
+            ).scalars()
+            return {name: str(method) for name, method in declared}, list(stored)
+
+    def inputs() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text("SELECT input FROM spans ORDER BY span_id")).scalars())
+
+    write(1)
+    if engine.dialect.name == "postgresql":
+        assert methods() == (dict.fromkeys(columns, "l"), ["lz4"])
+    migrate.downgrade(engine, "0009")
+    write(2)
+    if engine.dialect.name == "postgresql":
+        assert methods() == (dict.fromkeys(columns, ""), ["lz4", "pglz"])
+    migrate.upgrade(engine)
+    write(3)
+    if engine.dialect.name == "postgresql":
+        assert methods()[1] == ["lz4", "pglz", "lz4"]
+    assert inputs() == [text, text, text]  # whichever way each was compressed
+    engine.dispose()
