@@ -43,12 +43,15 @@ def make_spans(n: int, *, trace: str | None = None) -> list[Span]:
     return spans
 
 
-def pipeline_for(engine: sa.Engine, spool_dir: Path, **kwargs: object) -> IngestPipeline:
+def pipeline_for(
+    engine: sa.Engine, spool_dir: Path, *, writer: SpanWriter | None = None, **kwargs: object
+) -> IngestPipeline:
+    """A started pipeline (replaying the spool every 50 ms unless told otherwise)."""
+    kwargs.setdefault("replay_interval_s", 0.05)
     pipeline = IngestPipeline(
-        SpanWriter(engine),
+        writer or SpanWriter(engine),
         Spool(spool_dir),
         metrics=IngestMetrics(CollectorRegistry()),
-        replay_interval_s=0.05,
         **kwargs,  # type: ignore[arg-type]
     )
     pipeline.start()
@@ -167,10 +170,7 @@ def test_requests_queued_while_the_writer_waits_for_its_turn_join_its_batch(
     if engine.dialect.name != "sqlite":
         pytest.skip("the write lock that makes writers wait is SQLite's")
     writer = CountingWriter(engine)
-    pipeline = IngestPipeline(
-        writer, Spool(tmp_path / "spool"), metrics=IngestMetrics(CollectorRegistry())
-    )
-    pipeline.start()
+    pipeline = pipeline_for(engine, tmp_path / "spool", writer=writer)
     acks = Acks()
     try:
         with SpanWriter(engine).transaction():  # another worker's turn
@@ -215,10 +215,7 @@ def test_decoding_threads_yield_to_the_writer_while_its_transaction_is_open(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
     writer = HoldingWriter(engine)
-    pipeline = IngestPipeline(
-        writer, Spool(tmp_path / "spool"), metrics=IngestMetrics(CollectorRegistry())
-    )
-    pipeline.start()
+    pipeline = pipeline_for(engine, tmp_path / "spool", writer=writer, replay_interval_s=1.0)
     acks = Acks()
     try:
         assert pipeline.yield_to_writer(0)  # no transaction open: no wait
@@ -258,13 +255,7 @@ def test_unawaited_spans_linger_into_one_batch_and_an_awaited_one_cuts_it_short(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
     writer = CountingWriter(engine)
-    pipeline = IngestPipeline(
-        writer,
-        Spool(tmp_path / "spool"),
-        metrics=IngestMetrics(CollectorRegistry()),
-        batch_linger_s=60.0,
-    )
-    pipeline.start()
+    pipeline = pipeline_for(engine, tmp_path / "spool", writer=writer, batch_linger_s=60.0)
     acks = Acks()
     for span in make_spans(20):  # the gateway: one span per call, nobody waiting
         pipeline.submit_nowait(1, [span], acks.callback(1))
@@ -281,13 +272,7 @@ def test_unawaited_spans_linger_into_one_batch_and_an_awaited_one_cuts_it_short(
 
 def test_stop_writes_lingering_spans(engine: sa.Engine, tmp_path: Path) -> None:
     writer = CountingWriter(engine)
-    pipeline = IngestPipeline(
-        writer,
-        Spool(tmp_path / "spool"),
-        metrics=IngestMetrics(CollectorRegistry()),
-        batch_linger_s=60.0,
-    )
-    pipeline.start()
+    pipeline = pipeline_for(engine, tmp_path / "spool", writer=writer, batch_linger_s=60.0)
     pipeline.submit_nowait(1, make_spans(3), Acks().callback(3))
     pipeline.stop(timeout=10)
     assert count_spans(engine) == 3
