@@ -18,12 +18,24 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
+from bastion.tracing import otlp
 from bastion.tracing.otlp import DecodeResult, OtlpError, decode_request, encode_response
 
 TRACE = "5b8efff798038103d269b633813fc60c"
 SPAN = "eee19b7ec3c1b174"
 PARENT = "eee19b7ec3c1b173"
 MB = 1024 * 1024
+
+
+@pytest.fixture(params=["wire", "runtime"])
+def protobuf_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Protobuf bodies read by the C wire reader, then the same assertions with the protobuf
+    runtime reading every body (as on an install that compiled no C)."""
+    if request.param == "runtime":
+        monkeypatch.setattr(otlp, "_read_wire", None)
+    elif otlp._read_wire is None:
+        pytest.skip("the C wire reader is not built")
+    return str(request.param)
 
 
 def decode(body: bytes, content_type: str = "application/x-protobuf", **kw: Any) -> DecodeResult:
@@ -84,6 +96,7 @@ def json_span(**kw: Any) -> dict[str, Any]:
     return span
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 def test_protobuf_span_keeps_ids_times_status_attributes_and_events() -> None:
     attrs = [
         KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o")),
@@ -209,6 +222,7 @@ def test_invalid_spans_are_rejected_one_by_one_as_partial_success() -> None:
     assert response.partial_success.rejected_spans == 5
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 def test_full_success_response_is_empty() -> None:
     result = decode(pb_request(pb_span()))
     assert encode_response(result, json=True) == b"{}"
@@ -216,12 +230,14 @@ def test_full_success_response_is_empty() -> None:
     assert not response.HasField("partial_success")
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 def test_protobuf_parent_id_of_the_wrong_length_rejects_the_span() -> None:
     result = decode(pb_request(pb_span(parent_span_id=b"\x01\x02")))
     assert (len(result.spans), result.rejected) == (0, 1)
     assert "parent_span_id" in result.error_message
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [
@@ -241,11 +257,13 @@ def test_protobuf_values_no_column_holds_reject_the_span_not_the_batch(
     assert needle in result.error_message
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 def test_unfinished_span_gets_zero_latency_not_negative() -> None:
     (got,) = decode(pb_request(pb_span(end_time_unix_nano=0))).spans
     assert got.end_ns == got.start_ns
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 @pytest.mark.parametrize(
     ("body", "content_type", "needle"),
     [
@@ -277,6 +295,7 @@ def test_unknown_content_type_is_415(content_type: str | None) -> None:
     assert caught.value.status == 415
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 def test_gzip_and_deflate_bodies_decode() -> None:
     raw = pb_request(pb_span())
     assert len(decode(gzip.compress(raw), content_encoding="gzip").spans) == 1
@@ -302,6 +321,7 @@ def test_gzip_bomb_stops_at_the_cap_with_413() -> None:
     assert caught.value.status == 413
 
 
+@pytest.mark.usefixtures("protobuf_reader")
 def test_protobuf_zero_empty_and_unset_values_keep_their_types() -> None:
     # Decoding reads string_value and int_value before WhichOneof: an empty or zero value
     # must still come out as what was sent, never as another type's default.
