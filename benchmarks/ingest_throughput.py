@@ -45,7 +45,7 @@ from rich.table import Table
 
 from harness import free_port
 
-console = Console(width=130)
+console = Console(width=160)
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SPANS_PER_REQUEST = 500
 
@@ -199,6 +199,22 @@ async def send_all(
     return stats
 
 
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+def cpu_model() -> str:
+    """The processor's name, as Linux reports it: figures are only comparable on one model."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [
+                line.partition(":")[2].strip() for line in info if line.startswith("model name")
+            ]
+    except OSError:  # not Linux
+        names = []
+    return next((name for name in names if name), "unknown processor")
+
+
 def prefill(database_url: str, count: int) -> None:
     """Store ``count`` spans spread over the 30 days before now, written as ingest writes them
     (5,000 per transaction, fresh ids, users and sessions varying like the benchmark's)."""
@@ -294,6 +310,7 @@ def run_backend(
         baseline: float | None = None
         for workers in sorted({1, *args.workers}):
             rates: list[float] = []
+            cpu_us: list[float] = []  # the server's own CPU time per span (its processes)
             stored_ok = True
             throttled = 0.0
             spans = (len(bodies) - 4) * SPANS_PER_REQUEST
@@ -304,10 +321,14 @@ def run_backend(
                 url = f"http://127.0.0.1:{port}/v1/traces"
                 try:
                     asyncio.run(send_all(url, key, bodies[:4], 2, None))  # warm-up
+                    tree = [psutil.Process(server.pid)]
+                    tree += tree[0].children(recursive=True)
+                    cpu_before = _cpu_seconds(tree)
                     with Progress(console=console, transient=True) as progress:
                         stats = asyncio.run(
                             send_all(url, key, bodies[4:], args.concurrency, progress)
                         )
+                    cpu_us.append((_cpu_seconds(tree) - cpu_before) / spans * 1e6)
                 finally:
                     server.send_signal(signal.SIGINT)
                     server.wait(60)
@@ -326,7 +347,8 @@ def run_backend(
                     f"throughput, {workers} worker{'s' if workers > 1 else ''}",
                     f"{spans:,} spans x {len(rates)}",
                     f"{rate:,.0f} spans/s ({rate / baseline:.2f}x)",
-                    f"c={args.concurrency}, {history}, {throttled:.0f} throttled{spread}",
+                    f"c={args.concurrency}, {history}, {throttled:.0f} throttled, server CPU "
+                    f"{statistics.median(cpu_us):.0f} µs/span{spread}",
                     "PASS" if rate >= 20_000 else "FAIL",
                 ]
             )
@@ -418,6 +440,7 @@ def main() -> None:
         bodies = [build_request(i) for i in range(requests)]
     size = len(bodies[0])
     console.print(f"request size: {size / 1024:.0f} KiB ({size / SPANS_PER_REQUEST:.0f} B/span)")
+    console.print(f"machine: {os.cpu_count()} x {cpu_model()}")
 
     table = Table("database", "measure", "volume", "rate", "notes", "bar (20k spans/s)")
     if args.db in ("sqlite", "both"):
