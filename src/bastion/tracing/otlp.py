@@ -180,9 +180,7 @@ def _wire_span(
     (trace_id, span_id, parent, name, kind, start_ns, end_ns, attributes, events, code, message) = (
         wire
     )
-    reason = _invalid_ids(trace_id, span_id)
-    if reason is None and parent and len(parent) != 16:
-        reason = f"span {span_id}: parent_span_id must be 8 bytes"
+    reason = _invalid_binary_ids(trace_id, span_id, parent)
     if reason is not None:
         result.reject(reason)
         return None
@@ -226,10 +224,8 @@ def _pb_span(
 ) -> Span | None:
     trace_id = pb.trace_id.hex()
     span_id = pb.span_id.hex()
-    parent = pb.parent_span_id  # each field read builds a new Python object: read once
-    reason = _invalid_ids(trace_id, span_id)
-    if reason is None and parent and len(parent) != 8:
-        reason = f"span {span_id}: parent_span_id must be 8 bytes"
+    parent = pb.parent_span_id.hex()  # each field read builds a new Python object: read once
+    reason = _invalid_binary_ids(trace_id, span_id, parent)
     if reason is not None:
         result.reject(reason)
         return None
@@ -253,7 +249,7 @@ def _pb_span(
     return _build_span(
         trace_id=trace_id,
         span_id=span_id,
-        parent=parent.hex() or None,
+        parent=parent or None,
         name=pb.name,
         kind=pb.kind,
         start_ns=pb.start_time_unix_nano,
@@ -507,6 +503,14 @@ def _invalid_ids(trace_id: str | None, span_id: str | None) -> str | None:
     if span_id is None or len(span_id) != 16 or span_id == _ZERO_SPAN:
         return f"span in trace {trace_id} with an invalid span id (want 8 non-zero bytes)"
     return None
+
+
+def _invalid_binary_ids(trace_id: str, span_id: str, parent: str) -> str | None:
+    """Why the ids of a protobuf span (as hex, "" when absent) are unusable, else None."""
+    reason = _invalid_ids(trace_id, span_id)
+    if reason is None and parent and len(parent) != 16:
+        reason = f"span {span_id}: parent_span_id must be 8 bytes"
+    return reason
 
 
 def _build_span(
