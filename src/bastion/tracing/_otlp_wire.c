@@ -5,12 +5,12 @@
  * This reader walks the bytes once and builds only what the ingest path keeps.
  *
  * It is a fast path, never the judge: it handles the shape OpenTelemetry exporters send and
- * answers "not mine" (None) for anything else (a field it does not know, a wire type other than
- * the schema's, a singular field given twice, nesting past 32 levels, invalid UTF-8, a
- * truncated body), and the caller then parses the request with the protobuf
- * runtime, which gives the authoritative answer and the error message. So for every input it
- * either agrees with the runtime or steps aside. Every read is bounds-checked against the end
- * of its enclosing message.
+ * answers "not mine" (None) for anything else (a field it does not know, a wire type other
+ * than the schema's, a singular field given twice, nesting past 32 levels, invalid UTF-8, a
+ * truncated body), and the caller then parses the request with the protobuf runtime, which
+ * gives the authoritative answer and the error message. So for every input it either agrees
+ * with the runtime or steps aside. Every read is bounds-checked against the end of its
+ * enclosing message.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,11 +36,37 @@ typedef struct {
 typedef struct {
     uint32_t field;
     uint32_t wire_type;
-    uint64_t varint;       /* WT_VARINT, WT_FIXED64 and WT_FIXED32 values */
-    Reader body;           /* WT_LEN contents */
+    uint64_t number;  /* the value of a varint, fixed64 or fixed32 field */
+    Reader body;      /* the contents of a length-delimited field */
 } Field;
 
-static PyObject *KEY_NAME, *KEY_TIME_NS, *KEY_ATTRIBUTES;
+/* The fields of each message the reader knows, by number: the wire type plus one (so that
+ * the zero an initializer leaves for any other number means "not known here"). */
+enum { V = WT_VARINT + 1, I64 = WT_FIXED64 + 1, LEN = WT_LEN + 1, I32 = WT_FIXED32 + 1 };
+typedef struct {
+    const uint8_t *types;
+    uint32_t count;
+} Schema;
+#define SCHEMA(...) {(const uint8_t[]){__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})}
+
+/* ExportTraceServiceRequest, ArrayValue and KeyValueList: one repeated message, field 1. */
+static const Schema LIST = SCHEMA([1] = LEN);
+static const Schema RESOURCE_SPANS = SCHEMA([1] = LEN, [2] = LEN, [3] = LEN);
+static const Schema RESOURCE = SCHEMA([1] = LEN, [2] = V);  /* entity_refs left to the runtime */
+static const Schema SCOPE_SPANS = SCHEMA([1] = LEN, [2] = LEN, [3] = LEN);
+static const Schema SCOPE = SCHEMA([1] = LEN, [2] = LEN, [3] = LEN, [4] = V);
+static const Schema SPAN = SCHEMA([1] = LEN, [2] = LEN, [3] = LEN, [4] = LEN, [5] = LEN,
+                                  [6] = V, [7] = I64, [8] = I64, [9] = LEN, [10] = V,
+                                  [11] = LEN, [12] = V, [13] = LEN, [14] = V, [15] = LEN,
+                                  [16] = I32);
+static const Schema EVENT = SCHEMA([1] = I64, [2] = LEN, [3] = LEN, [4] = V);
+static const Schema LINK = SCHEMA([1] = LEN, [2] = LEN, [3] = LEN, [4] = LEN, [5] = V, [6] = I32);
+static const Schema STATUS = SCHEMA([2] = LEN, [3] = V);
+static const Schema KEY_VALUE = SCHEMA([1] = LEN, [2] = LEN);  /* key_strindex: the runtime's */
+static const Schema ANY_VALUE = SCHEMA([1] = LEN, [2] = V, [3] = V, [4] = I64, [5] = LEN,
+                                       [6] = LEN, [7] = LEN);  /* string_value_strindex too */
+
+static PyObject *KEY_NAME, *KEY_TIME_NS, *KEY_ATTRIBUTES, *B64ENCODE;
 
 static int read_varint(Reader *r, uint64_t *out) {
     uint64_t value = 0;
@@ -57,43 +83,40 @@ static int read_varint(Reader *r, uint64_t *out) {
     return NOT_MINE;
 }
 
-/* The next field of a message, or NOT_MINE for a wire type the schema never uses here. */
-static int next_field(Reader *r, Field *f) {
+/* The next field of a message whose fields are ``schema``; NOT_MINE for a field number it
+ * does not list, or a wire type other than the one it lists. */
+static int next_field(Reader *r, Schema schema, Field *f) {
     uint64_t tag, length;
     if (read_varint(r, &tag)) return NOT_MINE;
-    if (tag >> 3 == 0 || tag >> 3 > UINT32_MAX) return NOT_MINE;
+    if (tag >> 3 >= schema.count || schema.types[tag >> 3] != (tag & 7) + 1) return NOT_MINE;
     f->field = (uint32_t)(tag >> 3);
     f->wire_type = (uint32_t)(tag & 7);
     switch (f->wire_type) {
     case WT_VARINT:
-        return read_varint(r, &f->varint);
+        return read_varint(r, &f->number);
     case WT_FIXED64:
         if (r->end - r->p < 8) return NOT_MINE;
-        f->varint = 0;
-        for (int i = 7; i >= 0; i--) f->varint = (f->varint << 8) | r->p[i];
+        f->number = 0;
+        for (int i = 7; i >= 0; i--) f->number = (f->number << 8) | r->p[i];
         r->p += 8;
         return OK;
     case WT_FIXED32:
         if (r->end - r->p < 4) return NOT_MINE;
-        f->varint = (uint64_t)r->p[0] | (uint64_t)r->p[1] << 8 | (uint64_t)r->p[2] << 16 |
-                    (uint64_t)r->p[3] << 24;
-        r->p += 4;
+        r->p += 4;  /* only flags are fixed32, and nothing keeps them */
         return OK;
-    case WT_LEN:
+    default:  /* WT_LEN: no other wire type is in any schema */
         if (read_varint(r, &length)) return NOT_MINE;
         if (length > (uint64_t)(r->end - r->p)) return NOT_MINE;
         f->body.p = r->p;
         f->body.end = r->p + length;
         r->p += length;
         return OK;
-    default:  /* groups */
-        return NOT_MINE;
     }
 }
 
 /* A singular field may appear once; the runtime would merge or overwrite a second one. */
 static int first_time(uint32_t *seen, uint32_t field) {
-    uint32_t bit = 1u << field;
+    uint32_t bit = 1u << field;  /* field < 17: next_field passed only listed numbers */
     if (*seen & bit) return NOT_MINE;
     *seen |= bit;
     return OK;
@@ -133,30 +156,15 @@ static PyObject *hex_str(const Reader *body) {
     return text;
 }
 
-/* A bytes attribute value as the Python reader gives it: standard base64 text, padded. */
+/* A bytes attribute value as the Python reader gives it: base64.b64encode(value).decode(). */
 static PyObject *base64_str(const Reader *body) {
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    Py_ssize_t size = body->end - body->p;
-    const uint8_t *in = body->p;
-    PyObject *text = PyUnicode_New((size + 2) / 3 * 4, 127);
-    if (text == NULL) return NULL;
-    Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
-    Py_ssize_t i = 0;
-    for (; i + 3 <= size; i += 3, out += 4) {
-        uint32_t group = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[0] = (Py_UCS1)alphabet[group >> 18];
-        out[1] = (Py_UCS1)alphabet[group >> 12 & 63];
-        out[2] = (Py_UCS1)alphabet[group >> 6 & 63];
-        out[3] = (Py_UCS1)alphabet[group & 63];
-    }
-    if (i < size) {
-        uint32_t group = (uint32_t)in[i] << 16 | (i + 1 < size ? (uint32_t)in[i + 1] << 8 : 0);
-        out[0] = (Py_UCS1)alphabet[group >> 18];
-        out[1] = (Py_UCS1)alphabet[group >> 12 & 63];
-        out[2] = (Py_UCS1)(i + 1 < size ? alphabet[group >> 6 & 63] : '=');
-        out[3] = '=';
-    }
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)body->p, body->end - body->p);
+    if (raw == NULL) return NULL;
+    PyObject *encoded = PyObject_CallOneArg(B64ENCODE, raw);
+    Py_DECREF(raw);
+    if (encoded == NULL) return NULL;
+    PyObject *text = PyUnicode_FromEncodedObject(encoded, "ascii", "strict");
+    Py_DECREF(encoded);
     return text;
 }
 
@@ -164,72 +172,55 @@ static int read_key_value(Reader r, int depth, PyObject *into);
 
 /* An AnyValue as Python: the set member of its oneof, None when none is. */
 static int read_any_value(Reader r, int depth, PyObject **out) {
-    Field f;
-    uint32_t seen = 0;
+    Field f, item_field;
     PyObject *value = NULL, *item = NULL;
+    double real;
     int rc = OK;
     if (depth > MAX_DEPTH) return NOT_MINE;
     while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) goto fail;
-        if (seen) { rc = NOT_MINE; goto fail; }  /* one member of the oneof, once */
-        seen = 1;
+        if ((rc = next_field(&r, ANY_VALUE, &f))) goto fail;
+        if (value != NULL) { rc = NOT_MINE; goto fail; }  /* one member of the oneof, once */
         switch (f.field) {
         case 1:  /* string_value */
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto fail; }
-            if ((rc = read_str(&f.body, &value))) goto fail;
+            rc = read_str(&f.body, &value);
             break;
         case 2:  /* bool_value */
-            if (f.wire_type != WT_VARINT) { rc = NOT_MINE; goto fail; }
-            value = PyBool_FromLong(f.varint != 0);
+            value = PyBool_FromLong(f.number != 0);
             break;
         case 3:  /* int_value */
-            if (f.wire_type != WT_VARINT) { rc = NOT_MINE; goto fail; }
-            value = PyLong_FromLongLong((long long)(int64_t)f.varint);
-            if (value == NULL) { rc = ERROR; goto fail; }
+            value = PyLong_FromLongLong((long long)(int64_t)f.number);
             break;
-        case 4: {  /* double_value */
-            double number;
-            if (f.wire_type != WT_FIXED64) { rc = NOT_MINE; goto fail; }
-            memcpy(&number, &f.varint, sizeof number);
-            value = PyFloat_FromDouble(number);
-            if (value == NULL) { rc = ERROR; goto fail; }
+        case 4:  /* double_value */
+            memcpy(&real, &f.number, sizeof real);
+            value = PyFloat_FromDouble(real);
             break;
-        }
-        case 5: {  /* array_value: ArrayValue { repeated AnyValue values = 1; } */
-            Field g;
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto fail; }
-            if ((value = PyList_New(0)) == NULL) { rc = ERROR; goto fail; }
-            while (f.body.p < f.body.end) {
-                if ((rc = next_field(&f.body, &g))) goto fail;
-                if (g.field != 1 || g.wire_type != WT_LEN) { rc = NOT_MINE; goto fail; }
-                if ((rc = read_any_value(g.body, depth + 1, &item))) goto fail;
-                if (PyList_Append(value, item)) { rc = ERROR; goto fail; }
+        case 5:  /* array_value: ArrayValue { repeated AnyValue values = 1; } */
+            if ((value = PyList_New(0)) == NULL) break;
+            while (rc == OK && f.body.p < f.body.end) {
+                if ((rc = next_field(&f.body, LIST, &item_field)) ||
+                    (rc = read_any_value(item_field.body, depth + 1, &item))) {
+                    break;
+                }
+                if (PyList_Append(value, item)) rc = ERROR;
                 Py_CLEAR(item);
             }
             break;
-        }
-        case 6: {  /* kvlist_value: KeyValueList { repeated KeyValue values = 1; } */
-            Field g;
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto fail; }
-            if ((value = PyDict_New()) == NULL) { rc = ERROR; goto fail; }
-            while (f.body.p < f.body.end) {
-                if ((rc = next_field(&f.body, &g))) goto fail;
-                if (g.field != 1 || g.wire_type != WT_LEN) { rc = NOT_MINE; goto fail; }
-                if ((rc = read_key_value(g.body, depth + 1, value))) goto fail;
+        case 6:  /* kvlist_value: KeyValueList { repeated KeyValue values = 1; } */
+            if ((value = PyDict_New()) == NULL) break;
+            while (rc == OK && f.body.p < f.body.end) {
+                if ((rc = next_field(&f.body, LIST, &item_field)) == OK) {
+                    rc = read_key_value(item_field.body, depth + 1, value);
+                }
             }
             break;
-        }
-        case 7:  /* bytes_value */
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto fail; }
-            if ((value = base64_str(&f.body)) == NULL) { rc = ERROR; goto fail; }
+        default:  /* 7: bytes_value */
+            value = base64_str(&f.body);
             break;
-        default:  /* string_value_strindex (profiles only), or unknown */
-            rc = NOT_MINE;
-            goto fail;
         }
+        if (rc == OK && value == NULL) rc = ERROR;
+        if (rc) goto fail;
     }
-    if (value == NULL) value = Py_NewRef(Py_None);
-    *out = value;
+    *out = value != NULL ? value : Py_NewRef(Py_None);
     return OK;
 fail:
     Py_XDECREF(value);
@@ -243,34 +234,16 @@ static int read_key_value(Reader r, int depth, PyObject *into) {
     uint32_t seen = 0;
     PyObject *key = NULL, *value = NULL;
     int rc = OK;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) goto done;
-        if ((rc = first_time(&seen, f.field < 3 ? f.field : 3))) goto done;
-        if (f.field == 1 && f.wire_type == WT_LEN) {
-            if ((rc = read_str(&f.body, &key))) goto done;
-        } else if (f.field == 2 && f.wire_type == WT_LEN) {
-            if ((rc = read_any_value(f.body, depth, &value))) goto done;
-        } else {
-            rc = NOT_MINE;  /* key_strindex, or the wrong wire type */
-            goto done;
-        }
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, KEY_VALUE, &f)) || (rc = first_time(&seen, f.field))) break;
+        rc = f.field == 1 ? read_str(&f.body, &key) : read_any_value(f.body, depth, &value);
     }
-    if (key == NULL && (key = PyUnicode_FromStringAndSize("", 0)) == NULL) { rc = ERROR; goto done; }
-    if (value == NULL) value = Py_NewRef(Py_None);
-    if (PyDict_SetItem(into, key, value)) rc = ERROR;
-done:
+    if (rc == OK && key == NULL && (key = PyUnicode_FromStringAndSize("", 0)) == NULL) rc = ERROR;
+    if (rc == OK && PyDict_SetItem(into, key, value != NULL ? value : Py_None)) rc = ERROR;
     Py_XDECREF(key);
     Py_XDECREF(value);
     return rc;
 }
-
-/* A length-delimited field holding one KeyValue of a repeated ``attributes`` field. */
-static int add_attribute(const Field *f, PyObject *into) {
-    if (f->wire_type != WT_LEN) return NOT_MINE;
-    return read_key_value(f->body, 0, into);
-}
-
-static int skip_varint(const Field *f) { return f->wire_type == WT_VARINT ? OK : NOT_MINE; }
 
 /* Span.Event -> {"name": str, "time_ns": int, "attributes": dict}, as the Python reader builds. */
 static int read_event(Reader r, PyObject *events) {
@@ -278,34 +251,26 @@ static int read_event(Reader r, PyObject *events) {
     uint32_t seen = 0;
     uint64_t time_ns = 0;
     PyObject *name = NULL, *attributes = PyDict_New(), *event = NULL, *time_obj = NULL;
-    int rc = OK;
-    if (attributes == NULL) return ERROR;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) goto done;
+    int rc = attributes == NULL ? ERROR : OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, EVENT, &f))) break;
         if (f.field == 3) {
-            if ((rc = add_attribute(&f, attributes))) goto done;
-            continue;
-        }
-        if ((rc = first_time(&seen, f.field < 5 ? f.field : 5))) goto done;
-        if (f.field == 1 && f.wire_type == WT_FIXED64) {
-            time_ns = f.varint;
-        } else if (f.field == 2 && f.wire_type == WT_LEN) {
-            if ((rc = read_str(&f.body, &name))) goto done;
-        } else if (f.field == 4) {
-            if ((rc = skip_varint(&f))) goto done;
-        } else {
-            rc = NOT_MINE;
-            goto done;
+            rc = read_key_value(f.body, 0, attributes);
+        } else if ((rc = first_time(&seen, f.field)) == OK) {
+            if (f.field == 1) time_ns = f.number;
+            else if (f.field == 2) rc = read_str(&f.body, &name);
+            /* 4: dropped_attributes_count */
         }
     }
-    if (name == NULL && (name = PyUnicode_FromStringAndSize("", 0)) == NULL) { rc = ERROR; goto done; }
-    if ((time_obj = PyLong_FromUnsignedLongLong(time_ns)) == NULL) { rc = ERROR; goto done; }
-    if ((event = PyDict_New()) == NULL || PyDict_SetItem(event, KEY_NAME, name) ||
-        PyDict_SetItem(event, KEY_TIME_NS, time_obj) ||
-        PyDict_SetItem(event, KEY_ATTRIBUTES, attributes) || PyList_Append(events, event)) {
-        rc = ERROR;
+    if (rc == OK) {
+        if ((name == NULL && (name = PyUnicode_FromStringAndSize("", 0)) == NULL) ||
+            (time_obj = PyLong_FromUnsignedLongLong(time_ns)) == NULL ||
+            (event = PyDict_New()) == NULL || PyDict_SetItem(event, KEY_NAME, name) ||
+            PyDict_SetItem(event, KEY_TIME_NS, time_obj) ||
+            PyDict_SetItem(event, KEY_ATTRIBUTES, attributes) || PyList_Append(events, event)) {
+            rc = ERROR;
+        }
     }
-done:
     Py_XDECREF(name);
     Py_XDECREF(attributes);
     Py_XDECREF(event);
@@ -313,31 +278,24 @@ done:
     return rc;
 }
 
-/* Span.Link: the ingest path keeps no links, but the runtime would refuse a malformed one. */
-static int check_link(Reader r) {
+/* A message the ingest path does not keep (a link, a scope), checked as the runtime would:
+ * singular fields once, strings valid UTF-8, attributes well formed. ``attributes_field`` is
+ * its repeated KeyValue field; ``strings`` has bit N set for each string field N; a string
+ * field ``keep`` (0: none) is decoded into ``*kept``. */
+static int check_message(Reader r, Schema schema, uint32_t attributes_field, uint32_t strings,
+                         uint32_t keep, PyObject **kept) {
     Field f;
     uint32_t seen = 0;
     PyObject *attributes = PyDict_New();
-    int rc = OK;
-    if (attributes == NULL) return ERROR;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) break;
-        if (f.field == 4) {
-            if ((rc = add_attribute(&f, attributes))) break;
-            continue;
-        }
-        if ((rc = first_time(&seen, f.field < 7 ? f.field : 7))) break;
-        if ((f.field == 1 || f.field == 2) && f.wire_type == WT_LEN) continue;
-        if (f.field == 3 && f.wire_type == WT_LEN) {
-            if ((rc = check_str(&f.body))) break;
-        } else if (f.field == 5) {
-            if ((rc = skip_varint(&f))) break;
-        } else if (!(f.field == 6 && f.wire_type == WT_FIXED32)) {
-            rc = NOT_MINE;
-            break;
-        }
+    int rc = attributes == NULL ? ERROR : OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, schema, &f))) break;
+        if (f.field == attributes_field) rc = read_key_value(f.body, 0, attributes);
+        else if ((rc = first_time(&seen, f.field))) break;
+        else if (f.field == keep) rc = read_str(&f.body, kept);
+        else if (strings & (1u << f.field)) rc = check_str(&f.body);
     }
-    Py_DECREF(attributes);
+    Py_XDECREF(attributes);
     return rc;
 }
 
@@ -345,19 +303,13 @@ static int check_link(Reader r) {
 static int read_status(Reader r, int32_t *code, PyObject **message) {
     Field f;
     uint32_t seen = 0;
-    int rc;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) return rc;
-        if ((rc = first_time(&seen, f.field < 4 ? f.field : 4))) return rc;
-        if (f.field == 2 && f.wire_type == WT_LEN) {
-            if ((rc = read_str(&f.body, message))) return rc;
-        } else if (f.field == 3 && f.wire_type == WT_VARINT) {
-            *code = (int32_t)(uint32_t)f.varint;
-        } else {
-            return NOT_MINE;
-        }
+    int rc = OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, STATUS, &f)) || (rc = first_time(&seen, f.field))) break;
+        if (f.field == 2) rc = read_str(&f.body, message);
+        else *code = (int32_t)(uint32_t)f.number;
     }
-    return OK;
+    return rc;
 }
 
 /* Span -> (trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, attributes,
@@ -371,70 +323,42 @@ static int read_span(Reader r, PyObject *spans) {
     PyObject *name = NULL, *status_message = NULL, *span = NULL;
     PyObject *trace_hex = NULL, *span_hex = NULL, *parent_hex = NULL;
     PyObject *attributes = PyDict_New(), *events = PyList_New(0);
-    int rc = OK;
-    if (attributes == NULL || events == NULL) { rc = ERROR; goto done; }
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) goto done;
-        switch (f.field) {
-        case 9:
-            if ((rc = add_attribute(&f, attributes))) goto done;
-            continue;
-        case 11:
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto done; }
-            if ((rc = read_event(f.body, events))) goto done;
-            continue;
-        case 13:
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto done; }
-            if ((rc = check_link(f.body))) goto done;
-            continue;
-        }
-        if ((rc = first_time(&seen, f.field < 17 ? f.field : 17))) goto done;
-        switch (f.field) {
-        case 1: case 2: case 4: case 3: case 5: case 15:
-            if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto done; }
-            if (f.field == 1) trace_id = f.body;
-            else if (f.field == 2) span_id = f.body;
-            else if (f.field == 4) parent = f.body;
-            else if (f.field == 3) rc = check_str(&f.body);  /* trace_state */
-            else if (f.field == 5) rc = read_str(&f.body, &name);
-            else rc = read_status(f.body, &status_code, &status_message);
-            if (rc) goto done;
-            break;
-        case 6:
-            if (f.wire_type != WT_VARINT) { rc = NOT_MINE; goto done; }
-            kind = (int32_t)(uint32_t)f.varint;
-            break;
-        case 7: case 8:
-            if (f.wire_type != WT_FIXED64) { rc = NOT_MINE; goto done; }
-            if (f.field == 7) start_ns = f.varint;
-            else end_ns = f.varint;
-            break;
-        case 10: case 12: case 14:  /* dropped counts */
-            if ((rc = skip_varint(&f))) goto done;
-            break;
-        case 16:  /* flags */
-            if (f.wire_type != WT_FIXED32) { rc = NOT_MINE; goto done; }
-            break;
-        default:
-            rc = NOT_MINE;
-            goto done;
+    int rc = attributes == NULL || events == NULL ? ERROR : OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, SPAN, &f))) break;
+        if (f.field == 9) rc = read_key_value(f.body, 0, attributes);
+        else if (f.field == 11) rc = read_event(f.body, events);
+        else if (f.field == 13) rc = check_message(f.body, LINK, 4, 1u << 3, 0, NULL);
+        else if ((rc = first_time(&seen, f.field)) == OK) {
+            switch (f.field) {
+            case 1: trace_id = f.body; break;
+            case 2: span_id = f.body; break;
+            case 3: rc = check_str(&f.body); break;  /* trace_state */
+            case 4: parent = f.body; break;
+            case 5: rc = read_str(&f.body, &name); break;
+            case 6: kind = (int32_t)(uint32_t)f.number; break;
+            case 7: start_ns = f.number; break;
+            case 8: end_ns = f.number; break;
+            case 15: rc = read_status(f.body, &status_code, &status_message); break;
+            default: break;  /* dropped counts (10, 12, 14) and flags (16) */
+            }
         }
     }
-    if (name == NULL && (name = PyUnicode_FromStringAndSize("", 0)) == NULL) { rc = ERROR; goto done; }
-    if (status_message == NULL && (status_message = PyUnicode_FromStringAndSize("", 0)) == NULL) {
-        rc = ERROR;
-        goto done;
+    if (rc == OK) {
+        if ((name == NULL && (name = PyUnicode_FromStringAndSize("", 0)) == NULL) ||
+            (status_message == NULL &&
+             (status_message = PyUnicode_FromStringAndSize("", 0)) == NULL) ||
+            (trace_hex = hex_str(&trace_id)) == NULL || (span_hex = hex_str(&span_id)) == NULL ||
+            (parent_hex = hex_str(&parent)) == NULL) {
+            rc = ERROR;
+        }
     }
-    if ((trace_hex = hex_str(&trace_id)) == NULL || (span_hex = hex_str(&span_id)) == NULL ||
-        (parent_hex = hex_str(&parent)) == NULL) {
-        rc = ERROR;
-        goto done;
+    if (rc == OK) {
+        span = Py_BuildValue("(OOOOiKKOOiO)", trace_hex, span_hex, parent_hex, name, kind,
+                             (unsigned long long)start_ns, (unsigned long long)end_ns,
+                             attributes, events, status_code, status_message);
+        if (span == NULL || PyList_Append(spans, span)) rc = ERROR;
     }
-    span = Py_BuildValue("(OOOOiKKOOiO)", trace_hex, span_hex, parent_hex, name, kind,
-                         (unsigned long long)start_ns, (unsigned long long)end_ns, attributes,
-                         events, status_code, status_message);
-    if (span == NULL || PyList_Append(spans, span)) rc = ERROR;
-done:
     Py_XDECREF(trace_hex);
     Py_XDECREF(span_hex);
     Py_XDECREF(parent_hex);
@@ -446,81 +370,44 @@ done:
     return rc;
 }
 
-/* InstrumentationScope: its name is kept; version and attributes are only checked. */
-static int read_scope(Reader r, PyObject **name) {
-    Field f;
-    uint32_t seen = 0;
-    PyObject *attributes = PyDict_New();
-    int rc = OK;
-    if (attributes == NULL) return ERROR;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) break;
-        if (f.field == 3) {
-            if ((rc = add_attribute(&f, attributes))) break;
-            continue;
-        }
-        if ((rc = first_time(&seen, f.field < 5 ? f.field : 5))) break;
-        if (f.field == 1 && f.wire_type == WT_LEN) {
-            if ((rc = read_str(&f.body, name))) break;
-        } else if (f.field == 2 && f.wire_type == WT_LEN) {
-            if ((rc = check_str(&f.body))) break;
-        } else if (f.field == 4) {
-            if ((rc = skip_varint(&f))) break;
-        } else {
-            rc = NOT_MINE;
-            break;
-        }
-    }
-    Py_DECREF(attributes);
-    return rc;
-}
-
 /* ScopeSpans -> (scope name, [span, ...]). */
 static int read_scope_spans(Reader r, PyObject *scopes) {
     Field f;
     uint32_t seen = 0;
     PyObject *name = NULL, *spans = PyList_New(0), *scope = NULL;
-    int rc = OK;
-    if (spans == NULL) return ERROR;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) goto done;
-        if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto done; }
-        if (f.field == 2) {
-            if ((rc = read_span(f.body, spans))) goto done;
-            continue;
-        }
-        if ((rc = first_time(&seen, f.field < 4 ? f.field : 4))) goto done;
-        if (f.field == 1) rc = read_scope(f.body, &name);
-        else if (f.field == 3) rc = check_str(&f.body);  /* schema_url */
-        else rc = NOT_MINE;
-        if (rc) goto done;
+    int rc = spans == NULL ? ERROR : OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, SCOPE_SPANS, &f))) break;
+        if (f.field == 2) rc = read_span(f.body, spans);
+        else if ((rc = first_time(&seen, f.field))) break;
+        /* InstrumentationScope: its name kept, version and attributes only checked */
+        else if (f.field == 1) rc = check_message(f.body, SCOPE, 3, 1u << 2, 1, &name);
+        else rc = check_str(&f.body);  /* schema_url */
     }
-    if (name == NULL && (name = PyUnicode_FromStringAndSize("", 0)) == NULL) { rc = ERROR; goto done; }
-    scope = PyTuple_Pack(2, name, spans);
-    if (scope == NULL || PyList_Append(scopes, scope)) rc = ERROR;
-done:
+    if (rc == OK && name == NULL && (name = PyUnicode_FromStringAndSize("", 0)) == NULL) {
+        rc = ERROR;
+    }
+    if (rc == OK &&
+        ((scope = PyTuple_Pack(2, name, spans)) == NULL || PyList_Append(scopes, scope))) {
+        rc = ERROR;
+    }
     Py_XDECREF(name);
     Py_XDECREF(spans);
     Py_XDECREF(scope);
     return rc;
 }
 
-/* Resource: its attributes (entity references are left to the runtime). */
+/* Resource: its attributes. */
 static int read_resource(Reader r, PyObject *attributes) {
     Field f;
     uint32_t seen = 0;
-    int rc;
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) return rc;
-        if (f.field == 1) {
-            if ((rc = add_attribute(&f, attributes))) return rc;
-        } else if (f.field == 2) {
-            if ((rc = first_time(&seen, 2)) || (rc = skip_varint(&f))) return rc;
-        } else {
-            return NOT_MINE;
-        }
+    int rc = OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, RESOURCE, &f))) break;
+        if (f.field == 1) rc = read_key_value(f.body, 0, attributes);
+        else rc = first_time(&seen, f.field);  /* 2: dropped_attributes_count */
     }
-    return OK;
+    return rc;
 }
 
 /* ResourceSpans -> (resource attributes, [(scope name, [span, ...]), ...]). */
@@ -528,24 +415,18 @@ static int read_resource_spans(Reader r, PyObject *out) {
     Field f;
     uint32_t seen = 0;
     PyObject *attributes = PyDict_New(), *scopes = PyList_New(0), *item = NULL;
-    int rc = OK;
-    if (attributes == NULL || scopes == NULL) { rc = ERROR; goto done; }
-    while (r.p < r.end) {
-        if ((rc = next_field(&r, &f))) goto done;
-        if (f.wire_type != WT_LEN) { rc = NOT_MINE; goto done; }
-        if (f.field == 2) {
-            if ((rc = read_scope_spans(f.body, scopes))) goto done;
-            continue;
-        }
-        if ((rc = first_time(&seen, f.field < 4 ? f.field : 4))) goto done;
-        if (f.field == 1) rc = read_resource(f.body, attributes);
-        else if (f.field == 3) rc = check_str(&f.body);  /* schema_url */
-        else rc = NOT_MINE;
-        if (rc) goto done;
+    int rc = attributes == NULL || scopes == NULL ? ERROR : OK;
+    while (rc == OK && r.p < r.end) {
+        if ((rc = next_field(&r, RESOURCE_SPANS, &f))) break;
+        if (f.field == 2) rc = read_scope_spans(f.body, scopes);
+        else if ((rc = first_time(&seen, f.field))) break;
+        else if (f.field == 1) rc = read_resource(f.body, attributes);
+        else rc = check_str(&f.body);  /* schema_url */
     }
-    item = PyTuple_Pack(2, attributes, scopes);
-    if (item == NULL || PyList_Append(out, item)) rc = ERROR;
-done:
+    if (rc == OK && ((item = PyTuple_Pack(2, attributes, scopes)) == NULL ||
+                     PyList_Append(out, item))) {
+        rc = ERROR;
+    }
     Py_XDECREF(attributes);
     Py_XDECREF(scopes);
     Py_XDECREF(item);
@@ -574,9 +455,7 @@ static PyObject *read_request(PyObject *module, PyObject *arg) {
         return NULL;
     }
     while (rc == OK && r.p < r.end) {
-        rc = next_field(&r, &f);
-        if (rc == OK && (f.field != 1 || f.wire_type != WT_LEN)) rc = NOT_MINE;
-        if (rc == OK) rc = read_resource_spans(f.body, out);
+        if ((rc = next_field(&r, LIST, &f)) == OK) rc = read_resource_spans(f.body, out);
     }
     PyBuffer_Release(&view);
     if (rc == OK) return out;
@@ -599,9 +478,15 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__otlp_wire(void) {
+    PyObject *base64 = PyImport_ImportModule("base64");
+    if (base64 == NULL) return NULL;
+    B64ENCODE = PyObject_GetAttrString(base64, "b64encode");
+    Py_DECREF(base64);
     KEY_NAME = PyUnicode_InternFromString("name");
     KEY_TIME_NS = PyUnicode_InternFromString("time_ns");
     KEY_ATTRIBUTES = PyUnicode_InternFromString("attributes");
-    if (KEY_NAME == NULL || KEY_TIME_NS == NULL || KEY_ATTRIBUTES == NULL) return NULL;
+    if (B64ENCODE == NULL || KEY_NAME == NULL || KEY_TIME_NS == NULL || KEY_ATTRIBUTES == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module_def);
 }
