@@ -15,13 +15,17 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bastion.parsing import InputError, InputLimits, parse_yaml, read_bounded
+
 __all__ = [
     "ConfigError",
     "GatewaySettings",
     "IngestSettings",
+    "InputLimits",
     "PriceOverride",
     "ProjectSettings",
     "Settings",
+    "TemplateSettings",
     "load_settings",
 ]
 
@@ -54,6 +58,11 @@ class IngestSettings(BaseModel):
     )
     spool_replay_interval_s: float = Field(
         1.0, gt=0, description="how often a non-empty spool retries the database"
+    )
+    spool_stale_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="/readyz reports degraded while the spool's oldest record is older than this",
     )
     rollup_fold_interval_ms: float = Field(
         5_000.0,
@@ -138,11 +147,43 @@ class GatewaySettings(BaseModel):
     )
 
 
+class TemplateSettings(BaseModel):
+    """Limits of one prompt template render (gateway, evals) and of the checks at push."""
+
+    cpu_ms: float = Field(
+        50.0,
+        gt=0,
+        le=60_000,
+        description="CPU time one render may use; a project may set its own "
+        "(projects.<slug>.template_cpu_ms)",
+    )
+    max_output_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="largest rendered prompt, and longest string or list a template may build; "
+        "default gateway.max_request_bytes",
+    )
+    max_nesting: int = Field(
+        32,
+        ge=4,
+        le=48,
+        description="deepest nesting of expressions and blocks, of included partials and of "
+        "recursive loop calls (Python's own parser bounds it at 48)",
+    )
+
+
 class ProjectSettings(BaseModel):
     """Configuration that applies to one project only (keyed by the project's slug)."""
 
     prices: dict[str, PriceOverride] = Field(
         default_factory=dict, description="price overrides for this project, by model name"
+    )
+    template_cpu_ms: float | None = Field(
+        None,
+        gt=0,
+        le=60_000,
+        description="CPU time one prompt template render of this project may use; "
+        "default templates.cpu_ms",
     )
 
 
@@ -174,8 +215,19 @@ class Settings(BaseSettings):
     worker_index: int | None = Field(
         None, exclude=True, description="set inside a worker process: which one it is"
     )
+    limits_socket: str | None = Field(
+        None,
+        exclude=True,
+        description="set inside a worker process: the Unix socket of the host's rate-limit "
+        "and budget ledger, held by the supervising process (serve --workers N without Redis)",
+    )
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    limits: InputLimits = Field(
+        default_factory=InputLimits,
+        description="caps on every document parsed from user input (datasets, YAML, JSON, CSV)",
+    )
     prices: dict[str, PriceOverride] = Field(
         default_factory=dict, description="price overrides for every project, by model name"
     )
@@ -223,13 +275,16 @@ class Settings(BaseSettings):
 
 
 def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse YAML and remember the line of every top-level and nested mapping key."""
-    text = path.read_text(encoding="utf-8")
+    """Parse YAML and remember the line of every top-level and nested mapping key.
+
+    The file configures the caps, so it is held to the default ones.
+    """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        document = parse_yaml(read_bounded(path, InputLimits(), encoding="utf-8"))
+    except InputError as exc:
+        where = f"{path}:{exc.line}" if exc.line is not None else str(path)
+        raise ConfigError(f"{where}: {exc.problem}") from exc
+    node, data = document.node, document.data
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:

@@ -25,6 +25,7 @@ from bastion.evals import (
     ScorerError,
     make_scorer,
 )
+from bastion.evals.scorers import ScoreError
 from bastion.providers.simulator import SimulatorConfig, SimulatorServer
 
 KEY = "sim-key"
@@ -59,6 +60,19 @@ def grade(
             return await scorer.score(Output(text), item or Item("i", {"question": "Capital?"}))
 
     return asyncio.run(go())
+
+
+def unjudged(
+    sim: SimulatorServer,
+    spec: Mapping[str, Any],
+    text: str,
+    item: Item | None = None,
+    model: str = "sim-small",
+) -> ScoreError:
+    """The error of a scorer whose judge gave no readable verdict (no score at all)."""
+    with pytest.raises(ScoreError) as caught:
+        grade(sim, spec, text, item, model)
+    return caught.value
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -163,27 +177,25 @@ def test_rubric_threshold_raises_the_bar(sim: SimulatorServer) -> None:
         ('{"pass": true, "score": "high"}', "'score' is 'high', not a number"),
     ],
 )
-def test_malformed_rubric_verdict_is_a_failed_score(
+def test_malformed_rubric_verdict_is_an_error_not_a_score(
     sim: SimulatorServer, verdict: str, problem: str
 ) -> None:
-    score = grade(sim, {"type": "llm-rubric", "value": "ok"}, directive(verdict))
-    assert (score.value, score.passed) == (0.0, False)
-    assert score.reason == f"malformed judge verdict: {problem}"
-    assert score.details["error"] == "malformed verdict"
-    assert score.details["raw_verdict"] == verdict
-    negated = grade(sim, {"type": "not-llm-rubric", "value": "ok"}, directive(verdict))
-    assert not negated.passed  # an unreadable verdict never passes
+    error = unjudged(sim, {"type": "llm-rubric", "value": "ok"}, directive(verdict))
+    assert str(error) == f"malformed judge verdict: {problem}"
+    assert error.details["error"] == "malformed verdict"
+    assert error.details["raw_verdict"] == verdict
+    # Negated, an unreadable verdict neither passes nor fails: still no score.
+    unjudged(sim, {"type": "not-llm-rubric", "value": "ok"}, directive(verdict))
 
 
 def test_a_bad_judge_model_gives_a_malformed_verdict(sim: SimulatorServer) -> None:
-    score = grade(
+    error = unjudged(
         sim,
         {"type": "llm-rubric", "value": "ok"},
         directive(VERDICT),
         model="sim-small~quality=bad",
     )
-    assert not score.passed
-    assert score.reason.startswith("malformed judge verdict")
+    assert str(error).startswith("malformed judge verdict")
 
 
 def test_spec_model_overrides_the_client_model(sim: SimulatorServer) -> None:
@@ -207,8 +219,8 @@ def test_closedqa(sim: SimulatorServer) -> None:
     assert yes.details["judge_prompt_version"] == "model-graded-closedqa/v1"
     no = grade(sim, spec, directive("The submission says Lyon, so: N"), item)
     assert (no.value, no.passed, no.reason) == (0.0, False, "The submission says Lyon, so:")
-    bad = grade(sim, spec, directive("maybe"), item)
-    assert bad.reason == "malformed judge verdict: no JSON object with 'pass' and no final Y or N"
+    bad = unjudged(sim, spec, directive("maybe"), item)
+    assert str(bad) == "malformed judge verdict: no JSON object with 'pass' and no final Y or N"
     custom = {"type": "model-graded-closedqa", "value": "mentions {{ city }}", "question": "Q?"}
     score = grade(sim, custom, directive("Y"), Item("c", {"city": "Rome"}))
     assert score.passed
@@ -250,10 +262,10 @@ def test_factuality_custom_scores_and_bad_category(sim: SimulatorServer) -> None
     spec = {"type": "factuality", "scores": {"e": 0.3}, "threshold": 0.5}
     score = grade(sim, spec, directive({"category": "E"}), item)
     assert (score.value, score.passed) == (0.3, False)
-    bad = grade(sim, {"type": "factuality"}, directive({"category": "Z"}), item)
-    assert bad.reason == "malformed judge verdict: category 'Z' is not one of A, B, C, D, E"
-    prose = grade(sim, {"type": "factuality"}, directive("A submission that says A"), item)
-    assert prose.reason == (
+    bad = unjudged(sim, {"type": "factuality"}, directive({"category": "Z"}), item)
+    assert str(bad) == "malformed judge verdict: category 'Z' is not one of A, B, C, D, E"
+    prose = unjudged(sim, {"type": "factuality"}, directive("A submission that says A"), item)
+    assert str(prose) == (
         "malformed judge verdict: no JSON object with 'category' and no (A)-(E) answer"
     )
     with pytest.raises(ScorerError, match="bad 'scores' entry 'F'"):
@@ -301,7 +313,7 @@ def test_pairwise_cancels_position_bias(sim: SimulatorServer) -> None:
 
 
 def test_pairwise_malformed_verdict(sim: SimulatorServer) -> None:
-    score = pairwise(sim, "x", "y", question="Q " + directive({"winner": "C"}))
-    assert (score.value, score.passed) == (0.0, False)
-    assert score.reason == "malformed judge verdict: 'winner' is 'C', not A, B or tie"
-    assert score.details["raw_verdict_swapped"] == '{"winner": "C"}'
+    item = Item("p", {"question": "Q " + directive({"winner": "C"})}, expected="y")
+    error = unjudged(sim, {"type": "pairwise"}, "x", item)
+    assert str(error) == "malformed judge verdict: 'winner' is 'C', not A, B or tie"
+    assert error.details["raw_verdict_swapped"] == '{"winner": "C"}'

@@ -203,6 +203,37 @@ def test_judged_assertions_use_the_mapped_grading_models(cli_env: Stack, tmp_pat
     assert mapped.exit_code == 0, mapped.output
 
 
+def test_an_unreadable_judge_verdict_is_a_test_error(cli_env: Stack, tmp_path: Path) -> None:
+    config = """
+    prompts: ["Reply with: Paris"]
+    providers: [openai:sim-small]
+    tests:
+      - assert:
+          - type: llm-rubric
+            value: 'Names a city. Reply with: it looks fine to me'
+            provider: openai:chat:sim-small
+          - type: contains
+            value: Paris
+    """
+    result = run("-c", str(write(tmp_path / "unjudged", config)), "--no-cache")
+    assert result.exit_code == 100, result.output  # not passed
+    assert "malformed judge verdict" in result.output
+    (run_id,) = run_ids(result)
+    with_home = create_engine(f"sqlite:///{cli_env.home / 'bastion.db'}")
+    try:
+        with with_home.begin() as conn:
+            project_id = ensure_project(conn)
+            summary = store.get_run(conn, project_id, run_id).summary
+            rows = store.load_results(conn, project_id, run_id).rows
+    finally:
+        with_home.dispose()
+    assert summary is not None
+    assert summary["promptfoo"] | {"named_metrics": {}} == {
+        "passed": 0, "failed": 0, "errors": 1, "pass_rate": 0.0, "named_metrics": {},
+    }  # fmt: skip
+    assert rows == ()  # an error, not a score of 0
+
+
 TOOLS = """[{"type": "function", "function": {"name": "get_weather", "parameters":
   {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"""
 

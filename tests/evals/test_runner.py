@@ -19,6 +19,7 @@ from typer.testing import Result
 from bastion.evals import runner, store
 from bastion.evals.datasets import Item
 from bastion.prompts import PromptSpec, registry
+from bastion.store.schema import eval_results
 from tests.evals.conftest import Stack, cli, gateway_stack, point_cli_at
 
 CONFIG = """
@@ -316,3 +317,35 @@ def test_judge_scorers_call_the_judge_model_through_the_gateway(
         summary = store.get_run(conn, env.project_id, run_id).summary
     assert summary is not None
     assert summary["metrics"]["llm-rubric"] == {"mean": 0.8, "pass_rate": 1.0, "n": 3}
+
+
+def test_an_unreadable_judge_verdict_is_an_item_error_not_a_score(
+    cli_env: Stack, tmp_path: Path
+) -> None:
+    env = cli_env
+    push_prompt(env, GOOD, "production")
+    cli("dataset", "push", "unjudged", str(write_dataset(tmp_path / "u.jsonl", n=3)))
+    rubric = json.dumps({"type": "llm-rubric", "value": "Answers.\nReply with: it seems fine"})
+    judged = cli(
+        "run", "--dataset", "unjudged", "--prompt", "qa@production", "--scorer", rubric,
+        "--scorer", EQUALS, "--judge-model", "sim-small", "--no-cache", "--quiet",
+    )  # fmt: skip
+    assert judged.exit_code == 0, judged.output
+    run_id = judged.stdout.strip()  # --quiet: the run id alone
+    assert len(run_id) == 32
+    with env.engine.connect() as conn:
+        info = store.get_run(conn, env.project_id, run_id)
+        results = store.load_results(conn, env.project_id, run_id)
+        errors = conn.execute(
+            sa.select(eval_results.c.error).where(eval_results.c.run_id == run_id)
+        ).scalars()
+        error_texts = list(errors)
+    assert info.summary is not None
+    assert info.summary["errors"] == 3
+    assert "llm-rubric" not in info.summary["metrics"]  # no score of 0: no score at all
+    assert info.summary["metrics"]["equals"]["mean"] == 1.0  # the other scorer still scored
+    assert {r.metric for r in results.rows} == {"equals"}
+    assert (
+        error_texts
+        == ["llm-rubric: malformed judge verdict: no JSON object with 'pass' or 'score'"] * 3
+    )

@@ -109,7 +109,22 @@ rate_limits:
             "budgets:\n  - {scope: user, period: day, limit_usd: -1}\n",
             "budgets[0].limit_usd: Input should be greater than 0",
         ),
-        ("budgets:\n  - {scope: user, period: day}\n", "budgets[0].limit_usd: Field required"),
+        (
+            "budgets:\n  - {scope: user, period: day}\n",
+            "budgets[0]: Value error, set limit_usd or limit_tokens (one of them)",
+        ),
+        (
+            "budgets:\n  - {scope: user, period: day, limit_usd: 1, limit_tokens: 5}\n",
+            "budgets[0]: Value error, set limit_usd or limit_tokens (one of them)",
+        ),
+        (
+            "budgets:\n  - {scope: user, period: day, limit_tokens: 5, unpriced: allow}\n",
+            "budgets[0]: Value error, unpriced applies to limit_usd budgets only",
+        ),
+        (
+            "budgets:\n  - {scope: user, period: day, limit_usd: 1, unpriced: maybe}\n",
+            "budgets[0].unpriced: Input should be 'block' or 'allow'",
+        ),
         (
             "budgets:\n  - {scope: user, period: day, limit_usd: 1, colour: red}\n",
             "budgets[0].colour: Extra inputs are not permitted",
@@ -281,14 +296,19 @@ budgets:
     assert h.metric("bastion_gateway_admission_total", outcome="degraded") == 1
 
 
-def test_unknown_price_reserves_nothing_and_says_so(tmp_path: Path) -> None:
-    h = Harness(tmp_path, "budgets:\n  - {scope: project, period: day, limit_usd: 0.01}\n")
+def test_unknown_price_allowed_reserves_nothing_and_says_so(tmp_path: Path) -> None:
+    h = Harness(
+        tmp_path,
+        "budgets:\n  - {scope: project, period: day, limit_usd: 0.01, unpriced: allow}\n",
+    )
     call = h.call()
     ticket = h.admit(call, {**BODY, "model": "mystery"}, alias="mystery")
     assert call.attributes["bastion.budget.reserved_usd"] == 0
     assert call.attributes["bastion.budget.price_unknown"] == ["unpriced-model"]
+    assert call.attributes["bastion.budget.unpriced"] == ["budgets[0]=allow"]
     h.serve(ticket, call, "unpriced-model", (1000, 1000))
-    assert call.attributes["bastion.budget.cost_usd"] == 0
+    assert "bastion.budget.cost_usd" not in call.attributes  # no price: no cost to record
+    assert h.shared.memory.budget(ticket.budgets[0].key) == (0.0, 0.0)  # type: ignore[union-attr]
     assert h.admit(h.call(), {**BODY, "model": "mystery"}, alias="mystery") is not None
 
 

@@ -291,3 +291,56 @@ def test_redis_killed_mid_run_keeps_serving_then_resyncs(tmp_path: Path) -> None
         for process in reversed(processes):
             process.stop()
         server.stop()
+
+
+def test_two_replicas_split_what_is_left_when_redis_is_lost(tmp_path: Path) -> None:
+    """Redis killed under two replicas: each holds half of what was left of the budget (and
+    refuses a request that does not fit its half whole), so the fleet stays within it."""
+    server = RedisServer(free_port())
+    server.start()
+    extra = {
+        "BASTION_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
+        "BASTION_GATEWAY__REDIS_PREFIX": "split-test:",
+        "BASTION_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
+    }
+    config = CONFIG.replace("{limit}", "0.50").replace("{rpm}", "100000")
+    processes: list[Process] = []
+    gateways: list[Gateway] = []
+    try:
+        sim_url = None
+        for name in ("one", "two"):
+            home = tmp_path / name
+            home.mkdir()
+            gateway, started = start_gateway(home, config, env_extra=extra, sim_url=sim_url)
+            sim_url = gateway.simulator_url
+            processes += started
+            gateways.append(gateway)
+        time.sleep(2.5)  # both replicas have announced themselves
+        max_tokens = 24
+        before: list[dict[str, Any]] = []
+        for i in range(6):  # some spend through both, so each knows the fleet's figure
+            gw = gateways[i % 2]
+            [(status, body)] = asyncio.run(_burst([(gw.url, gw.key)], "chat", max_tokens))
+            assert status == 200, body
+            before.append(body)
+        time.sleep(0.3)  # settled in Redis, and the figures seen again by the last admissions
+        server.stop()
+        burst = asyncio.run(
+            _burst([(gateways[i % 2].url, gateways[i % 2].key) for i in range(200)], "chat",
+                   max_tokens)
+        )  # fmt: skip
+        during = [body for status, body in burst if status == 200]
+        refused = [body for status, body in burst if status != 200]
+        assert during  # the outage did not stop traffic
+        assert refused
+        assert all(b["error"]["code"] == "budget_exceeded" for b in refused)
+        input_estimate = (len(orjson.dumps([MESSAGES])) + 3) // 4
+        one_max = (input_estimate + max_tokens) * PRICE
+        committed = sum(_cost(b, PRICE) for b in before + during)
+        assert committed <= 0.50 + one_max  # not 2x: each replica kept to its half
+        for gateway in gateways:
+            assert "this process's share: 1/2" in (gateway.home / "serve.log").read_text()
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        server.stop()

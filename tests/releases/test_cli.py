@@ -169,4 +169,9 @@ def test_status_shows_the_latest_analysis_per_arm(local: Path, db_url: str) -> N
     assert shown.exit_code == 0, shown.output
     assert "analysis: fail" in shown.output
     assert "30.0%" in shown.output  # the candidate's error rate
-    assert "one-sided p =" in shown.output
+    # each compared metric with the test that judged it and its p-value
+    assert "error rate: +" in shown.output
+    assert "two-proportion z-test (one-sided): p = " in shown.output
+    assert "p90 latency:" in shown.output
+    assert "Fisher's exact test on requests beyond the limit (one-sided): p = " in shown.output
+    assert "cache hits" in shown.output  # counted apart from the compared upstream calls

@@ -40,6 +40,12 @@ models:
   slow: {{deployments: [{{provider: sim, model: "sim-small~latency_ms=1500"}}]}}
   poor: {{deployments: [{{provider: sim, model: "sim-small~quality=bad"}}]}}
   dead: {{deployments: [{{provider: sim, model: "sim-small~error_rate=1~faults=500"}}]}}
+  flaky30: {{deployments: [{{provider: sim, model: "sim-small~error_rate=0.3~faults=500"}}]}}
+  sluggish: {{deployments: [{{provider: sim, model: "sim-small~latency_ms=700"}}]}}
+  tiered:
+    tiers: {{simple: good, complex: sluggish}}
+    classifier: {{name: rules, complex_keywords: [slowpoke]}}
+    default_tier: simple
 releases: {{refresh_s: 0.2, analysis_interval_s: 0.5, lease_s: 5}}
 gateway: {{read_timeout_s: 10}}
 """
@@ -75,13 +81,17 @@ class Server:
             return orjson.loads(response.read())
 
     def chat(
-        self, user: str, route: str = "checkout", headers: dict[str, str] | None = None
+        self,
+        user: str,
+        route: str = "checkout",
+        headers: dict[str, str] | None = None,
+        order: str = "42",
     ) -> tuple[int, str]:
         """One routed request as user ``user``: (status, trace id)."""
         request = urllib.request.Request(
             self.url + "/v1/chat/completions",
             data=orjson.dumps(
-                {"model": f"route:{route}", "prompt": {"variables": {"order": "42"}}}
+                {"model": f"route:{route}", "prompt": {"variables": {"order": order}}}
             ),
             headers={
                 "Authorization": f"Bearer {self.key}",
@@ -127,13 +137,16 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.stop()
 
 
-def _setup(home: Path, simulator: str, db_url: str | None) -> tuple[dict[str, str], Path, str]:
+def _setup(
+    home: Path, simulator: str, db_url: str | None, extra: str = ""
+) -> tuple[dict[str, str], Path, str]:
+    """Environment, bastion.yaml (``CONFIG`` plus ``extra`` top-level sections) and a key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
     env["BASTION_HOME"] = str(home)
     if db_url is not None:
         env["BASTION_DATABASE_URL"] = db_url
     config = home / "bastion.yaml"
-    config.write_text(CONFIG.format(sim=simulator))
+    config.write_text(CONFIG.format(sim=simulator) + extra)
     key = subprocess.run(
         [sys.executable, "-m", "bastion.cli.main", "keys", "create", "--quiet", "-c", str(config)],
         env=env,

@@ -18,6 +18,7 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
+from bastion import names
 from bastion.store.schema import api_keys, projects
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
 
 DEFAULT_PROJECT = "default"
 KEY_PREFIX = "bst_"
-_SLUG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 class AuthError(Exception):
@@ -110,10 +110,7 @@ def _now() -> datetime:
 
 
 def _check_slug(slug: str) -> None:
-    if not slug or len(slug) > 64 or not set(slug) <= _SLUG_CHARS:
-        raise ValueError(
-            f"invalid project name {slug!r}: use 1-64 lower-case letters, digits, '-' or '_'"
-        )
+    names.PROJECT.check(slug)  # an InvalidName, which is a ValueError
 
 
 def ensure_project(conn: sa.Connection, slug: str = DEFAULT_PROJECT) -> int:

@@ -23,6 +23,7 @@ from bastion.store.engine import create_engine
 
 __all__ = [
     "ConfigOption",
+    "QuietOption",
     "actor",
     "api_call",
     "echo_json",
@@ -43,6 +44,13 @@ errors = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="bastion.yaml (default: $BASTION_HOME/bastion.yaml)"),
+]
+
+
+#: ``--quiet`` of every command that creates something: only the new thing's id is printed, on
+#: stdout (messages still go to stderr), so that ``ID=$(bastion … --quiet)`` works.
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="print only the id of what was created")
 ]
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, fail, load, local_engine
+from bastion.cli.common import ConfigOption, QuietOption, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
@@ -64,9 +64,10 @@ def from_traces(
     ] = False,
     project: ProjectOption = "default",
     config: ConfigOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Snapshot model-call spans matching the filters into a new version of dataset NAME
-    (items link back to their trace and span)."""
+    (items link back to their trace and span; ``--quiet`` prints ``NAME@VERSION``)."""
     from bastion.evals import store
     from bastion.evals.datasets import DatasetError
     from bastion.evals.from_traces import TraceSelection, resolve_prompt, snapshot
@@ -100,6 +101,9 @@ def from_traces(
         except DatasetError as exc:
             raise fail(str(exc), EXIT_ERROR) from exc
     info = pushed.info
+    if quiet:
+        typer.echo(f"{info.name}@{info.version}")
+        return
     left_out = ", ".join(f"{n} {why}" for why, n in sorted(taken.skipped.items()))
     console.print(
         f"{info.name}@{info.version}: {pushed.status} ({info.item_count} items from "

@@ -18,14 +18,14 @@ from typing import Annotated, Any
 import orjson
 import sqlalchemy as sa
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
+from bastion.cli.common import ConfigOption, QuietOption, errors, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
+from bastion.parsing import InputError, InputLimits, load_yaml, read_bounded
 from bastion.settings import Settings
 
 app = typer.Typer(
@@ -65,16 +65,23 @@ def dataset_push(
     ] = False,
     project: ProjectOption = "default",
     config: ConfigOption = None,
+    quiet: QuietOption = False,
 ) -> None:
-    """Store FILE's items as a version of dataset NAME (unchanged content: same version)."""
+    """Store FILE's items as a version of dataset NAME (unchanged content: same version;
+    ``--quiet`` prints ``NAME@VERSION``)."""
     from bastion.evals import store
     from bastion.evals.datasets import DatasetError, load_items
+    from bastion.names import DATASET, InvalidName
 
     try:
-        items = load_items(file)
-    except DatasetError as exc:
+        DATASET.check(name)
+    except InvalidName as exc:
         raise fail(str(exc), EXIT_ERROR) from exc
     settings = load(config)
+    try:
+        items = load_items(file, settings.limits)
+    except DatasetError as exc:
+        raise fail(str(exc), EXIT_ERROR) from exc
     with local_engine(settings) as engine:
         project_id = _project(engine, project)
         try:
@@ -82,6 +89,9 @@ def dataset_push(
         except DatasetError as exc:
             raise fail(str(exc), EXIT_ERROR) from exc
     info = pushed.info
+    if quiet:
+        typer.echo(f"{info.name}@{info.version}")
+        return
     locked = ", locked" if info.locked else ""
     console.print(
         f"{info.name}@{info.version}: {pushed.status} ({info.item_count} items{locked}, "
@@ -116,7 +126,9 @@ def dataset_list(project: ProjectOption = "default", config: ConfigOption = None
 # -- run -------------------------------------------------------------------------------------
 
 
-def _scorer_specs(inline: list[str], path: Path | None) -> list[dict[str, Any]]:
+def _scorer_specs(
+    inline: list[str], path: Path | None, limits: InputLimits
+) -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = []
     for text in inline:
         try:
@@ -128,8 +140,8 @@ def _scorer_specs(inline: list[str], path: Path | None) -> list[dict[str, Any]]:
         specs.append(spec)
     if path is not None:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            data = load_yaml(read_bounded(path, limits), limits)
+        except (OSError, UnicodeDecodeError, InputError) as exc:
             raise fail(f"--scorers {path}: {exc}", EXIT_ERROR) from exc
         if isinstance(data, dict) and "scorers" in data:
             data = data["scorers"]
@@ -252,6 +264,7 @@ def run(
             help="bastion.yaml, or a promptfoo config (promptfooconfig.yaml) to run",
         ),
     ] = None,
+    quiet: QuietOption = False,
     provider_map: Annotated[
         list[str] | None,
         typer.Option("--provider-map", help="promptfoo: provider ID=gateway ALIAS (repeatable)"),
@@ -270,6 +283,8 @@ def run(
     from bastion.evals.scorers import JudgeClient, ScorerContext
 
     if config is not None and is_promptfoo_config(config):
+        if quiet:
+            raise fail("--quiet prints a run id: a promptfoo config makes several runs", EXIT_ERROR)
         if dataset or prompt or target or model or scorer or scorers or resume or repeats != 1:
             raise fail(
                 "a promptfoo config sets the tests, prompts and providers itself: "
@@ -316,7 +331,7 @@ def run(
                     dataset=name,
                     dataset_version=version,
                     target=chosen,
-                    scorers=_scorer_specs(scorer or [], scorers),
+                    scorers=_scorer_specs(scorer or [], scorers, settings.limits),
                     repeats=repeats,
                     model=model_override,
                     context=context,
@@ -347,6 +362,9 @@ def run(
                 f"--resume {plan.run_id}",
                 130,
             ) from None
+    if quiet:
+        typer.echo(summary.run_id)
+        return
     console.print(_summary_table(summary))
     console.print(
         f"run {summary.run_id}: {summary.results} results ({summary.cached} cached, "

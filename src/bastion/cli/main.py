@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from bastion import __version__
-from bastion.cli import demo, evals, keys, prompts, releases, replay, simulate, traces
+from bastion.cli import demo, evals, ingest, keys, prompts, releases, replay, simulate, traces
 from bastion.cli.common import ConfigOption, load
 from bastion.settings import ConfigError
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(traces.app, name="traces")
+app.add_typer(ingest.app, name="ingest")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(evals.app, name="eval")
 app.add_typer(releases.app, name="release")

@@ -20,11 +20,13 @@ from rich.table import Table
 from bastion.auth import Role
 from bastion.cli.common import (
     ConfigOption,
+    QuietOption,
     actor,
     api_call,
     echo_json,
     errors,
     fail,
+    load,
     read_local,
     write_local,
 )
@@ -76,8 +78,10 @@ def push(
     project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Push every prompt file in DIRECTORY: new content becomes a new version.
+    """Push every prompt file in DIRECTORY: new content becomes a new version (``--quiet``
+    prints ``NAME@VERSION`` per prompt, one a line).
 
     Invalid files are all reported as file:line: reason and nothing is pushed (exit 2).
     """
@@ -97,15 +101,21 @@ def push(
         results = api_call(url, key, "POST", "/api/v1/prompts", body=payload)["results"]
     else:
         from bastion.prompts import registry
+        from bastion.prompts.template_budget import ProjectLimits
 
+        limits = ProjectLimits.from_settings(load(config)).of(project)
         pushed = _write(
             config,
             project,
             lambda conn, pid: registry.push(
-                conn, pid, specs, message=message, author=actor(), git_sha=git_sha
+                conn, pid, specs, message=message, author=actor(), git_sha=git_sha, limits=limits
             ),
         )
         results = [r.model_dump(mode="json") for r in pushed]
+    if quiet:
+        for r in results:
+            typer.echo(f"{r['name']}@{r['version']}")
+        return
     if as_json:
         echo_json(results)
         return
@@ -128,9 +138,11 @@ def pull(
     project: ProjectOption = "default",
     config: ConfigOption = None,
 ) -> None:
-    """Write the version each prompt's LABEL points at as DIRECTORY/<name>.prompt.yaml."""
-    from bastion.prompts import PromptSpec, dump_prompt_file
+    """Write the version each prompt's LABEL points at as DIRECTORY/<name>.prompt.yaml.
 
+    Names come from the server or the database: a name that is not a valid prompt name, or
+    whose file would land outside DIRECTORY, fails the pull (exit 2) before anything is written.
+    """
     found: list[dict[str, Any]] = []
     missing: list[str] = []
     if url:
@@ -151,14 +163,43 @@ def pull(
 
         _read(config, project, work)
     directory.mkdir(parents=True, exist_ok=True)
+    files = _pulled_files(directory, found)
     table = Table("prompt", "version", "file")
-    for prompt in found:
-        target = directory / f"{prompt['name']}.prompt.yaml"
-        target.write_text(dump_prompt_file(PromptSpec.from_dict(prompt["spec"])), encoding="utf-8")
+    for prompt, (target, text) in zip(found, files, strict=True):
+        target.write_text(text, encoding="utf-8")
         table.add_row(prompt["name"], f"v{prompt['version']}", str(target))
     console.print(table)
     if missing:
-        errors.print(f"[yellow]no label {label!r}: {', '.join(missing)} (not written)[/yellow]")
+        from rich.markup import escape
+
+        shown = escape(", ".join(missing))
+        errors.print(f"[yellow]no label {escape(repr(label))}: {shown} (not written)[/yellow]")
+
+
+def _pulled_files(directory: Path, found: list[dict[str, Any]]) -> list[tuple[Path, str]]:
+    """The file and text of each pulled prompt, or a CLI error (exit 2) listing every prompt
+    whose name is not a valid prompt name, does not match its content or leaves ``directory``."""
+    from rich.markup import escape
+
+    from bastion.names import PROMPT, InvalidName
+    from bastion.prompts import PromptSpec, PromptSpecError, dump_prompt_file
+    from bastion.safe_paths import UnsafePath, file_under
+
+    files: list[tuple[Path, str]] = []
+    refused: list[str] = []
+    for prompt in found:
+        name = prompt.get("name")
+        try:
+            PROMPT.check(name)
+            spec = PromptSpec.from_dict(prompt.get("spec") or {})
+            if spec.name != name:
+                raise PromptSpecError(("name",), f"{spec.name!r} is not the prompt's name {name!r}")
+            files.append((file_under(directory, f"{name}.prompt.yaml"), dump_prompt_file(spec)))
+        except (InvalidName, UnsafePath, PromptSpecError) as exc:
+            refused.append(f"  {escape(str(exc))}")  # a server's names are not markup
+    if refused:
+        raise fail("refusing to pull (nothing written):\n" + "\n".join(refused), 2)
+    return files
 
 
 @app.command("list")

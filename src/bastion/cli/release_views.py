@@ -32,42 +32,78 @@ def print_status(doc: dict[str, Any]) -> None:
             console.print(f"  {r['reason']}")
         analysis = r.get("analysis")
         if analysis:
-            table = Table(
-                "arm",
-                "requests",
-                "errors",
-                "error rate",
-                "p99 ms",
-                "TTFT p99 ms",
-                "cost/request",
-                title=f"analysis: {analysis['outcome']}",
-            )
-            for arm in ("stable", "candidate"):
-                s = analysis[arm]
-                table.add_row(
-                    arm,
-                    str(s["requests"]),
-                    str(s["errors"]),
-                    f"{s['error_rate']:.1%}",
-                    _num(s["p99_ms"]),
-                    _num(s["ttft_p99_ms"]),
-                    _num(s["cost_per_request"], 6),
-                )
-            console.print(table)
-            for reason in analysis.get("reasons") or []:
-                console.print(f"  - {reason}")
-            significance = (analysis.get("checks") or {}).get("error_rate")
-            if significance:
-                console.print(
-                    f"  error rate difference: {significance['points']:+.1f} points, "
-                    f"one-sided p = {significance['p_value']:.3g}"
-                )
+            _print_analysis(analysis)
     for past in doc.get("recent_rollouts") or []:
         if r is None or past["rollout_id"] != r["rollout_id"]:
             console.print(
                 f"  earlier: {past['rollout_id'][:8]} {past['state']} "
                 f"{past['candidate_release_id']}: {past.get('reason') or ''}"
             )
+
+
+def _print_analysis(analysis: dict[str, Any]) -> None:
+    """Per-arm figures (cache hits and refusals apart from the compared upstream calls), then
+    each guard metric with the test that decided it."""
+    arms = [analysis["stable"], analysis["candidate"]]
+    # Older analyses named the tail "p99" whatever quantile they used; newer ones say which.
+    lq = arms[0].get("latency_quantile", "p99")
+    tq = arms[0].get("ttft_quantile", "p99")
+    table = Table(
+        "arm",
+        "requests",
+        "cache hits",
+        "refused",
+        "upstream",
+        "errors",
+        "error rate",
+        f"{lq} ms",
+        f"TTFT {tq} ms",
+        "cost/call",
+        "quality",
+        title=f"analysis: {analysis['outcome']} (compared on upstream calls)",
+    )
+    for arm, s in zip(("stable", "candidate"), arms, strict=True):
+        hits = s.get("cache_hits", 0)
+        table.add_row(
+            arm,
+            str(s["requests"]),
+            f"{hits} ({s.get('hit_rate', 0.0):.0%})",
+            str(s.get("refused", 0)),
+            str(s.get("upstream", s["requests"])),
+            str(s["errors"]),
+            f"{s['error_rate']:.1%}",
+            _num(s.get("latency_ms", s.get("p99_ms"))),
+            _num(s.get("ttft_ms", s.get("ttft_p99_ms"))),
+            _num(s["cost_per_request"], 6),
+            _num(s.get("quality"), 3),
+        )
+    console.print(table)
+    for reason in analysis.get("reasons") or []:
+        console.print(f"  - {reason}")
+    for name, check in (analysis.get("checks") or {}).items():
+        console.print(f"  {_check_line(name, check)}", highlight=False)
+
+
+def _check_line(name: str, check: dict[str, Any]) -> str:
+    """One compared metric: the figures, the test named, its one-sided p-value."""
+    metric = check.get("metric", name.replace("_", " "))
+    if name == "shadow_agreement":
+        return (
+            f"shadow agreement: mean similarity {check['mean_similarity']:.3f} "
+            f"over {check['pairs']} pairs"
+        )
+    if "p_value" not in check:
+        return f"{metric}: {check.get('status', 'skipped')} ({check.get('why', 'no data')})"
+    if name == "error_rate":
+        figures = f"{check['points']:+.1f} points (limit {check['limit_points']:g})"
+    elif "quantile" in check:
+        figures = f"{check['candidate']:.1f} vs stable {check['stable']:.1f} ms"
+    else:
+        figures = f"{check['candidate']:.6g} vs stable {check['stable']:.6g}"
+    return (
+        f"{metric}: {figures}; {check.get('test', 'two-proportion z-test (one-sided)')}: "
+        f"p = {check['p_value']:.3g} -> {check.get('status', '-')}"
+    )
 
 
 def print_history(items: list[dict[str, Any]], *, compact: bool = False) -> None:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from bastion.cli.common import (
     ConfigOption,
+    QuietOption,
     actor,
     api_call,
     echo_json,
@@ -82,6 +83,7 @@ def create(
     project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Create an immutable release from a YAML file (same content → the existing release)."""
     from bastion.releases import ReleaseSpec, ReleaseSpecError
@@ -104,6 +106,9 @@ def create(
             return {**info.to_dict(), "created": created}
 
         doc = _write(config, project, work)
+    if quiet:
+        typer.echo(doc["release_id"])
+        return
     if as_json:
         echo_json(doc)
         return
@@ -314,6 +319,7 @@ def rollout(
     project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Start rolling CANDIDATE out on ROUTE (canary steps, A/B split or shadow copy)."""
     from bastion.releases import ReleaseSpecError
@@ -380,6 +386,9 @@ def rollout(
             ).to_dict()
 
         doc = _write(config, project, work)
+    if quiet:
+        typer.echo(doc["rollout_id"])
+        return
     if as_json:
         echo_json(doc)
         return

@@ -29,7 +29,22 @@ UrlOption = Annotated[
 KeyOption = Annotated[
     str | None, typer.Option("--key", envvar="BASTION_API_KEY", help="API key for --url")
 ]
-ProjectOption = Annotated[str, typer.Option("--project", "-p", help="project (local store only)")]
+
+
+def _project_name(value: str) -> str:
+    """``--project`` as a valid project name (``bastion.names``), else a usage error (exit 2)."""
+    from bastion.names import PROJECT, InvalidName
+
+    try:
+        return PROJECT.check(value)
+    except InvalidName as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+ProjectOption = Annotated[
+    str,
+    typer.Option("--project", "-p", help="project (local store only)", callback=_project_name),
+]
 
 
 def _since(value: str | None) -> datetime | None:
@@ -94,6 +109,10 @@ def list_(
     text: Annotated[
         str | None, typer.Option("--text", "-q", help="text in an input or output")
     ] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option("--request-id", help="the x-request-id the gateway answered with"),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     url: UrlOption = None,
     key: KeyOption = None,
@@ -112,6 +131,7 @@ def list_(
         "model": model,
         "status": status,
         "q": text,
+        "request_id": request_id,
         "limit": limit,
     }
     if url:
@@ -130,6 +150,7 @@ def list_(
                 model=model,
                 status=status,
                 text=text,
+                request_id=request_id,
             )
             with engine.connect() as conn:
                 page = queries.list_traces(
@@ -169,7 +190,9 @@ def render_tree(tree: dict[str, Any]) -> Tree:
 
     def add(parent: Tree, node: dict[str, Any]) -> None:
         label = f"{node['name']}  [dim]{node['latency_ms']:.1f} ms[/dim]"
-        if node.get("is_llm"):
+        if node.get("duplicate_of"):
+            label += f"  [dim]counted on gateway span {node['duplicate_of']}[/dim]"
+        elif node.get("is_llm"):
             label += (
                 f"  [cyan]{node.get('model') or '?'}[/cyan] {node.get('input_tokens') or 0}→"
                 f"{node.get('output_tokens') or 0} tok {_money(node.get('cost_usd'))}"

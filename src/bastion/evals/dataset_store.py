@@ -23,7 +23,10 @@ from bastion.evals.store_common import (
     canonical_json,
     utc_now,
 )
+from bastion.names import DATASET as DATASET_NAME
+from bastion.names import InvalidName
 from bastion.store.schema import eval_dataset_items, eval_datasets, eval_item_sources
+from bastion.store.storable import storable_key
 from bastion.store.transactions import run_write
 
 __all__ = [
@@ -129,13 +132,14 @@ def push_dataset(
     item ids to the ``(trace_id, span_id)`` they were made from, stored with a new version.
 
     Raises:
-        DatasetError: repeated item ids, or an empty name.
+        DatasetError: repeated item ids, or a name that is not a valid dataset name.
         DatasetLockedError: the content is new and the newest version is locked (unless
             ``force``).
     """
-    name = name.strip()
-    if not name:
-        raise DatasetError("a dataset needs a name")
+    try:
+        DATASET_NAME.check(name)
+    except InvalidName as exc:
+        raise DatasetError(str(exc)) from None
     version = DatasetVersion(name=name, items=tuple(items))
     digest = version.content_hash()
     encoded = [(item, item.content_hash(), _item_json(item)) for item in version.items]
@@ -196,7 +200,7 @@ def push_dataset(
                         "project_id": project_id,
                         "dataset_version_id": dataset_id,
                         "position": position,
-                        "item_id": item.id,
+                        "item_id": storable_key(item.id, 200),
                         "item_hash": item_hash,
                         "item": text,
                     }
@@ -207,7 +211,7 @@ def push_dataset(
             {
                 "project_id": project_id,
                 "dataset_version_id": dataset_id,
-                "item_id": item.id,
+                "item_id": storable_key(item.id, 200),
                 "trace_id": sources[item.id][0],
                 "span_id": sources[item.id][1],
             }

@@ -14,7 +14,9 @@ everything else is a variable):
   ``metadata`` is a JSON object, an empty ``expected`` cell means no expected output.
 - ``.yaml`` / ``.yml``: a list of mappings, same rules as JSONL.
 
-Every problem is a :class:`DatasetError` naming the file and the line.
+Every problem is a :class:`DatasetError` naming the file and the line. Files and uploads are
+held to the ``limits:`` caps (:class:`~bastion.parsing.InputLimits`): size, rows, values,
+nesting depth and string length; YAML is read by the safe reader (no aliases, no custom tags).
 """
 
 from __future__ import annotations
@@ -27,9 +29,19 @@ import json
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
+
+from bastion.parsing import (
+    InputError,
+    InputLimits,
+    ValueBudget,
+    allow_csv_fields,
+    check_size,
+    parse_yaml,
+    read_bounded,
+)
 
 __all__ = [
     "DatasetError",
@@ -49,7 +61,14 @@ _MAX_LISTED = 20  # check_variables names at most this many items
 class DatasetError(ValueError):
     """A dataset file or item is unusable; ``path`` and ``line`` say where when known."""
 
-    def __init__(self, message: str, *, path: Path | str | None = None, line: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        line: int | None = None,
+        limit: str | None = None,
+    ):
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
@@ -59,6 +78,12 @@ class DatasetError(ValueError):
         self.path = None if path is None else Path(path)
         self.line = line
         self.problem = message
+        self.limit = limit  # the ``limits.*`` setting that refused the input, if one did
+
+    @classmethod
+    def from_input(cls, exc: InputError, path: Path | str | None, line: int | None = None) -> Self:
+        """The dataset error for a parser's :class:`InputError`, at its line if it knows one."""
+        return cls(exc.problem, path=path, line=exc.line or line, limit=exc.limit)
 
 
 def _json_default(value: Any) -> Any:
@@ -225,16 +250,17 @@ def _make_item(row: Mapping[str, Any], where: tuple[Path, int], *, flat_ok: bool
     return item
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+Rows = Iterator[tuple[int, Mapping[str, Any]]]
+
+
+def _jsonl_rows(path: Path, text: str, budget: ValueBudget) -> Rows:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=number
-            ) from None
+            row = budget.loads(line)
+        except InputError as exc:
+            raise DatasetError.from_input(exc, path, number) from None
         if not isinstance(row, dict):
             raise DatasetError(
                 f"expected a JSON object, got {type(row).__name__}", path=path, line=number
@@ -242,7 +268,8 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]
         yield number, row
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+def _csv_rows(path: Path, text: str, budget: ValueBudget) -> Rows:
+    allow_csv_fields(budget.limits)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
@@ -272,6 +299,12 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
             raise DatasetError(f"malformed CSV: {exc}", path=path, line=start) from None
         if not cells or all(not c.strip() for c in cells):
             continue
+        try:
+            budget.add(len(cells) + 1, line=start)
+            for cell in cells:
+                budget.field(cell, line=start)
+        except InputError as exc:
+            raise DatasetError.from_input(exc, path, start) from None
         if len(cells) != len(names):
             raise DatasetError(
                 f"{len(cells)} cells but the header has {len(names)} columns", path=path, line=start
@@ -288,26 +321,21 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 row["metadata"] = {}
             else:
                 try:
-                    row["metadata"] = json.loads(metadata)
-                except json.JSONDecodeError as exc:
+                    row["metadata"] = budget.loads(metadata)
+                except InputError as exc:
+                    problem = exc.problem.replace("invalid JSON", "is not valid JSON", 1)
                     raise DatasetError(
-                        f"'metadata' is not valid JSON: {exc.msg}", path=path, line=start
+                        f"'metadata' {problem}", path=path, line=start, limit=exc.limit
                     ) from None
         yield start, row
 
 
-def _yaml_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    loader = yaml.SafeLoader(text)
+def _yaml_rows(path: Path, text: str, budget: ValueBudget) -> Rows:
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise DatasetError(f"invalid YAML: {problem}", path=path, line=line) from None
-    finally:
-        loader.dispose()
+        document = parse_yaml(text, budget.limits)
+    except InputError as exc:
+        raise DatasetError.from_input(exc, path) from None
+    node, data = document.node, document.data
     if data is None:
         return
     if not isinstance(data, list) or node is None or not isinstance(node, yaml.SequenceNode):
@@ -328,13 +356,21 @@ def _yaml_rows(path: Path, text: str) -> Iterator[tuple[int, Mapping[str, Any]]]
 _READERS = {".jsonl": _jsonl_rows, ".csv": _csv_rows, ".yaml": _yaml_rows, ".yml": _yaml_rows}
 
 
+def _too_many_items(limits: InputLimits) -> str:
+    return f"more than {limits.max_items} items (limits.max_items)"
+
+
 def _read_items(
-    reader: Callable[[Path, str], Iterator[tuple[int, Mapping[str, Any]]]], path: Path, text: str
+    reader: Callable[[Path, str, ValueBudget], Rows], path: Path, text: str, limits: InputLimits
 ) -> list[Item]:
     """The items ``reader`` finds in ``text``; a repeated id names both lines."""
     items: list[Item] = []
     seen: dict[str, int] = {}
-    for line, row in reader(path, text):
+    for line, row in reader(path, text, ValueBudget(limits)):
+        if len(items) >= limits.max_items:
+            raise DatasetError(
+                _too_many_items(limits), path=path, line=line, limit="limits.max_items"
+            )
         item = _make_item(row, (path, line))
         if item.id in seen:
             raise DatasetError(
@@ -345,13 +381,15 @@ def _read_items(
     return items
 
 
-def load_items(path: Path) -> list[Item]:
-    """The items of a ``.jsonl``, ``.csv``, ``.yaml`` or ``.yml`` file, in file order.
+def load_items(path: Path, limits: InputLimits | None = None) -> list[Item]:
+    """The items of a ``.jsonl``, ``.csv``, ``.yaml`` or ``.yml`` file, in file order, held to
+    ``limits`` (the defaults when ``None``).
 
     Raises:
         DatasetError: unknown extension, unreadable file, a malformed row (naming file and
-            line) or a repeated id (naming both lines).
+            line), a repeated id (naming both lines) or a file over a cap (``limit`` names it).
     """
+    limits = limits if limits is not None else InputLimits()
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
@@ -359,25 +397,39 @@ def load_items(path: Path) -> list[Item]:
             f"unknown dataset format {path.suffix!r} (use .jsonl, .csv, .yaml or .yml)", path=path
         )
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bounded(path, limits)
+    except InputError as exc:
+        raise DatasetError.from_input(exc, path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read: {exc}", path=path) from None
-    return _read_items(reader, path, text)
+    return _read_items(reader, path, text, limits)
 
 
-def parse_items(rows: Sequence[Any], *, where: str = "items") -> list[Item]:
+def parse_items(
+    rows: Sequence[Any], *, where: str = "items", limits: InputLimits | None = None
+) -> list[Item]:
     """Items from already-decoded rows (JSON objects in the file shapes above), e.g. an API
-    body; problems name the row as ``items[3]``.
+    body, held to ``limits`` (the defaults when ``None``); problems name the row as
+    ``items[3]``.
 
     Raises:
-        DatasetError: a row that is not an object, a malformed row or a repeated id.
+        DatasetError: a row that is not an object, a malformed row, a repeated id or rows over
+            a cap (``limit`` names it).
     """
+    limits = limits if limits is not None else InputLimits()
+    if len(rows) > limits.max_items:
+        raise DatasetError(f"{where}: {_too_many_items(limits)}", limit="limits.max_items")
+    budget = ValueBudget(limits)
     items: list[Item] = []
     seen: dict[str, int] = {}
     for index, row in enumerate(rows):
         label = f"{where}[{index}]"
         if not isinstance(row, Mapping):
             raise DatasetError(f"{label}: expected an object, got {type(row).__name__}")
+        try:
+            budget.check(row)
+        except InputError as exc:
+            raise DatasetError(f"{label}: {exc.problem}", limit=exc.limit) from None
         try:
             item = _make_item(row, (Path(label), 0))
         except DatasetError as exc:
@@ -391,18 +443,26 @@ def parse_items(rows: Sequence[Any], *, where: str = "items") -> list[Item]:
     return items
 
 
-def parse_text(text: str, fmt: str, *, name: str = "upload") -> list[Item]:
+def parse_text(
+    text: str, fmt: str, *, name: str = "upload", limits: InputLimits | None = None
+) -> list[Item]:
     """Items from the text of a ``jsonl``, ``csv`` or ``yaml`` file (e.g. uploaded over the
-    API); problems name ``name`` and the line, as :func:`load_items` does for files.
+    API), held to ``limits`` (the defaults when ``None``); problems name ``name`` and the line,
+    as :func:`load_items` does for files.
 
     Raises:
-        DatasetError: an unknown format or a malformed row.
+        DatasetError: an unknown format, a malformed row or a text over a cap.
     """
+    limits = limits if limits is not None else InputLimits()
     suffix = "." + fmt.lower().lstrip(".")
     reader = _READERS.get(suffix)
     if reader is None:
         raise DatasetError(f"unknown dataset format {fmt!r} (use jsonl, csv or yaml)")
-    return _read_items(reader, Path(name), text)
+    try:
+        check_size(len(text.encode("utf-8", "surrogatepass")), limits, "the text")
+    except InputError as exc:
+        raise DatasetError.from_input(exc, name) from None
+    return _read_items(reader, Path(name), text, limits)
 
 
 def check_variables(items: Sequence[Item], required: Collection[str]) -> None:

@@ -29,7 +29,13 @@ import orjson
 import sqlalchemy as sa
 
 from bastion.evals.datasets import DatasetError, Item
-from bastion.store.queries_common import SpanFilter, ns_to_datetime, span_conditions, span_is_error
+from bastion.store.queries_common import (
+    SpanFilter,
+    is_counted,
+    ns_to_datetime,
+    span_conditions,
+    span_is_error,
+)
 from bastion.store.schema import spans
 
 __all__ = ["TRUNCATION_MARK", "TraceSelection", "TraceSnapshot", "items_from_spans", "snapshot"]
@@ -286,6 +292,8 @@ def snapshot(conn: sa.Connection, project_id: int, selection: TraceSelection) ->
     conds = [
         s.project_id == project_id,
         *span_conditions(selection.span_filter(), conn.dialect.name),
+        # One item per call: the gateway's span of it, not also a client's span of the same call.
+        is_counted(s),
     ]
     if selection.prompt_version is not None:
         conds.append(s.prompt_version == selection.prompt_version)

@@ -18,6 +18,9 @@ the template and the scorers need. Each problem is an :class:`EvalSetupError`. T
 
 A call that still fails is stored with its error and scores 0 (failed) on every metric, so a
 candidate that errors cannot pass a gate by having fewer paired items; a resumed run redoes it.
+A scorer that could not judge an output (:class:`~bastion.evals.scorers.base.ScoreError`: an
+LLM judge's unreadable verdict) is not the output's fault: that metric gets no score for the
+item, and the result is stored with the error, counted in the run's errors and redone on resume.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from bastion.evals.planning import (
     plan_resume,
     plan_run,
 )
-from bastion.evals.scorers.base import Output, Score
+from bastion.evals.scorers.base import Output, Score, ScoreError
 from bastion.evals.scorers.registry import ConfiguredScorer
 
 __all__ = [
@@ -270,14 +273,19 @@ def _error_scores(scorers: Sequence[ConfiguredScorer], error: str) -> tuple[Scor
 
 async def _score(
     scorers: Sequence[ConfiguredScorer], output: Output, item: Item
-) -> tuple[Score, ...]:
+) -> tuple[tuple[Score, ...], str | None]:
+    """The output's scores, and the error of the scorers that could not judge it (a judge's
+    unreadable verdict): such a metric has no score for the item, which is a run error."""
     scores: list[Score] = []
+    unjudged: list[str] = []
     for scorer in scorers:
         try:
             scores.append(await scorer.score(output, item))
+        except ScoreError as exc:
+            unjudged.append(f"{scorer.name}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one broken scorer must not lose the output
             scores.append(Score(scorer.name, 0.0, False, f"scorer failed: {exc}", {"error": True}))
-    return tuple(scores)
+    return tuple(scores), "; ".join(unjudged) or None
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -387,11 +395,12 @@ async def run_eval(
                 hit = cache.get(key)
                 if hit is not None:
                     output = Output(hit.output, hit.latency_ms, hit.cost_usd)
-                    scores = await _score(plan.scorers, output, item)
+                    scores, unjudged = await _score(plan.scorers, output, item)
+                    counters["errors"] += unjudged is not None
                     recorder.add(
                         store.RecordedResult(
                             item.id, repeat, hit.output, key, scores, hit.latency_ms,
-                            hit.cost_usd, hit.trace_id, None, cached=True,
+                            hit.cost_usd, hit.trace_id, unjudged, cached=True,
                         )
                     )  # fmt: skip
                     counters["cached"] += 1
@@ -401,6 +410,7 @@ async def run_eval(
                             resolved.model, plan.messages[item.id], resolved.params
                         )
                     counters["calls"] += result.calls
+                    unjudged = None
                     if result.error is not None or result.text is None:
                         error = result.error or "no output"
                         scores = _error_scores(plan.scorers, error)
@@ -410,14 +420,15 @@ async def run_eval(
                             result.text, result.latency_ms, result.cost_usd, result.tool_calls,
                             result.raw,
                         )  # fmt: skip
-                        scores = await _score(plan.scorers, output, item)
+                        scores, unjudged = await _score(plan.scorers, output, item)
+                        counters["errors"] += unjudged is not None
                         latencies.append(result.latency_ms)
                         if result.cost_usd is not None:
                             costs.append(result.cost_usd)
                     recorder.add(
                         store.RecordedResult(
                             item.id, repeat, result.text, key, scores, result.latency_ms,
-                            result.cost_usd, result.trace_id, result.error,
+                            result.cost_usd, result.trace_id, result.error or unjudged,
                         )
                     )  # fmt: skip
                 counters["results"] += 1

@@ -51,6 +51,7 @@ from bastion.store.schema import (
     eval_runs,
     eval_scores,
 )
+from bastion.store.storable import storable_float, storable_key, storable_text
 from bastion.store.transactions import run_write
 
 __all__ = [
@@ -352,13 +353,13 @@ def record_results(
         {
             "project_id": project_id,
             "run_id": run_id,
-            "item_id": r.item_id,
+            "item_id": storable_key(r.item_id, 200),
             "repeat": r.repeat,
-            "output": r.output,
-            "latency_ms": r.latency_ms,
-            "cost_usd": r.cost_usd,
+            "output": None if r.output is None else storable_text(r.output),
+            "latency_ms": storable_float(r.latency_ms),
+            "cost_usd": storable_float(r.cost_usd),
             "trace_id": r.trace_id,
-            "error": r.error,
+            "error": None if r.error is None else storable_text(r.error),
             "cache_key": r.cache_key,
             "cached": r.cached,
             "created_at": now,
@@ -369,12 +370,12 @@ def record_results(
         {
             "project_id": project_id,
             "run_id": run_id,
-            "item_id": r.item_id,
+            "item_id": storable_key(r.item_id, 200),
             "repeat": r.repeat,
-            "metric": s.metric,
+            "metric": storable_key(s.metric, 200),
             "value": float(s.value),
             "passed": bool(s.passed),
-            "reason": s.reason,
+            "reason": storable_text(s.reason),
             "details": canonical_json(dict(s.details)),
         }
         for r in results

@@ -6,9 +6,8 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from bastion.evals.datasets import DatasetError
+from bastion.store.storable import storable_json
 
 __all__ = ["DatasetLockedError", "EvalStoreError", "canonical_json", "stable_hash", "utc_now"]
 
@@ -26,7 +25,8 @@ def utc_now() -> datetime:
 
 
 def canonical_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    """Sorted-key JSON of ``value``, storable (:mod:`bastion.store.storable`)."""
+    return storable_json(value, sort_keys=True, non_str_keys=True)
 
 
 def stable_hash(value: Any) -> str:

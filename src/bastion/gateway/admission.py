@@ -15,8 +15,11 @@ response path.
 The maximum cost is ``input estimate * input price + max output * output price`` of the most
 expensive deployment in the alias's fallback chain; max output is the request's
 ``max_tokens`` (or ``max_completion_tokens``), else ``gateway.budget_default_max_tokens``. A
-deployment without a price reserves nothing and the span says so
-(``bastion.budget.price_unknown``): unknown prices never block traffic.
+token budget reserves ``input estimate + max output`` and is charged the tokens used. A
+deployment without a price is named on the span (``bastion.budget.price_unknown``) and each
+dollar budget applies its ``unpriced`` policy (:func:`bastion.gateway.limit_costs.budget_charge`):
+refuse the request (``block``, the default), count $0 (``allow``) or price its tokens as
+another model (``estimate_from``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from bastion.auth import Principal
 from bastion.catalog import Catalog
 from bastion.gateway.errors import GatewayError
+from bastion.gateway.limit_costs import applies, budget_charge, scope_values
 from bastion.gateway.limit_store import (
     WINDOW_S,
     BudgetCheck,
@@ -64,6 +68,7 @@ class Ticket:
     project_id: int
     rates: list[RateCheck] = field(default_factory=list)
     budgets: list[BudgetCheck] = field(default_factory=list)
+    rules: list[BudgetRule] = field(default_factory=list)  # the rule of each of ``budgets``
     settled: bool = False
 
 
@@ -118,13 +123,20 @@ class Admission:
         body: Mapping[str, Any],
     ) -> Ticket | None:
         """Check and reserve; the ticket's ``alias`` is the one to serve (a budget may have
-        degraded it). Raises a 429 :class:`GatewayError` when a limit refuses the request;
-        returns None when no rule is configured."""
+        degraded it). Raises a 429 :class:`GatewayError` when a limit refuses the request (a
+        403 when a budget cannot price it); returns None when no rule is configured."""
         if self.limits.empty:
             return None
         now = self.clock()
-        values = _values(call, principal)
+        values = scope_values(principal.project_slug, principal.key_id, call.attribution)
+        if call.shadow_route is not None:
+            # The gateway's own copy for a shadow rollout: only `shadow` rules (by route) count
+            # it; the caller's limits and budgets never pay for the candidate's trial.
+            values = {"shadow": call.shadow_route}
+            call.attributes["bastion.admission.shadow"] = call.shadow_route  # for a rebuild
         self._project_ids[principal.project_slug] = principal.project_id
+        # The key is not a span column: kept so a restart can rebuild key-scoped counters.
+        call.attributes["bastion.gateway.key_id"] = principal.key_id
         ticket = await self._admit(call, principal, alias, body, values, now, frozenset())
         self._count("admitted")
         return ticket
@@ -139,38 +151,27 @@ class Admission:
         now: float,
         forced: frozenset[int],
     ) -> Ticket:
-        values = {**values, "model": alias.name}
+        if "shadow" not in values:
+            values = {**values, "model": alias.name}
+        call.attributes["bastion.gateway.alias"] = alias.name
         estimate = _Estimate(call, body, self.default_max_tokens)
         rate_rules: list[tuple[RateRule, str]] = []
         rates: list[RateCheck] = []
         for rule in self.limits.rate_limits:
-            value = _applies(rule.scope, rule.match, values, principal)
+            value = applies(rule.scope, rule.match, values, principal.project_id)
             if value is not None:
                 tokens = estimate.tokens() if rule.tpm is not None else 0
                 rate_rules.append((rule, value))
                 rates.append(RateCheck(f"{rule.id}:{value}", rule.rpm, rule.tpm, tokens))
         budget_rules: list[tuple[BudgetRule, str]] = []
         budgets: list[BudgetCheck] = []
-        reserve: float | None = None
-        for budget in self.limits.budgets:
-            value = _applies(budget.scope, budget.match, values, principal)
-            if value is None:
-                continue
-            if reserve is None:
-                reserve = self._max_cost(call, alias, estimate, principal.project_id)
-            start, end = period_bounds(budget.period, now)
+        for budget, value, check in self._budget_checks(
+            call, principal, alias, values, estimate, now, forced
+        ):
             budget_rules.append((budget, value))
-            budgets.append(
-                BudgetCheck(
-                    f"{budget.id}:{int(start)}:{value}",
-                    budget.limit_usd,
-                    reserve,
-                    ttl_s=int(end - now) + 3600,
-                    force=budget.id in forced,
-                )
-            )
+            budgets.append(check)
         verdict, shared = await self.shared.admit(rates, budgets, now)
-        call.attributes["bastion.admission.store"] = "redis" if shared else "memory"
+        call.attributes["bastion.admission.store"] = self.shared.store_name(shared)
         if rates:
             call.attributes["bastion.ratelimit.rules"] = len(rates)
             call.attributes["bastion.ratelimit.decision"] = (
@@ -183,8 +184,9 @@ class Admission:
         if verdict.ok:
             if budgets:
                 call.attributes.setdefault("bastion.budget.decision", "admitted")
-                call.attributes["bastion.budget.reserved_usd"] = reserve
-            return Ticket(alias, shared, verdict.window, principal.project_id, rates, budgets)
+            rules = [rule for rule, _ in budget_rules]
+            project = principal.project_id
+            return Ticket(alias, shared, verdict.window, project, rates, budgets, rules)
         exceeded = [budget_rules[i] for i in verdict.exceeded]
         blocking = [(r, v) for r, v in exceeded if r.degrade_to is None]
         if blocking or forced:
@@ -205,12 +207,45 @@ class Admission:
         forced_ids = frozenset(r.id for r, _ in exceeded)
         return await self._admit(call, principal, target, body, values, now, forced_ids)
 
+    def _budget_checks(
+        self,
+        call: Call,
+        principal: Principal,
+        alias: ModelAlias,
+        values: Mapping[str, str],
+        estimate: _Estimate,
+        now: float,
+        forced: frozenset[int],
+    ) -> list[tuple[BudgetRule, str, BudgetCheck]]:
+        """Each budget that applies, with what it reserves (tokens, or dollars)."""
+        found: list[tuple[BudgetRule, str, BudgetCheck]] = []
+        chain: _ChainCost | None = None
+        for budget in self.limits.budgets:
+            value = applies(budget.scope, budget.match, values, principal.project_id)
+            if value is None:
+                continue
+            if budget.in_tokens:
+                reserve = float(estimate.input_tokens() + estimate.max_output())
+                call.attributes["bastion.budget.reserved_tokens"] = reserve
+            else:
+                if chain is None:
+                    chain = self._max_cost(call, alias, estimate, principal.project_id)
+                reserve = self._usd_reserve(call, budget, value, chain, estimate, principal)
+                reserved_usd = call.attributes.get("bastion.budget.reserved_usd", 0.0)
+                call.attributes["bastion.budget.reserved_usd"] = max(reserved_usd, reserve)
+            start, end = period_bounds(budget.period, now)
+            key = f"{budget.id}:{int(start)}:{value}"
+            ttl_s = int(end - now) + 3600
+            check = BudgetCheck(key, budget.limit, reserve, ttl_s, force=budget.id in forced)
+            found.append((budget, value, check))
+        return found
+
     def _max_cost(
         self, call: Call, alias: ModelAlias, estimate: _Estimate, project_id: int
-    ) -> float:
+    ) -> _ChainCost:
         catalog = self.catalog
         if catalog is None:
-            return 0.0
+            return _ChainCost(0.0, ())
         worst = 0.0
         unknown: list[str] = []
         for member in self._chains.get(alias.name, (alias,)):
@@ -227,7 +262,79 @@ class Admission:
                     worst = max(worst, cost)
         if unknown:
             call.attributes["bastion.budget.price_unknown"] = sorted(set(unknown))
-        return worst
+        return _ChainCost(worst, tuple(sorted(set(unknown))))
+
+    def _usd_reserve(
+        self,
+        call: Call,
+        rule: BudgetRule,
+        value: str,
+        chain: _ChainCost,
+        estimate: _Estimate,
+        principal: Principal,
+    ) -> float:
+        """What a dollar budget reserves; a model it cannot price is handled by its policy."""
+        if not chain.unknown or rule.unpriced == "allow":
+            if chain.unknown:
+                _note_policy(call, rule, "allow")
+            return chain.worst
+        if rule.unpriced == "estimate" and rule.estimate_from is not None:
+            _note_policy(call, rule, f"estimate_from:{rule.estimate_from}")
+            guess = None
+            if self.catalog is not None:
+                info = self.catalog.lookup(rule.estimate_from, project_id=principal.project_id)
+                if info is not None:
+                    guess = info.cost(estimate.input_tokens(), estimate.max_output())
+            return max(chain.worst, guess or 0.0)
+        _note_policy(call, rule, "block")
+        self._count("budget_unpriced")
+        call.attributes["bastion.budget.decision"] = "blocked"
+        call.attributes["bastion.budget.rule"] = _describe(rule, value)
+        names = ", ".join(repr(m) for m in chain.unknown)
+        raise GatewayError(
+            403,
+            f"budget cannot price this request: no price is known for {names}, which it may "
+            f"be served by, and budgets[{rule.id}] ({rule.scope} {value!r}) refuses what it "
+            "cannot count (unpriced: block); add the model under prices: in bastion.yaml, or "
+            "set unpriced: allow or unpriced: {estimate_from: <model>} on the budget",
+            error_class="budget_unpriced",
+            code="budget_unpriced",
+        )
+
+    def unpriced_models(self) -> dict[str, list[str]]:
+        """Per model without a price (any project's catalog), the aliases deploying it; empty
+        when no dollar budget is configured."""
+        if self.catalog is None or not any(not b.in_tokens for b in self.limits.budgets):
+            return {}
+        found: dict[str, list[str]] = {}
+        for alias in self.config.aliases.values():
+            for dep in alias.deployments:
+                info = self.catalog.lookup(dep.model)
+                if info is None or info.cost(1, 1) is None:
+                    found.setdefault(dep.model, []).append(alias.name)
+        return found
+
+    def log_unpriced(self) -> None:
+        """Warn once, at start-up, about models dollar budgets cannot price, and what each
+        budget will do about them."""
+        unknown = self.unpriced_models()
+        if not unknown:
+            return
+        models = ", ".join(f"{m!r} (alias {', '.join(a)})" for m, a in sorted(unknown.items()))
+        policies = ", ".join(
+            f"budgets[{b.id}] "
+            + ("refuses requests that may reach them" if b.unpriced == "block" else "")
+            + ("counts them as $0" if b.unpriced == "allow" else "")
+            + (f"prices them as {b.estimate_from!r}" if b.unpriced == "estimate" else "")
+            for b in self.limits.budgets
+            if not b.in_tokens
+        )
+        log.warning(
+            "budgets: no price is known for %s; %s (set prices: in bastion.yaml, or a "
+            "budget's unpriced: block | allow | {estimate_from: <model>})",
+            models,
+            policies,
+        )
 
     def _rate_error(
         self,
@@ -265,11 +372,12 @@ class Admission:
         wait = max(1, math.ceil(end - now))
         call.attributes["bastion.budget.decision"] = "blocked"
         call.attributes["bastion.budget.rule"] = _describe(rule, value)
+        used = f"{spent:.0f} tokens" if rule.in_tokens else f"${spent:.4f}"
         return GatewayError(
             429,
-            f"budget exceeded: {rule.scope} {value!r} has spent ${spent:.4f} (including "
+            f"budget exceeded: {rule.scope} {value!r} has spent {used} (including "
             f"requests in flight) of its {_PERIOD_WORD[rule.period]} budget of "
-            f"${rule.limit_usd:.2f} (budgets[{rule.id}]); it resets in {wait}s",
+            f"{rule.describe_limit()} (budgets[{rule.id}]); it resets in {wait}s",
             error_class="budget_exceeded",
             code="budget_exceeded",
             headers={"Retry-After": str(wait)},
@@ -283,20 +391,26 @@ class Admission:
             return
         ticket.settled = True
         budgets: list[BudgetCommit] = []
+        used = 0 if call.cost_usd == 0 else _used_tokens(call)  # a cache hit uses none
         if ticket.budgets:
-            actual = self._actual_cost(call, ticket.project_id)
-            call.attributes["bastion.budget.cost_usd"] = actual
-            budgets = [
-                BudgetCommit(b.key, b.limit, b.reserve, actual, b.ttl_s) for b in ticket.budgets
-            ]
+            priced = self._actual_cost(call, ticket.project_id)
+            if priced is not None:
+                call.attributes["bastion.budget.cost_usd"] = priced
+
+            def estimate(model: str) -> float | None:
+                return self._cost_as(model, call, ticket.project_id)
+
+            for b, rule in zip(ticket.budgets, ticket.rules, strict=True):
+                charge = budget_charge(rule, priced, used, estimate, b.reserve)
+                budgets.append(BudgetCommit(b.key, b.limit, b.reserve, charge, b.ttl_s))
         tokens: list[TokenCommit] = []
-        used = 0 if call.cost_usd == 0 else _used_tokens(call)
         for check in ticket.rates:
             if check.tpm is not None and used != check.tokens:
                 tokens.append(TokenCommit(check.key, ticket.window, used - check.tokens))
         self.shared.settle(budgets, tokens, ticket.shared)
 
-    def _actual_cost(self, call: Call, project_id: int) -> float:
+    def _actual_cost(self, call: Call, project_id: int) -> float | None:
+        """The call's cost at the served model's prices; None when no price is known."""
         if call.cost_usd is not None:
             return call.cost_usd  # known here already (a cache hit costs nothing)
         usage = call.usage
@@ -306,16 +420,20 @@ class Admission:
         if call.deployment:
             names.append(call.deployment.partition("/")[2])
         for name in names:
-            info = self.catalog.lookup(name, project_id=project_id)
-            if info is not None:
-                cost = info.cost(
-                    usage.input_tokens, usage.output_tokens, usage.cached_tokens,
-                    usage.cache_write_tokens,
-                )  # fmt: skip
-                if cost is not None:
-                    return cost
+            cost = self._cost_as(name, call, project_id)
+            if cost is not None:
+                return cost
         call.attributes["bastion.budget.price_unknown"] = [n for n in names if n]
-        return 0.0
+        return None
+
+    def _cost_as(self, model: str | None, call: Call, project_id: int) -> float | None:
+        info = self.catalog.lookup(model, project_id=project_id) if self.catalog else None
+        if info is None:
+            return None
+        usage = call.usage
+        return info.cost(
+            usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens
+        )
 
     # -- events ----------------------------------------------------------------------------
 
@@ -323,17 +441,19 @@ class Admission:
         rule_id, _, value = warning.key.split(":", 2)
         rule = self.limits.budgets[int(rule_id)]
         percent = round(warning.threshold * 100)
+        unit = "tokens" if rule.in_tokens else "usd"
         if self._warnings is not None:
             self._warnings.labels(rule.scope, rule.period, f"{warning.threshold:g}").inc()
         log.warning(
             "budget event=budget_threshold scope=%s value=%r period=%s threshold=%d%% "
-            "spent_usd=%.6f limit_usd=%.2f rule=budgets[%d]",
+            "spent=%.6f limit=%g unit=%s rule=budgets[%d]",
             rule.scope,
             value,
             rule.period,
             percent,
             warning.spent,
             warning.limit,
+            unit,
             rule.id,
         )
         if self.on_event is not None:
@@ -344,8 +464,8 @@ class Admission:
                     "bastion.budget.value": value,
                     "bastion.budget.period": rule.period,
                     "bastion.budget.threshold_percent": percent,
-                    "bastion.budget.spent_usd": round(warning.spent, 6),
-                    "bastion.budget.limit_usd": warning.limit,
+                    f"bastion.budget.spent_{unit}": round(warning.spent, 6),
+                    f"bastion.budget.limit_{unit}": warning.limit,
                     "bastion.budget.rule": f"budgets[{rule.id}]",
                 },
                 # A project's own budget is its business; the others are the operator's.
@@ -389,31 +509,25 @@ class _Estimate:
         return self.input_tokens() + max(0, output)
 
 
-def _values(call: Call, principal: Principal) -> dict[str, str]:
-    values = {"project": principal.project_slug, "key": str(principal.key_id)}
-    attribution = call.attribution
-    for scope, name in (("team", "team"), ("feature", "feature"), ("user", "user_id")):
-        value = attribution.get(name)
-        if value:
-            values[scope] = value
-    return values
-
-
-def _applies(
-    scope: str, match: str | None, values: Mapping[str, str], principal: Principal
-) -> str | None:
-    value = values.get(scope)
-    if value is None:
-        return None
-    if match is None or match == value:
-        return value
-    if scope == "project" and match == str(principal.project_id):
-        return value
-    return None
-
-
 def _describe(rule: BudgetRule, value: str) -> str:
-    return f"budgets[{rule.id}] {rule.scope}={value} {rule.period} ${rule.limit_usd:g}"
+    limit = f"{rule.limit_tokens} tokens" if rule.in_tokens else f"${rule.limit:g}"
+    return f"budgets[{rule.id}] {rule.scope}={value} {rule.period} {limit}"
+
+
+def _note_policy(call: Call, rule: BudgetRule, policy: str) -> None:
+    """Say on the span how each dollar budget counted a model without a price."""
+    noted = call.attributes.setdefault("bastion.budget.unpriced", [])
+    entry = f"budgets[{rule.id}]={policy}"
+    if entry not in noted:
+        noted.append(entry)
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainCost:
+    """The dearest priced deployment's cost for a request, and the models without a price."""
+
+    worst: float
+    unknown: tuple[str, ...]
 
 
 def _used_tokens(call: Call) -> int:

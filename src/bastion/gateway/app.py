@@ -11,11 +11,14 @@ from functools import partial
 
 from aiohttp import web
 
+from bastion.catalog import Catalog
 from bastion.gateway import handlers
 from bastion.gateway.admission import Admission
 from bastion.gateway.breaker import Breakers, Transition
 from bastion.gateway.cache import make_response_cache
 from bastion.gateway.cache_config import load_cache_config
+from bastion.gateway.limit_costs import check_estimate_models
+from bastion.gateway.limit_rebuild import rebuild_ledger
 from bastion.gateway.limits_config import load_limits_config
 from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
@@ -24,6 +27,7 @@ from bastion.gateway.router import Router
 from bastion.gateway.shared_state import SharedState
 from bastion.gateway.state import GATEWAY, GatewayState
 from bastion.gateway.tiers import TierRouter
+from bastion.prompts.template_budget import ProjectLimits
 from bastion.providers.config import (
     Deployment,
     GatewayConfig,
@@ -33,7 +37,7 @@ from bastion.providers.config import (
 )
 from bastion.providers.upstream import Upstream
 from bastion.releases.serving import install_route_table
-from bastion.server.state import STATE
+from bastion.server.state import SIMULATOR_PRICES, STATE, AppState
 from bastion.settings import Settings
 
 __all__ = ["install_gateway", "simulator_models"]
@@ -77,6 +81,72 @@ def _record_transition(recorder: Recorder, transition: Transition) -> None:
     )
 
 
+async def _rebuild_limits(settings: Settings, state: AppState, admission: Admission) -> None:
+    """In-memory counters start from what the stored spans say this period has spent (a
+    blocking read on a worker thread, before the gateway admits traffic). A reachable Redis
+    keeps its own counters, and the host's ledger of ``serve --workers N`` is rebuilt by the
+    supervisor."""
+    if admission.limits.empty or settings.limits_socket:
+        return
+    if settings.redis_url and not admission.shared.degraded:
+        return
+    loop = asyncio.get_running_loop()
+    seed = await loop.run_in_executor(
+        None, rebuild_ledger, state.engine, admission.limits, state.catalog
+    )
+    admission.shared.start_from(seed)
+
+
+def _start_simulator(
+    settings: Settings, stack: ExitStack
+) -> tuple[dict[str, ProviderConfig], dict[str, ModelAlias]]:
+    """The simulator's providers and aliases when ``gateway.simulator`` is on (it stops with
+    ``stack``), else none."""
+    if not settings.gateway.simulator:
+        return {}, {}
+    from bastion.providers.simulator import SimulatorConfig, SimulatorServer
+
+    simulator = stack.enter_context(SimulatorServer(SimulatorConfig(), port=0))
+    log.info("provider simulator on %s (models sim-small, sim-large)", simulator.url)
+    return simulator_models(simulator.url)
+
+
+async def _load_prompts(settings: Settings, state: AppState) -> PromptCache:
+    prompts = PromptCache(state.engine, refresh_s=settings.gateway.prompt_refresh_s)
+    try:
+        await prompts.refresh()  # before the first request: served from memory after
+        log.info("prompt cache loaded: %s", prompts.stats())
+    except Exception as exc:  # noqa: BLE001 - the poller keeps trying; requests get 503
+        log.warning("could not load prompts at startup (retrying): %s", exc)
+    return prompts
+
+
+async def _start_admission(
+    settings: Settings, state: AppState, config: GatewayConfig, breakers: Breakers
+) -> Admission:
+    """Rate limits, budgets and breaker state: in memory, in the host's ledger (workers
+    without Redis), or shared through Redis; counters rebuilt before traffic is admitted."""
+    shared_state = SharedState(
+        settings.redis_url,
+        broker_path=settings.limits_socket,
+        prefix=settings.gateway.redis_prefix,
+        registry=state.registry,
+    )
+    await shared_state.start(breakers)
+    admission = Admission(
+        load_limits_config(settings, config),
+        config,
+        state.catalog,
+        shared_state,
+        default_max_tokens=settings.gateway.budget_default_max_tokens,
+        registry=state.registry,
+    )
+    if settings.worker_index in (None, 0):
+        admission.log_unpriced()
+    await _rebuild_limits(settings, state, admission)
+    return admission
+
+
 def install_gateway(app: web.Application, settings: Settings) -> None:
     """Add the gateway routes; providers, pool and simulator start with the application.
 
@@ -84,21 +154,17 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
     stops ``serve`` with a message naming the key.
     """
     checked = load_gateway_config(settings)  # fail fast; reloaded below with the simulator's
-    load_limits_config(settings, None if settings.gateway.simulator else checked)
+    limits = load_limits_config(settings, None if settings.gateway.simulator else checked)
+    if any(rule.estimate_from for rule in limits.budgets):
+        priced = Catalog.load({**SIMULATOR_PRICES, **settings.prices})
+        check_estimate_models(settings, limits, priced)
     load_cache_config(settings)
     TierRouter.from_config(checked, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
         with ExitStack() as stack:
-            providers: dict[str, ProviderConfig] = {}
-            aliases: dict[str, ModelAlias] = {}
-            if settings.gateway.simulator:
-                from bastion.providers.simulator import SimulatorConfig, SimulatorServer
-
-                simulator = stack.enter_context(SimulatorServer(SimulatorConfig(), port=0))
-                providers, aliases = simulator_models(simulator.url)
-                log.info("provider simulator on %s (models sim-small, sim-large)", simulator.url)
+            providers, aliases = _start_simulator(settings, stack)
             config = load_gateway_config(settings, extra_providers=providers, extra_aliases=aliases)
             _warn_missing_keys(config)
             upstream = Upstream(
@@ -107,28 +173,12 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 max_connections=settings.gateway.max_connections,
             )
             await upstream.start()
-            prompts = PromptCache(state.engine, refresh_s=settings.gateway.prompt_refresh_s)
-            try:
-                await prompts.refresh()  # before the first request: served from memory after
-                log.info("prompt cache loaded: %s", prompts.stats())
-            except Exception as exc:  # noqa: BLE001 - the poller keeps trying; requests get 503
-                log.warning("could not load prompts at startup (retrying): %s", exc)
+            prompts = await _load_prompts(settings, state)
             poller = asyncio.create_task(prompts.run())
             router = Router(config)
             breakers = Breakers(config.aliases.values(), state.registry)
-            # Rate limits, budgets and breaker state: in memory, or shared through Redis.
-            shared_state = SharedState(
-                settings.redis_url, prefix=settings.gateway.redis_prefix, registry=state.registry
-            )
-            await shared_state.start(breakers)
-            admission = Admission(
-                load_limits_config(settings, config),
-                config,
-                state.catalog,
-                shared_state,
-                default_max_tokens=settings.gateway.budget_default_max_tokens,
-                registry=state.registry,
-            )
+            admission = await _start_admission(settings, state, config, breakers)
+            shared_state = admission.shared
             response_cache = make_response_cache(
                 settings, config, router, upstream, registry=state.registry, catalog=state.catalog
             )
@@ -156,6 +206,7 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 shared_state=shared_state,
                 cache=response_cache,
                 tiers=TierRouter.from_config(config, settings),
+                template_limits=ProjectLimits.from_settings(settings),
             )
             try:
                 yield

@@ -21,7 +21,7 @@ from bastion.gateway.validation import (
     validate_openai_chat,
 )
 from bastion.providers.config import ModelAlias
-from bastion.releases.serving import apply_release
+from bastion.releases.serving import apply_release, send_shadow
 from bastion.server.auth import presented_key
 from bastion.server.state import STATE
 
@@ -132,7 +132,13 @@ async def _serve(
             # A named route → its release (stable or rollout arm) decides model, params, prompt.
             raw = await apply_release(request, call, api, raw)
             raw = await apply_prompt(
-                gateway.prompts, principal.project_id, api, raw, request.headers, call
+                gateway.prompts,
+                principal.project_id,
+                api,
+                raw,
+                request.headers,
+                call,
+                limits=gateway.template_limits.of(principal.project_slug),
             )
         body = validate(raw)
         call.requested_model = body["model"]
@@ -142,6 +148,7 @@ async def _serve(
         alias = gateway.tiers.route(alias, call, api, body)
         # Rate limits and budgets (may degrade the alias); settled in `finally`.
         ticket = await gateway.admission.admit(call, principal, alias, body)
+        send_shadow(request, call)  # a shadow rollout's copy, now that the request is admitted
         if ticket is not None:
             alias = ticket.alias
         # Exact and semantic response cache (gateway.cache): a hit is the answer.

@@ -19,8 +19,11 @@ the limit, and reserves its maximum cost; the finished request commits its actua
 releases the reservation. Concurrent requests therefore overshoot the limit by at most one
 request's maximum cost (the last one admitted while there was room).
 
-The memory store is atomic because it never awaits between read and write on the event loop;
-the Redis store because each operation is one Lua script.
+The memory store is atomic because it never awaits between read and write on the event loop
+(or, as the host-wide ledger of ``serve --workers N``, on the broker's loop: see
+:mod:`bastion.gateway.limit_broker`); the Redis store because each operation is one Lua script.
+A memory store can hold a *share* of fleet-wide limits (see :meth:`MemoryLimitStore.admit_now`)
+while Redis is away.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "MemoryLimitStore",
     "RateCheck",
     "RedisLimitStore",
+    "RemoteLimitStore",
     "TokenCommit",
     "Verdict",
 ]
@@ -55,8 +59,8 @@ class RateCheck:
     """One rate-limit rule applied to one value; ``tokens`` is the request's token estimate."""
 
     key: str
-    rpm: int | None
-    tpm: int | None
+    rpm: float | None
+    tpm: float | None
     tokens: int
 
 
@@ -82,6 +86,8 @@ class Verdict:
     ``spent`` is, per budget check, committed spend plus reservations before this request;
     on a refusal ``rate_denied`` (index of the rate check, with its estimated requests and
     tokens over the last minute) or ``exceeded`` (indices of exhausted budgets) says why.
+    ``rate_loads`` is, when admitted by Redis, each rate check's load including this request
+    (what a replica starts from if Redis goes away).
     """
 
     ok: bool
@@ -90,6 +96,7 @@ class Verdict:
     rate_load: tuple[float, float] = (0.0, 0.0)
     exceeded: tuple[int, ...] = ()
     spent: tuple[float, ...] = ()
+    rate_loads: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +141,19 @@ class LimitStore(Protocol):
     ) -> list[BudgetWarning]: ...
 
 
+class RemoteLimitStore(LimitStore, Protocol):
+    """A store outside this process (Redis, or the host's ledger broker); its failures make
+    :class:`bastion.gateway.shared_state.SharedState` fall back to memory."""
+
+    async def add_spend(self, amounts: Sequence[tuple[str, float, int]]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 def window_of(now: float) -> tuple[int, float]:
     """The minute index of ``now`` and how far into it ``now`` is (0 ≤ fraction < 1)."""
     window = int(now // WINDOW_S)
@@ -153,17 +173,30 @@ class MemoryLimitStore:
     """Counters in this process. ``clock`` (wall seconds) only drives expiry of old entries."""
 
     clock: Any = time.time
-    _rates: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    _rates: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _budgets: dict[str, _Budget] = field(default_factory=dict)
     _swept_window: int = -1
 
     def admit_now(
-        self, rates: Sequence[RateCheck], budgets: Sequence[BudgetCheck], now: float
+        self,
+        rates: Sequence[RateCheck],
+        budgets: Sequence[BudgetCheck],
+        now: float,
+        *,
+        share: int = 1,
     ) -> Verdict:
-        """:meth:`admit` without the coroutine (it never waits)."""
+        """:meth:`admit` without the coroutine (it never waits).
+
+        ``share`` > 1: this store holds 1/``share`` of limits enforced by ``share`` processes
+        that cannot see each other (replicas while Redis is away): every limit is divided by
+        ``share`` and a budget admits only a reservation that fits whole, so together they
+        never pass the limit.
+        """
         window, fraction = window_of(now)
         if window != self._swept_window:
             self._sweep(window, now)
+        if share > 1:
+            rates = [_shared_rate(check, share) for check in rates]
         for i, check in enumerate(rates):
             current = self._rates.get((check.key, window))
             previous = self._rates.get((check.key, window - 1))
@@ -179,13 +212,15 @@ class MemoryLimitStore:
         for i, budget in enumerate(budgets):
             state = self._budgets.get(budget.key)
             used = state.spent + state.reserved if state is not None else 0.0
-            spent.append(used)
-            if not budget.force and used >= budget.limit:
+            spent.append(used * share)
+            limit = budget.limit / share
+            room = used + budget.reserve if share > 1 else used
+            if not budget.force and (room > limit if share > 1 else room >= limit):
                 exceeded.append(i)
         if exceeded:
             return Verdict(False, window, exceeded=tuple(exceeded), spent=tuple(spent))
         for check in rates:
-            counter = self._rates.setdefault((check.key, window), [0, 0])
+            counter = self._rates.setdefault((check.key, window), [0.0, 0.0])
             counter[0] += 1
             counter[1] += check.tokens
         for budget in budgets:
@@ -226,6 +261,21 @@ class MemoryLimitStore:
         """Count spend known from elsewhere (the shared store's last figure) as committed."""
         self._budget(key, ttl_s, self.clock()).spent += amount
 
+    def seed_budget(self, key: str, spent: float, limit: float, ttl_s: int) -> None:
+        """Start a budget from ``spent`` (rebuilt at start-up); thresholds it already passed
+        count as announced, so a restart does not announce them again."""
+        state = self._budget(key, ttl_s, self.clock())
+        state.spent += spent
+        for i, threshold in enumerate(THRESHOLDS):
+            if state.spent >= threshold * limit:
+                state.warned |= 1 << i
+
+    def seed_rate(self, key: str, window: int, requests: float, tokens: float) -> None:
+        """Add load to minute ``window`` of a rate counter (rebuilt, or a fleet's last figure)."""
+        counter = self._rates.setdefault((key, window), [0.0, 0.0])
+        counter[0] += requests
+        counter[1] += tokens
+
     def budget(self, key: str) -> tuple[float, float] | None:
         """``(spent, reserved)`` of a budget key, for inspection and tests."""
         state = self._budgets.get(key)
@@ -236,7 +286,7 @@ class MemoryLimitStore:
         now = self.clock()
         return {k: max(1, int(b.expires_at - now)) for k, b in self._budgets.items()}
 
-    def rate(self, key: str, window: int) -> tuple[int, int] | None:
+    def rate(self, key: str, window: int) -> tuple[float, float] | None:
         """``(requests, tokens)`` counted for ``key`` in minute ``window``."""
         counter = self._rates.get((key, window))
         return (counter[0], counter[1]) if counter is not None else None
@@ -256,6 +306,12 @@ class MemoryLimitStore:
             del self._budgets[name]
 
 
+def _shared_rate(check: RateCheck, share: int) -> RateCheck:
+    rpm = check.rpm / share if check.rpm is not None else None
+    tpm = check.tpm / share if check.tpm is not None else None
+    return RateCheck(check.key, rpm, tpm, check.tokens)
+
+
 def _crossed(key: str, state: _Budget, limit: float) -> list[BudgetWarning]:
     out: list[BudgetWarning] = []
     for i, threshold in enumerate(THRESHOLDS):
@@ -268,11 +324,13 @@ def _crossed(key: str, state: _Budget, limit: float) -> list[BudgetWarning]:
 # KEYS: per rate check (current minute, previous minute), then one per budget check.
 # ARGV: n_rates, n_budgets, fraction, then per rate (rpm, tpm, tokens) with 0 = no limit,
 # then per budget (limit, reserve, force, ttl_s).
-# Returns {1, spent...} | {0, "rate", index, requests, tokens} | {0, "budget", spent..., "|", i...}
+# Returns {1, spent..., (requests, tokens) per rate...} | {0, "rate", index, requests, tokens}
+# | {0, "budget", spent..., "|", i...}
 _ADMIT = """
 local n_rates = tonumber(ARGV[1])
 local n_budgets = tonumber(ARGV[2])
 local weight = 1 - tonumber(ARGV[3])
+local loads = {}
 for i = 0, n_rates - 1 do
   local cur = redis.call('HMGET', KEYS[2 * i + 1], 'r', 't')
   local prev = redis.call('HMGET', KEYS[2 * i + 2], 'r', 't')
@@ -284,6 +342,8 @@ for i = 0, n_rates - 1 do
   if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and tokens + need > tpm) then
     return {0, 'rate', i, tostring(requests), tostring(tokens)}
   end
+  loads[#loads + 1] = tostring(requests + 1)
+  loads[#loads + 1] = tostring(tokens + need)
 end
 local base = 2 * n_rates
 local args = 4 + 3 * n_rates
@@ -316,6 +376,7 @@ for j = 0, n_budgets - 1 do
   if tonumber(reserve) > 0 then redis.call('HINCRBYFLOAT', key, 'r', reserve) end
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ARGV[args + 4 * j + 3]) end
 end
+for _, load in ipairs(loads) do out[#out + 1] = load end
 return out
 """.replace("RATE_TTL_MS", str(_RATE_TTL_MS))
 
@@ -399,7 +460,14 @@ class RedisLimitStore:
             args += [repr(budget.limit), repr(budget.reserve), int(budget.force), budget.ttl_s]
         reply = await self._admit(keys=keys, args=args)
         if int(reply[0]) == 1:
-            return Verdict(True, window, spent=tuple(float(v) for v in reply[1:]))
+            n = len(budgets)
+            loads = [float(v) for v in reply[1 + n :]]
+            return Verdict(
+                True,
+                window,
+                spent=tuple(float(v) for v in reply[1 : 1 + n]),
+                rate_loads=tuple(zip(loads[::2], loads[1::2], strict=True)),
+            )
         if _text(reply[1]) == "rate":
             return Verdict(
                 False,
@@ -437,6 +505,16 @@ class RedisLimitStore:
                 )
             )
         return warnings
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def reset(self) -> None:
+        """Drop pooled connections (after an outage each would fail once more)."""
+        await self.client.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
     async def add_spend(self, amounts: Sequence[tuple[str, float, int]]) -> None:
         """Add spend counted elsewhere (locally while Redis was away), pipelined."""

@@ -15,11 +15,18 @@ rate_limits:
 ```
 
 ``scope`` says what a rule counts by: ``project`` (the key's project slug), ``key`` (the API
-key's id), ``team`` (the ``x-bastion-team`` header or ``metadata.team``), ``feature`` and
-``user`` (the usual attribution headers / body fields) and, for rate limits, ``model`` (the
-alias served). Without ``match`` each distinct value has its own budget or limit; with it the
-rule applies to that value only. A request without a value for the scope (no team header, say)
-is not counted by that rule.
+key's id), ``team`` (the ``x-bastion-team`` header or ``metadata.team``), ``feature``, ``user``
+and ``tenant`` (the usual attribution headers / body fields) and, for rate limits, ``model``
+(the alias served). Without ``match`` each distinct value has its own budget or limit; with it
+the rule applies to that value only. A request without a value for the scope (no team header,
+say) is not counted by that rule. ``shadow`` counts the shadow copies a release rollout sends
+(by route): copies are counted by ``shadow`` rules only, never by the caller's.
+
+A budget counts dollars (``limit_usd``) or tokens (``limit_tokens``: input plus output). A
+dollar budget says what to do with a model it cannot price (``unpriced``): ``block`` (the
+default: refuse requests that may reach it, since spend that cannot be counted cannot be
+capped), ``allow`` (count it as $0) or ``{estimate_from: <model>}`` (count its tokens at that
+model's prices).
 """
 
 from __future__ import annotations
@@ -40,12 +47,14 @@ __all__ = [
     "Period",
     "RateRule",
     "RateScope",
+    "Unpriced",
     "load_limits_config",
     "period_bounds",
 ]
 
-BudgetScope = Literal["project", "team", "feature", "user", "key"]
-RateScope = Literal["project", "team", "key", "model"]
+BudgetScope = Literal["project", "team", "feature", "user", "tenant", "key", "shadow"]
+RateScope = Literal["project", "team", "tenant", "key", "model", "shadow"]
+Unpriced = Literal["block", "allow", "estimate"]
 Period = Literal["day", "week", "month"]
 
 
@@ -55,14 +64,30 @@ class _Degrade(BaseModel):
     degrade_to: str = Field(min_length=1)
 
 
+class _EstimateFrom(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    estimate_from: str = Field(min_length=1)
+
+
 class _BudgetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scope: BudgetScope
     period: Period
-    limit_usd: float = Field(gt=0)
+    limit_usd: float | None = Field(None, gt=0)
+    limit_tokens: int | None = Field(None, ge=1)
     on_exceed: Literal["block"] | _Degrade = "block"
+    unpriced: Literal["block", "allow"] | _EstimateFrom | None = None
     match: str | int | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> _BudgetSpec:
+        if (self.limit_usd is None) == (self.limit_tokens is None):
+            raise ValueError("set limit_usd or limit_tokens (one of them)")
+        if self.unpriced is not None and self.limit_tokens is not None:
+            raise ValueError("unpriced applies to limit_usd budgets only (tokens need no price)")
+        return self
 
 
 class _RateSpec(BaseModel):
@@ -87,9 +112,26 @@ class BudgetRule:
     id: int
     scope: BudgetScope
     period: Period
-    limit_usd: float
+    limit_usd: float | None  # None: a token budget
     degrade_to: str | None = None  # None: block at 100%
     match: str | None = None
+    limit_tokens: int | None = None
+    unpriced: Unpriced = "block"
+    estimate_from: str | None = None  # the model whose prices count an unpriced one
+
+    @property
+    def in_tokens(self) -> bool:
+        return self.limit_tokens is not None
+
+    @property
+    def limit(self) -> float:
+        """The limit in the budget's unit (dollars or tokens)."""
+        return float(self.limit_tokens) if self.limit_tokens is not None else self.limit_usd or 0.0
+
+    def describe_limit(self) -> str:
+        if self.limit_tokens is not None:
+            return f"{self.limit_tokens} tokens"
+        return f"${self.limit:.2f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +196,12 @@ def load_limits_config(settings: Settings, gateway: GatewayConfig | None = None)
                     f"{where}budgets[{i}].on_exceed.degrade_to: {degrade!r} is a tiered alias; "
                     "name one of its tiers' aliases"
                 )
+        estimate: str | None = None
+        unpriced: Unpriced = "block"
+        if isinstance(spec.unpriced, _EstimateFrom):
+            estimate, unpriced = spec.unpriced.estimate_from, "estimate"
+        elif spec.unpriced is not None:
+            unpriced = spec.unpriced
         budgets.append(
             BudgetRule(
                 id=i,
@@ -162,6 +210,9 @@ def load_limits_config(settings: Settings, gateway: GatewayConfig | None = None)
                 limit_usd=spec.limit_usd,
                 degrade_to=degrade,
                 match=None if spec.match is None else str(spec.match),
+                limit_tokens=spec.limit_tokens,
+                unpriced=unpriced,
+                estimate_from=estimate,
             )
         )
     rates: list[RateRule] = []
@@ -208,6 +259,9 @@ def _where(settings: Settings, key: str) -> str:
     return settings.where("")
 
 
+_UNION_MEMBERS = ("literal['block']", "literal['block','allow']", "_Degrade", "_EstimateFrom")
+
+
 def _validate(settings: Settings, key: str, model: type[BaseModel], raw: Any) -> Any:
     label = key.replace(".", "[", 1) + "]"  # budgets.0 -> budgets[0]
     if not isinstance(raw, dict):
@@ -217,7 +271,7 @@ def _validate(settings: Settings, key: str, model: type[BaseModel], raw: Any) ->
     except ValidationError as exc:
         error = exc.errors()[0]
         # Union members add their own names to the location; keep only the user's keys.
-        parts = [str(p) for p in error["loc"] if p not in ("literal['block']", "_Degrade")]
+        parts = [str(p) for p in error["loc"] if p not in _UNION_MEMBERS]
         path = ".".join(parts)
         full = f"{key}.{path}" if path else key
         shown = f"{label}.{path}" if path else label

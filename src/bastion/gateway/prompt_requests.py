@@ -28,6 +28,8 @@ from bastion.gateway.errors import Api, GatewayError
 from bastion.gateway.prompts import PromptCache, PromptLookupError
 from bastion.gateway.recording import Call
 from bastion.prompts import TemplateError, render
+from bastion.prompts.template import TemplateLimitError
+from bastion.prompts.template_budget import DEFAULT_LIMITS, TemplateLimits
 from bastion.providers.translate import TranslationError, openai_to_anthropic_request
 
 __all__ = ["PROMPT_HEADER", "VARIABLES_HEADER", "PromptRef", "apply_prompt", "prompt_reference"]
@@ -155,10 +157,13 @@ async def apply_prompt(
     raw: Any,
     headers: Mapping[str, str],
     call: Call,
+    *,
+    limits: TemplateLimits = DEFAULT_LIMITS,
 ) -> Any:
     """``raw`` with its prompt reference replaced by the rendered request; unchanged otherwise.
 
     Fills the call's prompt fields as soon as they are known, so a rejection's span names them.
+    The prompt renders under ``limits`` (its project's): a render past one is a 422 naming it.
     """
     if not isinstance(raw, dict):
         return raw
@@ -181,7 +186,16 @@ async def apply_prompt(
         call.attributes["bastion.prompt.variables"] = dict(ref.variables)
     spec = cached.spec
     try:
-        rendered = render(spec, ref.variables, cached.partials)
+        # On the event loop: the CPU limit, read as the template runs, bounds how long.
+        rendered = render(spec, ref.variables, cached.partials, limits=limits)
+    except TemplateLimitError as exc:
+        raise GatewayError(
+            422,
+            f"prompt {ref.name!r} version {cached.version}: {exc}",
+            error_class="prompt_limit_exceeded",
+            param="prompt",
+            code=f"template_{exc.limit}_limit",
+        ) from exc
     except TemplateError as exc:
         raise _invalid(
             f"prompt {ref.name!r} version {cached.version}: {exc}", "prompt.variables"

@@ -130,6 +130,9 @@ class Call:
     capture: AnswerCapture | None = None  # None: the relay keeps no copy of the answer
     cost_usd: float | None = None  # set when known here (a cache hit costs 0); else priced later
     release_id: str | None = None  # the release a routed request was served by (releases)
+    # A shadow copy of a request on this route (releases.shadow): the gateway's own traffic,
+    # counted by `shadow` rate limits and budgets only, never by the caller's.
+    shadow_route: str | None = None
     fallbacks: tuple[str, ...] | None = None  # the release's fallback aliases, else the alias's
     input_estimate: int | None = None  # see estimated_input_tokens
 
@@ -226,6 +229,7 @@ class Call:
             release_id=self.release_id,
             input=_text(self.request_body, max_message_chars),
             output=_text(self.output, max_message_chars),
+            request_id=self.request_id,
         )
 
 

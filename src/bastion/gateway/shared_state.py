@@ -1,6 +1,8 @@
 """Rate limits, budgets and breaker state shared by gateway replicas through Redis.
 
-Without ``BASTION_REDIS_URL`` everything lives in this process's memory. With it:
+Without ``BASTION_REDIS_URL`` everything lives in this process's memory, or, for the workers
+of ``serve --workers N``, in the host's ledger held by the supervising process
+(:mod:`bastion.gateway.limit_broker`; admission and batched settlement as with Redis). With it:
 
 - **Admission** is one Lua script per request (every rate limit and budget of the request,
   checked and reserved in a single round trip).
@@ -11,9 +13,12 @@ Without ``BASTION_REDIS_URL`` everything lives in this process's memory. With it
   the time left, so a dead deployment is learnt once for the whole fleet.
 - **Redis going away**: the first failure switches admission to the in-memory counters, seeded
   with the last budget figures seen in Redis (a budget does not restart from zero), sets the
-  ``bastion_gateway_shared_state_degraded`` gauge and logs once. A task pings Redis every
-  second; on recovery it adds the spend counted locally during the outage to Redis, flushes the
-  settlements that were waiting, and goes back to shared counters.
+  ``bastion_gateway_shared_state_degraded`` gauge and logs once. Each replica then enforces
+  its share of every limit: replicas announce themselves in Redis every second, and with N of
+  them alive each holds 1/N of each budget's and rate limit's last figure and 1/N of its limit,
+  admitting only reservations that fit whole, so together they stay within the limit. A task
+  pings Redis every second; on recovery it adds the spend counted locally during the outage to
+  Redis, flushes the settlements that were waiting, and goes back to shared counters.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -35,10 +41,14 @@ from bastion.gateway.limit_store import (
     MemoryLimitStore,
     RateCheck,
     RedisLimitStore,
+    RemoteLimitStore,
     TokenCommit,
     Verdict,
     window_of,
 )
+
+if TYPE_CHECKING:
+    from bastion.gateway.limit_rebuild import LedgerSeed
 
 __all__ = ["SharedState"]
 
@@ -48,19 +58,23 @@ _MAX_PENDING = 100_000  # settlements held while Redis is away; older ones are d
 _MAX_SEEN = 100_000
 _FLUSH_INTERVAL_S = 0.02
 _FLUSH_BATCH = 500
+_HEARTBEAT_S = 1.0
+_ALIVE_S = 5.0  # a replica not heard from for this long no longer takes a share
 
 
 class SharedState:
     """Where admission counters live: memory, or Redis with memory as the fallback.
 
-    ``redis_url`` None: memory only. ``on_warning`` receives every budget threshold crossed
-    for the first time in its period (in the whole fleet, when shared).
+    ``redis_url`` None: memory only, unless ``broker_path`` names the host's ledger socket.
+    ``on_warning`` receives every budget threshold crossed for the first time in its period (in
+    the whole fleet, when shared).
     """
 
     def __init__(
         self,
         redis_url: str | None,
         *,
+        broker_path: str | None = None,
         prefix: str = "bastion:",
         registry: CollectorRegistry | None = None,
         on_warning: Callable[[BudgetWarning], None] | None = None,
@@ -70,6 +84,7 @@ class SharedState:
         timeout_s: float = 0.5,
     ) -> None:
         self.redis_url = redis_url
+        self.broker_path = None if redis_url else broker_path
         self.prefix = prefix
         self.clock = clock
         self.memory = MemoryLimitStore(clock=clock)
@@ -77,9 +92,12 @@ class SharedState:
         self.breaker_sync_s = breaker_sync_s
         self.retry_s = retry_s
         self.timeout_s = timeout_s
-        self.client: Any = None
-        self.redis: RedisLimitStore | None = None
+        self.client: Any = None  # the Redis client, when Redis is configured
+        self.remote: RemoteLimitStore | None = None
         self.degraded = False
+        self.replicas = 1  # replicas alive in the fleet, as last read from Redis
+        self._replica_id = uuid.uuid4().hex
+        self._seen_rates: dict[str, tuple[int, float, float]] = {}  # key -> window, load
         self._pending_budgets: list[BudgetCommit] = []
         self._pending_tokens: list[TokenCommit] = []
         self._seen: dict[str, tuple[float, int]] = {}  # budget key -> (spend in Redis, ttl)
@@ -105,14 +123,41 @@ class SharedState:
 
     @property
     def shared(self) -> bool:
-        """Whether counters are currently read from and written to Redis."""
-        return self.redis is not None and not self.degraded
+        """Whether counters are currently read from and written to Redis or the host ledger."""
+        return self.remote is not None and not self.degraded
+
+    def start_from(self, seed: LedgerSeed) -> None:
+        """Start the in-memory counters from ``seed`` (rebuilt from the stored spans). When
+        they stand in for an unreachable Redis, only spend added after the seed goes to Redis
+        on recovery (Redis may hold the rest already)."""
+        seed.apply(self.memory)
+        for key, (spent, _, _) in seed.budgets.items():
+            self._base.setdefault(key, spent)
+
+    def store_name(self, shared: bool) -> str:
+        """What a verdict taken ``shared`` (or not) was taken on, for the span."""
+        if not shared:
+            return "memory"
+        return "redis" if self.redis_url else "host"
+
+    @property
+    def _remote_label(self) -> str:
+        return "Redis" if self.redis_url else "the host's limits ledger"
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, breakers: Breakers | None = None) -> None:
         """Connect (without failing when Redis is down) and start the background tasks."""
         if self.redis_url is None:
+            if self.broker_path is not None:
+                from bastion.gateway.limit_broker import BrokerLimitStore
+
+                self.remote = BrokerLimitStore(self.broker_path, timeout_s=self.timeout_s)
+                try:
+                    await self.remote.ping()
+                except Exception as exc:  # noqa: BLE001 - any failure means: serve locally
+                    self._degrade("connect", exc)
+                self._tasks.append(asyncio.create_task(self._flusher()))
             return
         import redis.asyncio as aioredis  # the `redis` extra; only needed when configured
 
@@ -126,12 +171,13 @@ class SharedState:
             socket_connect_timeout=self.timeout_s,
         )
         self.client = aioredis.Redis.from_pool(pool)
-        self.redis = RedisLimitStore(self.client, self.prefix)
+        self.remote = RedisLimitStore(self.client, self.prefix)
         try:
             await self.client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means: serve locally
             self._degrade("connect", exc)
         self._tasks.append(asyncio.create_task(self._flusher()))
+        self._tasks.append(asyncio.create_task(self._heartbeat()))
         if breakers is not None:
             self._breakers = breakers
             breakers.listeners.append(self._on_transition)
@@ -147,11 +193,13 @@ class SharedState:
         self._tasks.clear()
         if self._breakers is not None:
             self._breakers.listeners.remove(self._on_transition)
-        if self.client is not None:
+        if self.remote is not None:
             if self.shared:
                 with contextlib.suppress(Exception):
                     await self._flush()
-            await self.client.aclose()
+                    if self.client is not None:  # this replica no longer takes a share
+                        await self.client.zrem(f"{self.prefix}replicas", self._replica_id)
+            await self.remote.aclose()
 
     # -- admission and settlement ----------------------------------------------------------
 
@@ -161,19 +209,30 @@ class SharedState:
         """The verdict, and whether it was taken on the shared counters (to settle there)."""
         if not rates and not budgets:  # no rule applies to this request: nothing to ask Redis
             return Verdict(True, window_of(now)[0]), self.shared
-        if self.redis is not None and not self.degraded:
+        if self.remote is not None and not self.degraded:
             try:
-                verdict = await self.redis.admit(rates, budgets, now)
+                verdict = await self.remote.admit(rates, budgets, now)
             except Exception as exc:  # noqa: BLE001 - connection, timeout, script: go local
                 self._degrade("admit", exc)
             else:
-                if budgets:
-                    if len(self._seen) > _MAX_SEEN:
-                        self._seen.clear()
-                    for check, spent in zip(budgets, verdict.spent, strict=False):
-                        self._seen[check.key] = (spent + check.reserve, check.ttl_s)
+                self._note_seen(rates, budgets, verdict)
                 return verdict, True
-        return self.memory.admit_now(rates, budgets, now), False
+        share = self.replicas if self.degraded and self.redis_url else 1
+        return self.memory.admit_now(rates, budgets, now, share=share), False
+
+    def _note_seen(
+        self, rates: Sequence[RateCheck], budgets: Sequence[BudgetCheck], verdict: Verdict
+    ) -> None:
+        """Keep the fleet's last figures, which an outage starts from."""
+        if len(self._seen) > _MAX_SEEN:
+            self._seen.clear()
+        if len(self._seen_rates) > _MAX_SEEN:
+            self._seen_rates.clear()
+        if verdict.ok:
+            for check, spent in zip(budgets, verdict.spent, strict=False):
+                self._seen[check.key] = (spent + check.reserve, check.ttl_s)
+        for rate, (requests, tokens) in zip(rates, verdict.rate_loads, strict=False):
+            self._seen_rates[rate.key] = (verdict.window, requests, tokens)
 
     def settle(
         self, budgets: Sequence[BudgetCommit], tokens: Sequence[TokenCommit], shared: bool
@@ -218,11 +277,11 @@ class SharedState:
                 self._degrade("commit", exc)
 
     async def _flush(self) -> None:
-        assert self.redis is not None
+        assert self.remote is not None
         while self._pending_budgets or self._pending_tokens:
             budgets = self._pending_budgets[:_FLUSH_BATCH]
             tokens = self._pending_tokens[:_FLUSH_BATCH]
-            warnings = await self.redis.commit(budgets, tokens)
+            warnings = await self.remote.commit(budgets, tokens)
             del self._pending_budgets[: len(budgets)]
             del self._pending_tokens[: len(tokens)]
             for entry in budgets:  # keep the figure an outage would start from current
@@ -234,12 +293,11 @@ class SharedState:
 
     async def _recover(self) -> None:
         await asyncio.sleep(self.retry_s)
-        assert self.client is not None
-        assert self.redis is not None
+        assert self.remote is not None
         try:
             # Connections pooled before the outage are dead; each would fail once more.
-            await self.client.connection_pool.disconnect()
-            await self.client.ping()
+            await self.remote.reset()
+            await self.remote.ping()
             # Spend counted here while Redis was away joins the fleet's figure.
             deltas = []
             for key, base in self._base.items():
@@ -250,12 +308,12 @@ class SharedState:
                 state = self.memory.budget(key)
                 if state is not None and state[0] > 0:
                     deltas.append((key, state[0], ttl_s))
-            await self.redis.add_spend(deltas)
+            await self.remote.add_spend(deltas)
             await self._flush()
         except Exception as exc:  # noqa: BLE001 - still away; try again later
             if self._errors is not None:
                 self._errors.labels("reconnect").inc()
-            log.debug("Redis still unreachable: %s", exc)
+            log.debug("%s still unreachable: %s", self._remote_label, exc)
             return
         self.memory = MemoryLimitStore(clock=self.clock)
         self._base.clear()
@@ -263,8 +321,9 @@ class SharedState:
         if self._degraded_gauge is not None:
             self._degraded_gauge.set(0)
         log.warning(
-            "shared state: Redis is back; re-synced %d budget(s) counted locally, limits and "
+            "shared state: %s is back; re-synced %d budget(s) counted locally, limits and "
             "budgets are shared again",
+            self._remote_label,
             len(deltas),
         )
 
@@ -280,21 +339,46 @@ class SharedState:
         self.degraded = True
         if self._degraded_gauge is not None:
             self._degraded_gauge.set(1)
-        # Budgets continue from their last shared figure rather than from zero.
+        # Budgets and rate windows continue from their last shared figure rather than from
+        # zero; with N replicas, each holds 1/N of it (and of the limit: see admit).
+        share = self.replicas if self.redis_url else 1
         for key, (spent, ttl_s) in self._seen.items():
             if self.memory.budget(key) is None:
-                self.memory.add_spend(key, spent, ttl_s)
-                self._base[key] = spent
+                self.memory.add_spend(key, spent / share, ttl_s)
+                self._base[key] = spent / share
+        for key, (window, requests, tokens) in self._seen_rates.items():
+            if self.memory.rate(key, window) is None:
+                self.memory.seed_rate(key, window, requests / share, tokens / share)
         log.warning(
-            "shared state: Redis unreachable (%s: %s); serving with per-process limits and "
-            "budgets until it is back",
+            "shared state: %s unreachable (%s: %s); serving with per-process limits and "
+            "budgets until it is back (this process's share: 1/%d)",
+            self._remote_label,
             operation,
             exc,
+            share,
         )
 
     def _warn(self, warning: BudgetWarning) -> None:
         if self.on_warning is not None:
             self.on_warning(warning)
+
+    async def _heartbeat(self) -> None:
+        """Announce this replica and count the live ones (the share each takes in an outage)."""
+        key = f"{self.prefix}replicas"
+        while True:
+            if self.shared:
+                now = self.clock()
+                try:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        pipe.zadd(key, {self._replica_id: now})
+                        pipe.zremrangebyscore(key, 0, now - 60)
+                        pipe.zcount(key, now - _ALIVE_S, "+inf")
+                        pipe.expire(key, 120)
+                        replies = await pipe.execute()
+                    self.replicas = max(1, int(replies[2]))
+                except Exception as exc:  # noqa: BLE001 - the outage path takes over
+                    self._degrade("heartbeat", exc)
+            await asyncio.sleep(_HEARTBEAT_S)
 
     # -- breakers --------------------------------------------------------------------------
 

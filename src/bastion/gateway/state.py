@@ -16,6 +16,7 @@ from bastion.gateway.resilience import Resilience
 from bastion.gateway.router import Router
 from bastion.gateway.shared_state import SharedState
 from bastion.gateway.tiers import TierRouter
+from bastion.prompts.template_budget import ProjectLimits
 from bastion.providers.config import GatewayConfig
 from bastion.providers.upstream import Upstream
 from bastion.settings import GatewaySettings
@@ -39,6 +40,7 @@ class GatewayState:
     shared_state: SharedState
     cache: ResponseCache
     tiers: TierRouter
+    template_limits: ProjectLimits = field(default_factory=ProjectLimits)  # named prompts' renders
     started_at: float = field(default_factory=time.time)
 
 

@@ -28,7 +28,8 @@ from bastion.prompts.model import (
     Variable,
     VariableType,
 )
-from bastion.prompts.template import TemplateError, check_spec, render
+from bastion.prompts.template import TemplateError, TemplateLimitError, check_spec, render
+from bastion.prompts.template_budget import TemplateLimits
 from bastion.prompts.versions import (
     PromptAuthError,
     PromptError,
@@ -52,6 +53,8 @@ __all__ = [
     "PromptUnavailable",
     "PromptVersion",
     "TemplateError",
+    "TemplateLimitError",
+    "TemplateLimits",
     "Variable",
     "VariableType",
     "check_spec",

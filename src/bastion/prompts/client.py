@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -44,8 +43,9 @@ from typing import Any
 
 import orjson
 
+from bastion import names
 from bastion.prompts.files import SUFFIXES, PromptFileError, load_prompt_file
-from bastion.prompts.model import NAME_PATTERN, PromptSpec, PromptSpecError
+from bastion.prompts.model import PromptSpec, PromptSpecError
 from bastion.prompts.transport import HttpTransport, TransportError
 from bastion.prompts.versions import (
     PromptAuthError,
@@ -55,14 +55,13 @@ from bastion.prompts.versions import (
     PromptUnavailable,
     PromptVersion,
 )
+from bastion.safe_paths import UnsafePath, file_under
 
 __all__ = ["DEFAULT_LABEL", "PromptClient"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LABEL = "production"
-_NAME_RE = re.compile(NAME_PATTERN)
-_LABEL_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")  # the registry's label rule
 _DISK_FORMAT = 1
 _MAX_RETRY_S = 5.0
 _TRANSIENT = frozenset({408, 429})
@@ -259,7 +258,7 @@ class PromptClient:
         name, label, version = key
         return self._disk_dir / (
             f"{name}@v{version}.json" if label is None else f"{name}@{label}.json"
-        )
+        )  # name and label are valid names (_check_key): a plain file name
 
     def _queue_save(self, key: Key, data: Any, prompt: PromptVersion) -> None:
         """Write the last-known-good file on the writer thread: a write (temporary file, then
@@ -279,6 +278,7 @@ class PromptClient:
         record = {"format": _DISK_FORMAT, "saved_at": datetime.now(UTC).isoformat(), "prompt": data}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            path = file_under(path.parent, path.name)  # never through a planted symlink
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -287,7 +287,7 @@ class PromptClient:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        except OSError as exc:
+        except (OSError, UnsafePath) as exc:
             with self._lock:
                 self._saved.pop(key, None)  # try again on the next fetch
             log.warning("cannot write the prompt cache file %s: %s", path, exc)
@@ -414,13 +414,12 @@ def _error_message(body: bytes) -> str | None:
 
 def _check_key(key: Key) -> None:
     name, label, version = key
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"invalid prompt name {name!r} (must match {NAME_PATTERN})")
+    names.PROMPT.check(name)  # also what keeps the cache file names inside the cache
     if version is not None:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"version must be a positive integer, got {version!r}")
-    elif not isinstance(label, str) or not _LABEL_RE.match(label):
-        raise ValueError(f"invalid label {label!r} (must match {_LABEL_RE.pattern})")
+    else:
+        names.LABEL.check(label)
 
 
 def _show(key: Key) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bastion.parsing import InputError, InputLimits, parse_yaml, read_bounded
 from bastion.prompts.model import Path as KeyPath
 from bastion.prompts.model import PromptSpec, PromptSpecError, format_path
 from bastion.prompts.template import TemplateError, check_spec
@@ -31,8 +32,6 @@ __all__ = [
 ]
 
 SUFFIXES = (".prompt.yaml", ".prompt.yml", ".prompt.md")
-# The C loader when libyaml is there: same marks, several times faster on a big prompt tree.
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class PromptFileError(ValueError):
@@ -77,15 +76,10 @@ class _Locator:
         self.keys: dict[KeyPath, int] = {}
         self.values: dict[KeyPath, yaml.Node] = {}
         self.body_line: int | None = None  # first line of a .prompt.md body
-        self._seen: set[int] = set()
         self._walk(root, ())
 
     def _walk(self, node: yaml.Node, path: KeyPath) -> None:
-        # The composer hands back the anchored node itself for each alias: a node seen twice is
-        # an alias, refused so a "billion laughs" file cannot expand during validation.
-        if id(node) in self._seen:
-            raise PromptFileError(self.file, self._line(node), "YAML aliases are not supported")
-        self._seen.add(id(node))
+        # No node is visited twice: the YAML reader refuses aliases, so the tree is a tree.
         if isinstance(node, yaml.MappingNode):
             children: Iterator[tuple[str | int, yaml.Node, yaml.Node]] = (
                 (k.value if isinstance(k, yaml.ScalarNode) else repr(k.value), k, v)
@@ -141,7 +135,9 @@ def _load(path: Path) -> tuple[PromptSpec, int]:
     if stem is None:
         raise PromptFileError(path, None, f"not a prompt file (expected {', '.join(SUFFIXES)})")
     try:
-        source = path.read_text(encoding="utf-8-sig")
+        source = read_bounded(path, InputLimits())
+    except InputError as exc:
+        raise PromptFileError(path, None, exc.problem) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptFileError(path, None, f"cannot read: {exc}") from None
     body: tuple[str, int] | None = None
@@ -194,21 +190,15 @@ def _split_front_matter(path: Path, source: str) -> tuple[str, tuple[str, int]]:
 
 
 def _parse_yaml(path: Path, source: str, offset: int) -> tuple[dict[str, Any], _Locator]:
-    loader = _Loader(source)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise PromptFileError(path, 1 + offset, "empty file: expected a mapping")
-        locator = _Locator(path, node, offset)
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 + offset if mark is not None else None
-        raise PromptFileError(path, line, f"invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise PromptFileError(path, None, f"invalid YAML: {exc}") from None
-    finally:
-        loader.dispose()
+        document = parse_yaml(source)
+    except InputError as exc:
+        line = None if exc.line is None else exc.line + offset
+        raise PromptFileError(path, line, exc.problem) from None
+    if document.node is None:
+        raise PromptFileError(path, 1 + offset, "empty file: expected a mapping")
+    locator = _Locator(path, document.node, offset)
+    data = document.data
     if not isinstance(data, dict):
         raise PromptFileError(path, locator.root_line, "expected a mapping at the top level")
     return data, locator

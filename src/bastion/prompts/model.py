@@ -19,7 +19,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
-import orjson
+from bastion import names
+from bastion.store.storable import storable_json_bytes
 
 __all__ = [
     "NAME_PATTERN",
@@ -34,10 +35,10 @@ __all__ = [
 VariableType = Literal["string", "number", "integer", "boolean", "list", "object"]
 VARIABLE_TYPES: tuple[str, ...] = get_args(VariableType)
 
-#: Prompt names: lowercase, also valid file stems and URL path segments (no `/`).
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
-_NAME_RE = re.compile(NAME_PATTERN)
-_VARIABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")  # a Jinja identifier, never `_x`
+#: Prompt names (`bastion.names.PROMPT`, matched whole): lowercase, also valid file stems and
+#: URL path segments (no `/`).
+NAME_PATTERN = names.PROMPT.pattern
+_VARIABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # a Jinja identifier, never `_x`
 
 ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
 _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
@@ -169,8 +170,9 @@ class PromptSpec:
         return _parse_spec(data)
 
     def canonical_json(self) -> bytes:
-        """The canonical bytes: orjson with sorted keys over `to_dict()`."""
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+        """The canonical bytes: orjson with sorted keys over `to_dict()`, storable
+        (`bastion.store.storable`: what is stored is what the content hash covers)."""
+        return storable_json_bytes(self.to_dict(), sort_keys=True)
 
     def content_hash(self) -> str:
         """`"sha256:" + hex digest` of `canonical_json()`: the version's content address."""
@@ -259,8 +261,8 @@ def _parse_spec(raw: Any) -> PromptSpec:
     if "name" not in data:
         raise _fail((), "missing required key 'name'")
     name = _string(data["name"], ("name",))
-    if not _NAME_RE.match(name):
-        raise _fail(("name",), f"must match {NAME_PATTERN} (lowercase, digits, '_', '.', '-')")
+    if not names.PROMPT.is_valid(name):
+        raise _fail(("name",), f"must match {NAME_PATTERN} ({names.PROMPT.rule})")
     has_messages, has_text = data.get("messages") is not None, data.get("text") is not None
     if has_messages == has_text:
         which = "both" if has_messages else "neither"
@@ -308,7 +310,7 @@ def _parse_variables(raw: Any) -> dict[str, Variable]:
     out: dict[str, Variable] = {}
     for name, spec in _mapping(raw, ("variables",)).items():
         path: Path = ("variables", name)
-        if not _VARIABLE_RE.match(name):
+        if not _VARIABLE_RE.fullmatch(name):
             raise _fail(path, "variable names must be identifiers starting with a letter")
         # `ticket:` alone, or `ticket: string`, are shorthands for a required variable.
         if spec is None:

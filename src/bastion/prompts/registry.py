@@ -16,7 +16,6 @@ nothing and answers with that version ("unchanged").
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from bastion import names
 from bastion.auth import Role
 from bastion.prompts import PromptSpec, TemplateError, check_spec
 from bastion.prompts.registry_queries import (
@@ -51,7 +51,9 @@ from bastion.prompts.registry_queries import (
     now_utc,
     resolve,
 )
+from bastion.prompts.template_budget import DEFAULT_LIMITS, TemplateLimits
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts
+from bastion.store.storable import storable_text
 from bastion.store.transactions import run_write
 
 __all__ = [
@@ -83,7 +85,6 @@ __all__ = [
 ]
 
 DEFAULT_LABEL = "production"
-_LABEL_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 
 
 # -- transactions ------------------------------------------------------------------------------
@@ -197,11 +198,14 @@ def push(
     message: str,
     author: str,
     git_sha: str | None = None,
+    limits: TemplateLimits = DEFAULT_LIMITS,
 ) -> list[PushResult]:
     """Store ``specs`` as new versions where their content is new; all or nothing.
 
     Every partial a spec includes must be a prompt in the registry or in this push; it is
     pinned to its newest version after this push. Results come in the order of ``specs``.
+    Templates are checked against ``limits`` as far as their source shows (nesting, constant
+    sizes).
     """
     if not specs:
         raise RegistryError("nothing to push: no prompts given")
@@ -223,7 +227,7 @@ def push(
                 "nor in this push"
             )
         try:
-            check_spec(by_name[name], known_partials=tuple(sorted(known)))
+            check_spec(by_name[name], known_partials=tuple(sorted(known)), limits=limits)
         except TemplateError as exc:
             raise RegistryError(f"prompt {name!r}: {exc}") from exc
 
@@ -260,8 +264,8 @@ def push(
                 version=version,
                 content_hash=digest,
                 spec=spec.canonical_json().decode(),
-                message=message,
-                author=author,
+                message=storable_text(message),
+                author=storable_text(author, 200),
                 git_sha=git_sha,
                 partials=orjson.dumps(pins, option=orjson.OPT_SORT_KEYS).decode(),
                 created_at=now,
@@ -284,11 +288,8 @@ def push(
 def _check_label(label: str) -> None:
     if label == LATEST:
         raise RegistryError(f"label {LATEST!r} is reserved: it always means the newest version")
-    if not _LABEL_RE.match(label):
-        raise RegistryError(
-            f"invalid label {label!r}: use 1-64 lower-case letters, digits, '.', '_' or '-', "
-            "starting with a letter"
-        )
+    if not names.LABEL.is_valid(label):
+        raise RegistryError(f"invalid label {label!r}: use {names.LABEL.rule}")
 
 
 def _label_row(conn: sa.Connection, project_id: int, prompt_id: int, label: str) -> Any:
@@ -315,7 +316,11 @@ def _move(
     protected: bool | None = None,
 ) -> None:
     now = now_utc()
-    values: dict[str, Any] = {"version": to_version, "updated_at": now, "updated_by": actor}
+    values: dict[str, Any] = {
+        "version": to_version,
+        "updated_at": now,
+        "updated_by": storable_text(actor, 200),
+    }
     if protected is not None:
         values["protected"] = protected
     if current is None:
@@ -345,8 +350,8 @@ def _move(
             action=action,
             from_version=None if current is None else current.version,
             to_version=to_version,
-            actor=actor,
-            reason=reason,
+            actor=storable_text(actor, 200),
+            reason=None if reason is None else storable_text(reason),
             at=now,
         )
     )

@@ -25,8 +25,9 @@ from pydantic import BaseModel, Field
 
 from bastion.prompts.eval_scores import VersionEvalScores, eval_scores_by_version
 from bastion.prompts.registry_queries import MOVES, NotFoundError, RegistryError
-from bastion.store.queries_common import span_is_error
+from bastion.store.queries_common import is_counted, span_is_error
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts, spans
+from bastion.store.time_range import TIME_RANGE, TimeRangeError, check_time
 
 __all__ = ["Deployment", "PromptUsage", "VersionUsage", "parse_since", "prompt_usage"]
 
@@ -78,18 +79,29 @@ class PromptUsage(BaseModel):
     versions: list[VersionUsage]
 
 
-def parse_since(value: str | None, *, now: datetime | None = None) -> datetime | None:
-    """``30m``, ``24h``, ``7d`` (ago) or an ISO 8601 time; naive times are UTC."""
+def parse_since(
+    value: str | None, *, now: datetime | None = None, name: str = "since"
+) -> datetime | None:
+    """``30m``, ``24h``, ``7d`` (ago) or an ISO 8601 time; naive times are UTC.
+
+    ``name`` is what an error calls the value. A time the store cannot hold (far past or
+    future, see :mod:`bastion.store.time_range`) is an error too.
+    """
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value[-1] in _UNITS and value[:-1].isdigit():
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[value[-1]]: int(value[:-1])})
+    amount = value[:-1]
     try:
-        parsed = datetime.fromisoformat(value)
+        if value[-1] in _UNITS and amount.isascii() and amount.isdigit():
+            ago = timedelta(**{_UNITS[value[-1]]: int(amount)})
+            parsed = (now or datetime.now(UTC)) - ago
+        else:
+            parsed = datetime.fromisoformat(value)
+        return check_time(parsed, name)
+    except (OverflowError, TimeRangeError) as exc:
+        raise RegistryError(f"{name} {value!r} is out of range: times run {TIME_RANGE}") from exc
     except ValueError as exc:
-        raise RegistryError(f"since {value!r}: use 30m, 24h, 7d or an ISO 8601 time") from exc
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        raise RegistryError(f"{name} {value!r}: use 30m, 24h, 7d or an ISO 8601 time") from exc
 
 
 def _time(ns: int | None) -> datetime | None:
@@ -237,6 +249,7 @@ def prompt_usage(
     conds: list[sa.ColumnElement[bool]] = [
         spans.c.project_id == project_id,
         spans.c.prompt_name == name,
+        is_counted(spans.c),  # a call the gateway traced counts once, on the gateway's span
     ]
     if since is not None:
         conds.append(spans.c.start_ns >= int(since.timestamp() * 1_000_000_000))

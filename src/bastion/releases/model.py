@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-import yaml
+
+from bastion import names
+from bastion.parsing import InputError, InputLimits, load_yaml
 
 __all__ = [
     "ENVIRONMENTS",
@@ -32,7 +34,6 @@ __all__ = [
 Strategy = Literal["canary", "ab", "shadow"]
 STRATEGIES: tuple[Strategy, ...] = ("canary", "ab", "shadow")
 ENVIRONMENTS = ("staging", "production")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SPEC_KEYS = ("name", "description", "prompts", "model", "fallbacks", "params", "tools", "guard")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
@@ -41,14 +42,12 @@ class ReleaseSpecError(ValueError):
     """A release file, rollout option or name that is not valid; the message names the key."""
 
 
-def check_name(value: Any, what: str) -> str:
-    """``value`` as a route/release/environment name, or a :class:`ReleaseSpecError`."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ReleaseSpecError(
-            f"{what} must be 1-200 characters of letters, digits, '.', '_' or '-' "
-            f"(starting with a letter or digit), not {value!r}"
-        )
-    return value
+def check_name(value: Any, what: str, rule: names.NameRule = names.ROUTE) -> str:
+    """``value`` as a name under ``rule`` (a route by default), or a
+    :class:`ReleaseSpecError` saying ``what`` it is."""
+    if not rule.is_valid(value):
+        raise ReleaseSpecError(f"{what} must be {rule.rule}, not {value!r}")
+    return str(value)
 
 
 def parse_duration(value: str | float | int, what: str) -> float:
@@ -122,7 +121,7 @@ class ReleaseSpec:
         unknown = sorted(set(data) - set(_SPEC_KEYS))
         if unknown:
             raise ReleaseSpecError(f"unknown key {unknown[0]!r} (known: {', '.join(_SPEC_KEYS)})")
-        name = check_name(data.get("name"), "name")
+        name = check_name(data.get("name"), "name", names.RELEASE)
         model = data.get("model")
         if not isinstance(model, str) or not model.strip():
             raise ReleaseSpecError("model must be a non-empty string (a gateway model alias)")
@@ -158,12 +157,15 @@ class ReleaseSpec:
         return spec
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "release") -> ReleaseSpec:
-        """Parse a release file; errors are prefixed with ``source``."""
+    def from_yaml(
+        cls, text: str, source: str = "release", limits: InputLimits | None = None
+    ) -> ReleaseSpec:
+        """Parse a release file (held to ``limits``, the defaults when ``None``); errors are
+        prefixed with ``source``."""
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ReleaseSpecError(f"{source}: invalid YAML: {exc}") from exc
+            data = load_yaml(text, limits)
+        except InputError as exc:
+            raise ReleaseSpecError(f"{source}: {exc}") from exc
         try:
             return cls.from_dict(data)
         except ReleaseSpecError as exc:
@@ -181,7 +183,7 @@ def _prompts(raw: Any) -> dict[str, int]:
         raise ReleaseSpecError("prompts must map prompt names to version numbers")
     out: dict[str, int] = {}
     for name, version in raw.items():
-        check_name(name, "a prompt name")
+        check_name(name, "a prompt name", names.PROMPT)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ReleaseSpecError(f"prompts.{name} must be a version number >= 1, not {version!r}")
         out[str(name)] = version
@@ -285,6 +287,10 @@ class RolloutPolicy:
         return self.steps[0]
 
 
+# promptfoo assert types that run code from the config; only the CLI runs them.
+USER_CODE_ASSERTS = frozenset({"python", "javascript"})
+
+
 def make_policy(
     *,
     strategy: str,
@@ -322,6 +328,13 @@ def make_policy(
     if quality is not None:
         from bastion.evals.scorers import ScorerError, make_scorer
 
+        kind = str(quality.get("type", "")).removeprefix("not-")
+        if kind in USER_CODE_ASSERTS:
+            raise ReleaseSpecError(
+                f"quality: {kind!r} asserts run user-supplied code, which the server never "
+                "does (only `bastion eval run -c` runs them, in a separate process); "
+                "use a built-in scorer such as regex or is-json"
+            )
         try:
             make_scorer(quality)
         except ScorerError as exc:

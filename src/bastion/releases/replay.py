@@ -6,7 +6,10 @@ see :func:`parse_filter`) through the same selection as datasets made from trace
 (``evals.from_traces``), so prompt requests replay with their recorded variables and plain
 requests with their recorded messages. Each input is sent through a running gateway shaped by
 the candidate — its model, parameters, tools and pinned prompt version, exactly as a route
-serving it would — without deploying it anywhere (requests carry ``x-bastion-feature: replay``).
+serving it would — without deploying it anywhere (requests carry ``x-bastion-feature: replay``,
+and ``x-bastion-cache: no-cache`` so every answer is the candidate's own, never a cached one).
+A request the gateway's own rate limits or budgets refuse is reported apart, not as a
+candidate error.
 Each answer is scored against the recorded one (default: ``levenshtein`` similarity; any
 reference-based scorer of the evals works), and the report lists the summary and the inputs
 whose answers moved most.
@@ -153,6 +156,19 @@ class ReplayResult:
     error: str | None
     latency_ms: float
     scores: Mapping[str, float]
+    refused: bool = False  # turned away by the gateway's rate limits or budgets, not the model
+
+
+# Error codes of the gateway's own admission: the request never reached the candidate's model.
+_REFUSAL_CODES = frozenset({"rate_limit_exceeded", "budget_exceeded"})
+
+
+def _refusal(raw: bytes) -> bool:
+    try:
+        error = orjson.loads(raw).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") in _REFUSAL_CODES
 
 
 def _text(doc: Any) -> str:
@@ -185,6 +201,7 @@ async def _one(
                     f"{response.status}: {raw[:300].decode(errors='replace')}",
                     latency,
                     {},
+                    refused=response.status == 429 and _refusal(raw),
                 )
             text = _text(orjson.loads(raw))
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, ReleaseSpecError) as exc:
@@ -213,6 +230,8 @@ async def run_replay(
         "Authorization": f"Bearer {key}",
         "Content-Type": "application/json",
         "x-bastion-feature": "replay",
+        # The candidate answers every input itself: a cached answer would measure the cache.
+        "x-bastion-cache": "no-cache",
         "x-bastion-session": f"replay-{uuid.uuid4().hex}",
     }
     slots = asyncio.Semaphore(concurrency)
@@ -238,7 +257,8 @@ def render_markdown(
 ) -> str:
     """The replay report: summary per metric, errors, and the inputs that changed most."""
     n = len(results)
-    errors = [r for r in results if r.error is not None]
+    errors = [r for r in results if r.error is not None and not r.refused]
+    refused = sum(1 for r in results if r.refused)
     recorded_errors = sum(1 for r in results if r.item.expected is None)
     metrics = sorted({m for r in results for m in r.scores})
     chosen = {
@@ -258,12 +278,13 @@ def render_markdown(
         f"| inputs replayed | {n} |",
         f"| no answer recorded in production (errors) | {recorded_errors} |",
         f"| errors with the candidate | {len(errors)} |",
+        f"| refused by the gateway's rate limits or budgets (not errors) | {refused} |",
     ]
     for metric in metrics:
         values = [r.scores[metric] for r in results if metric in r.scores]
         mean = sum(values) / len(values)
         lines.append(f"| mean {metric} vs production ({len(values)} scored) | {mean:.3f} |")
-    latencies = sorted(r.latency_ms for r in results)
+    latencies = sorted(r.latency_ms for r in results if not r.refused)
     if latencies:
         lines.append(f"| candidate latency p50 | {latencies[len(latencies) // 2]:.0f} ms |")
     if errors:

@@ -37,6 +37,7 @@ __all__ = [
     "ROUTE_TABLE",
     "apply_release",
     "install_route_table",
+    "send_shadow",
 ]
 
 log = logging.getLogger("bastion.releases")
@@ -46,6 +47,7 @@ ENVIRONMENT_HEADER = "x-bastion-environment"
 ROUTE_MODEL_PREFIX = "route:"
 ROUTE_TABLE = web.AppKey("bastion_route_table", RouteTable)
 SHADOW = web.AppKey("bastion_release_shadow", ShadowSender)
+_PENDING_SHADOW = "bastion_release_pending_shadow"  # request key: (original body, rollout id)
 
 
 def _invalid(message: str, param: str) -> GatewayError:
@@ -157,6 +159,19 @@ def _local_url(request: web.Request) -> str | None:
     return f"http://[{host}]:{sock[1]}" if ":" in host else f"http://{host}:{sock[1]}"
 
 
+def send_shadow(request: web.Request, call: Call) -> None:
+    """Send the copy of an admitted request that :func:`apply_release` marked for a shadow
+    rollout (nothing for other requests); never waits for it."""
+    pending = request.get(_PENDING_SHADOW)
+    if pending is None:
+        return
+    del request[_PENDING_SHADOW]
+    raw, rollout_id = pending
+    sender, base = request.app.get(SHADOW), _local_url(request)
+    if sender is not None and base is not None:
+        sender.schedule(base, request.path, raw, request.headers, rollout_id, call.context.trace_id)
+
+
 async def apply_release(request: web.Request, call: Call, api: Api, raw: Any) -> Any:
     """``raw`` shaped by its route's release; unchanged when the request names no route.
 
@@ -193,14 +208,13 @@ async def apply_release(request: web.Request, call: Call, api: Api, raw: Any) ->
             param=ROUTE_HEADER,
         )
     shadow_of = _shadow_of(request, entry)
+    if shadow_of is not None:
+        call.shadow_route = route  # admission counts it under `shadow` rules, not the caller's
     arm, spec, release_id = _choose(entry, call, shadow_of)
     rollout = entry.rollout
     if rollout is not None and rollout.strategy == "shadow" and shadow_of is None:
-        sender, base = request.app.get(SHADOW), _local_url(request)
-        if sender is not None and base is not None:
-            sender.schedule(
-                base, request.path, raw, request.headers, rollout.rollout_id, call.context.trace_id
-            )
+        # Sent by send_shadow once the request is admitted: a refused request is not copied.
+        request[_PENDING_SHADOW] = (raw, rollout.rollout_id)
     call.release_id = release_id
     call.attributes["bastion.release.arm"] = arm
     call.attributes["bastion.release.name"] = spec.name

@@ -7,7 +7,9 @@ loopback with the caller's own key and attribution headers and an
 and an HMAC under a key that lives only in this process's memory, so no client can ask for the
 candidate by sending the header itself. The copy is served by the candidate (arm ``shadow``,
 never streamed) and recorded as its own span with ``bastion.release.shadow_of`` naming the
-primary trace; its output goes nowhere but the span. Copies run on a bounded number of
+primary trace; its output goes nowhere but the span. A copy is not the caller's traffic: the
+gateway's admission counts it under ``scope: shadow`` rate limits and budgets (by route), never
+under the caller's key, team, user or project rules. Copies run on a bounded number of
 connections: when ``max_in_flight`` are busy, further copies are dropped (counted), never queued
 behind live traffic.
 """
@@ -31,8 +33,9 @@ __all__ = ["SHADOW_HEADER", "ShadowSender"]
 log = logging.getLogger("bastion.releases")
 
 SHADOW_HEADER = "x-bastion-shadow"
-# Headers a copy keeps: the key (the copy is billed and limited like the original) and
-# attribution; the rest (prompt headers, trace context) would conflict or mislead.
+# Headers a copy keeps: the key (the copy is traced in the caller's project) and attribution;
+# the rest (prompt headers, trace context) would conflict or mislead. The caller's rate limits
+# and budgets never count a copy: admission counts it under `shadow` rules only.
 _FORWARD = (
     "authorization",
     "x-api-key",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from bastion.auth import Role, create_key, list_keys, revoke_key
 from bastion.server.auth import authenticate
-from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
+from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
 from bastion.server.state import STATE
 from bastion.store import queries
 
@@ -39,9 +39,16 @@ class _FilterQuery(BaseModel):
     status: Literal["ok", "error"] | None = None
     error_class: str | None = None
     q: str | None = Field(None, description="text contained in an input or output", max_length=500)
-    min_latency_ms: float | None = Field(None, ge=0)
-    min_cost_usd: float | None = Field(None, ge=0)
+    # Bounded so the latency in nanoseconds fits the store's 64-bit columns.
+    min_latency_ms: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
+    min_cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
     service: str | None = None
+    request_id: str | None = Field(
+        None,
+        description="the x-request-id the gateway answered with: its call's span, or the trace"
+        " holding it",
+        max_length=128,
+    )
 
     def to_filter(self) -> queries.TraceFilter:
         return queries.TraceFilter(
@@ -58,6 +65,7 @@ class _FilterQuery(BaseModel):
             min_latency_ms=self.min_latency_ms,
             min_cost_usd=self.min_cost_usd,
             service_name=self.service,
+            request_id=self.request_id,
         )
 
 
@@ -200,12 +208,17 @@ class KeyOut(BaseModel):
     secret: str | None = Field(None, description="the full key: returned once, at creation")
 
 
+class KeyListOut(BaseModel):
+    items: list[KeyOut] = Field(description="the project's keys, revoked ones included")
+
+
+class RevokedOut(BaseModel):
+    revoked: int = Field(description="the id of the key revoked")
+
+
 async def create_api_key(request: web.Request) -> web.Response:
     principal = await authenticate(request, "admin")
-    try:
-        body = KeyCreate.model_validate_json(await request.read())
-    except ValueError as exc:
-        raise ApiError(400, f"invalid body: {exc}") from exc
+    body = parse_body(await request.read() or b"{}", KeyCreate)
     engine = request.app[STATE].engine
 
     def work() -> KeyOut:
@@ -250,10 +263,11 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 async def revoke_api_key(request: web.Request) -> web.Response:
     principal = await authenticate(request, "admin")
-    try:
-        key_id = int(request.match_info["key_id"])
-    except ValueError as exc:
-        raise ApiError(400, "key id must be an integer") from exc
+    raw_id = request.match_info["key_id"]
+    # Ids are 64-bit integers in the database: more digits could only overflow there.
+    if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):
+        raise ApiError(400, f"key id must be a whole number of at most 18 digits, got {raw_id!r}")
+    key_id = int(raw_id)
     engine = request.app[STATE].engine
 
     def work() -> bool:
@@ -311,11 +325,25 @@ API_ROUTES: list[ApiRoute] = [
         body=KeyCreate,
         response=KeyOut,
         auth="admin",
+        success=(201,),
     ),
     ApiRoute(
-        "GET", "/api/v1/keys", list_api_keys, "List the project's API keys", "keys", auth="admin"
+        "GET",
+        "/api/v1/keys",
+        list_api_keys,
+        "List the project's API keys",
+        "keys",
+        response=KeyListOut,
+        auth="admin",
     ),
     ApiRoute(
-        "DELETE", "/api/v1/keys/{key_id}", revoke_api_key, "Revoke an API key", "keys", auth="admin"
+        "DELETE",
+        "/api/v1/keys/{key_id}",
+        revoke_api_key,
+        "Revoke an API key",
+        "keys",
+        response=RevokedOut,
+        auth="admin",
+        errors=((404, "no live key with that id in this project"),),
     ),
 ]

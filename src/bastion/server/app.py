@@ -18,13 +18,14 @@ from bastion.auth import AuthError
 from bastion.server import (
     api_routes,
     eval_routes,
+    ingest_routes,
     otlp_routes,
     prompt_routes,
     prompt_usage_routes,
     release_routes,
 )
 from bastion.server.background import ThreadWork
-from bastion.server.openapi import ApiError, json_response, openapi_document
+from bastion.server.openapi import ApiError, json_response, openapi_document, refuse_nul
 from bastion.server.state import STATE, AppState, build_state
 from bastion.settings import Settings
 
@@ -60,7 +61,9 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers, or when the spool is absorbing an outage."""
+    """Ready (200) when the database answers and ingestion keeps up; else 503, ``degraded``,
+    with the reasons: the database not answering, the spool not draining, or its oldest
+    record older than ``ingest.spool_stale_after_s``."""
     state = request.app[STATE]
 
     def ping() -> None:
@@ -72,13 +75,17 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, ping), 5)
     except (TimeoutError, sa.exc.SQLAlchemyError, OSError) as exc:
         database = f"unavailable: {type(exc).__name__}"
+    reasons = ([] if database == "ok" else [f"database {database}"]) + list(
+        state.pipeline.health().reasons
+    )
     body = {
-        "status": "ok" if database == "ok" else "degraded",
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
         "database": database,
         "ingest_queue_spans": state.pipeline.queued_spans,
         "spool": state.pipeline.spool.describe(),
     }
-    return json_response(body, 200 if database == "ok" else 503)
+    return json_response(body, 503 if reasons else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -92,6 +99,7 @@ async def openapi(_request: web.Request) -> web.Response:
         openapi_document(
             [
                 *api_routes.API_ROUTES,
+                *ingest_routes.INGEST_ROUTES,
                 *prompt_routes.PROMPT_ROUTES,
                 *prompt_usage_routes.PROMPT_USAGE_ROUTES,
                 *eval_routes.EVAL_ROUTES,
@@ -115,7 +123,7 @@ def create_app(
     readiness and metrics are always served.
     """
     app = web.Application(
-        middlewares=[errors_middleware],
+        middlewares=[errors_middleware, refuse_nul],
         client_max_size=settings.ingest.max_request_bytes + 1,
         # Bodies are inflated by the OTLP decoder, which caps the inflated size (gzip bombs).
         handler_args={"auto_decompress": False},
@@ -147,6 +155,7 @@ def create_app(
         app.router.add_get("/api/v1/openapi.json", openapi)
         app.router.add_routes(otlp_routes.routes)
         app.router.add_routes([route.aiohttp() for route in api_routes.API_ROUTES])
+        app.router.add_routes([route.aiohttp() for route in ingest_routes.INGEST_ROUTES])
         app.router.add_routes([route.aiohttp() for route in prompt_routes.PROMPT_ROUTES])
         app.router.add_routes(
             [route.aiohttp() for route in prompt_usage_routes.PROMPT_USAGE_ROUTES]

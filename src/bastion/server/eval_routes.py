@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item, parse_items, parse_text
+from bastion.names import DATASET as DATASET_NAME
+from bastion.names import InvalidName
+from bastion.parsing import InputError, check_size
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DbWork
-from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
+from bastion.server.openapi import (
+    MAX_VERSION,
+    ApiError,
+    ApiRoute,
+    json_response,
+    parse_body,
+    parse_query,
+)
 from bastion.server.state import STATE
 from bastion.store.schema import eval_results, eval_scores
 
@@ -63,10 +73,17 @@ class DatasetVersionOut(DatasetOut):
     items: list[ItemOut]
 
 
+DatasetName = Annotated[
+    str,
+    AfterValidator(DATASET_NAME.check),
+    Field(description=f"{DATASET_NAME.rule} (bastion.names)"),
+]
+
+
 class PushDatasetBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: DatasetName
     items: list[Any] | None = Field(
         None, description="item objects, as JSONL rows: {vars, expected?, tags?, metadata?, id?}"
     )
@@ -152,7 +169,9 @@ class RunDetailOut(RunOut):
 
 
 class GetDatasetQuery(BaseModel):
-    version: int | None = Field(None, ge=1, description="version (default: the newest)")
+    version: int | None = Field(
+        None, ge=1, le=MAX_VERSION, description="version (default: the newest)"
+    )
 
 
 class RunListQuery(BaseModel):
@@ -165,7 +184,7 @@ class RunListQuery(BaseModel):
 
 class RunQuery(BaseModel):
     limit: int = Field(1000, ge=1, le=10_000, description="results at most")
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_VERSION)
 
 
 class CompareQuery(BaseModel):
@@ -247,7 +266,7 @@ def _run_out(info: store.RunInfo) -> dict[str, Any]:
 
 def _version(request: web.Request) -> int:
     raw = request.match_info["version"].removeprefix("v")
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_VERSION:
         raise ApiError(400, f"invalid dataset version {request.match_info['version']!r}")
     return int(raw)
 
@@ -261,17 +280,30 @@ async def list_datasets(request: web.Request) -> web.Response:
     return json_response(DatasetListOut(items=[_dataset_out(i) for i in infos]))
 
 
+def _too_large(exc: DatasetError | InputError) -> ApiError:
+    return ApiError(413, f"invalid dataset: {exc}", kind="too_large")
+
+
 async def push_dataset(request: web.Request) -> web.Response:
     principal = await authenticate(request, "write")
-    body = await _body(request, PushDatasetBody)
+    limits = request.app[STATE].settings.limits
+    raw = await request.read()
+    try:
+        check_size(len(raw), limits, "the body")
+    except InputError as exc:
+        raise _too_large(exc) from exc
+    body = parse_body(raw or b"{}", PushDatasetBody)
     if (body.items is None) == (body.content is None):
         raise ApiError(400, "give the items either as 'items' (a list) or as 'content' (text)")
     try:
         if body.items is not None:
-            items = parse_items(body.items)
+            items = parse_items(body.items, limits=limits)
         else:
-            items = parse_text(str(body.content), body.format, name=f"content.{body.format}")
+            fmt = body.format
+            items = parse_text(str(body.content), fmt, name=f"content.{fmt}", limits=limits)
     except DatasetError as exc:
+        if exc.limit == "limits.max_document_bytes":
+            raise _too_large(exc) from exc
         raise ApiError(400, f"invalid dataset: {exc}") from exc
     if not items:
         raise ApiError(400, "invalid dataset: no items")
@@ -326,9 +358,12 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
 
     principal = await authenticate(request, "write")
     body = await _body(request, FromTracesBody)
-    name = request.match_info["name"]
     try:
-        since, until = parse_since(body.since), parse_since(body.until)
+        name = DATASET_NAME.check(request.match_info["name"])
+    except InvalidName as exc:
+        raise ApiError(400, str(exc)) from exc
+    try:
+        since, until = parse_since(body.since), parse_since(body.until, name="until")
     except RegistryError as exc:
         raise ApiError(400, str(exc)) from exc
     engine = request.app[STATE].engine
@@ -490,8 +525,9 @@ EVAL_ROUTES: list[ApiRoute] = [
              response=DatasetListOut),
     ApiRoute("POST", _BASE + "/datasets", push_dataset,
              "Upload items as a dataset version (201 created, 200 unchanged content)", "evals",
-             body=PushDatasetBody, response=PushDatasetOut, auth="write",
-             errors=((409, "the newest version is locked (use force)"),)),
+             body=PushDatasetBody, response=PushDatasetOut, auth="write", success=(200, 201),
+             errors=((409, "the newest version is locked (use force)"),
+                     (413, "the upload is over limits.max_document_bytes"))),
     ApiRoute("GET", _BASE + "/datasets/{name}", get_dataset,
              "A dataset version with its items (the newest by default)", "evals",
              query=GetDatasetQuery, response=DatasetVersionOut, errors=_NO_DATASET),
@@ -503,7 +539,7 @@ EVAL_ROUTES: list[ApiRoute] = [
              "evals", response=DatasetOut, auth="write", errors=_NO_DATASET),
     ApiRoute("POST", _BASE + "/datasets/{name}/from-traces", dataset_from_traces,
              "Snapshot model-call spans matching a filter into a new dataset version", "evals",
-             body=FromTracesBody, response=FromTracesOut, auth="write",
+             body=FromTracesBody, response=FromTracesOut, auth="write", success=(200, 201),
              errors=((409, "the newest version is locked (use force)"),)),
     ApiRoute("GET", _BASE + "/runs", list_runs, "List eval runs, newest first", "evals",
              query=RunListQuery, response=RunListOut),

@@ -6,21 +6,28 @@ and validates the request (a 400 naming the bad parameter) and documents the rou
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, TypeVar, get_args
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from bastion.store.time_range import TIME_RANGE, TimeRangeError, check_time
 
 __all__ = [
+    "MAX_VERSION",
     "ApiError",
     "ApiRoute",
+    "ErrorOut",
     "json_response",
     "openapi_document",
     "parse_body",
     "parse_query",
+    "refuse_nul",
 ]
 
 
@@ -48,10 +55,36 @@ def _default(value: Any) -> Any:
 
 
 _M = TypeVar("_M", bound=BaseModel)
+# Versions (and row counts to skip) are 32-bit integer columns on PostgreSQL.
+MAX_VERSION = 2**31 - 1
+# The JSON escape of NUL, unless its backslash is itself escaped (JSON "\\u0000" is text).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A 400 for an API request whose path or query holds a NUL character.
+
+    PostgreSQL cannot store or even compare NUL in text (SQLite can), so a NUL that reached a
+    query would be a server error on one backend and data the other cannot hold; refusing it
+    at the edge answers the same on both.
+    """
+    if request.path.startswith("/api/"):
+        if "\x00" in request.path:
+            raise ApiError(400, "invalid path: it holds a NUL character (%00)")
+        for key, value in request.query.items():
+            if "\x00" in key or "\x00" in value:
+                raise ApiError(400, f"invalid query parameter {key!r}: it holds a NUL character")
+    return await handler(request)
 
 
 def parse_query(request: web.Request, model: type[_M]) -> _M:
-    """Validate the query string against ``model``; a 400 naming the first bad parameter."""
+    """Validate the query string against ``model``; a 400 naming the first bad parameter.
+
+    Times must also lie in the range the store can hold (:mod:`bastion.store.time_range`).
+    """
     raw: dict[str, Any] = {}
     for key in request.query:
         values = request.query.getall(key)
@@ -62,21 +95,45 @@ def parse_query(request: web.Request, model: type[_M]) -> _M:
     if unknown:
         raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r}")
     try:
-        return model.model_validate(raw)
+        parsed = model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "query"
         raise ApiError(400, f"invalid query parameter {name!r}: {first['msg']}") from exc
+    for name in model.model_fields:
+        value = getattr(parsed, name)
+        if isinstance(value, datetime):
+            try:
+                check_time(value, name)
+            except TimeRangeError as exc:
+                raise ApiError(400, f"invalid query parameter {name!r}: {exc}") from exc
+    return parsed
 
 
 def parse_body(raw: bytes, model: type[_M]) -> _M:
-    """Validate a JSON request body against ``model``; a 400 naming the first bad field."""
+    """Validate a JSON request body against ``model``; a 400 naming the first bad field.
+
+    A NUL character in a string is refused like in a URL (see :func:`refuse_nul`).
+    """
+    if b"\\u0000" in raw and _JSON_NUL.search(raw):
+        raise ApiError(400, "invalid body: a string holds a NUL character (\\u0000)")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise ApiError(400, f"invalid body: {where}: {first['msg']}") from exc
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="a machine-readable kind, e.g. invalid_request, not_found")
+    message: str = Field(description="what is wrong, naming the parameter or field")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response of the API."""
+
+    error: ErrorDetail
 
 
 @dataclass(frozen=True)
@@ -92,13 +149,18 @@ class ApiRoute:
     auth: str | None = "read"
     # Further error statuses the route answers, documented beside 400/401/403.
     errors: tuple[tuple[int, str], ...] = ()
+    # The statuses a success answers with ``response``: 201 when something was created.
+    success: tuple[int, ...] = (200,)
 
     def aiohttp(self) -> web.RouteDef:
         return web.route(self.method, self.path, self.handler)
 
 
+_SUCCESS = {200: "OK", 201: "created"}
+
+
 def openapi_document(routes: list[ApiRoute], *, version: str) -> dict[str, Any]:
-    """An OpenAPI 3.1 document for ``routes``."""
+    """An OpenAPI 3.1 document for ``routes``: parameters, bodies and every response's schema."""
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {}
 
@@ -110,25 +172,10 @@ def openapi_document(routes: list[ApiRoute], *, version: str) -> dict[str, Any]:
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
     for route in routes:
-        op: dict[str, Any] = {"summary": route.summary, "tags": [route.tag], "responses": {}}
+        op: dict[str, Any] = {"summary": route.summary, "tags": [route.tag]}
         if route.auth:
             op["security"] = [{"bearer": []}]
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _path_params(route.path)
-        ]
-        if route.query is not None:
-            for name, field in route.query.model_fields.items():
-                schema = route.query.model_json_schema()["properties"].get(name, {})
-                params.append(
-                    {
-                        "name": name,
-                        "in": "query",
-                        "required": field.is_required(),
-                        "description": field.description or "",
-                        "schema": schema,
-                    }
-                )
+        params = _parameters(route)
         if params:
             op["parameters"] = params
         if route.body is not None:
@@ -136,16 +183,7 @@ def openapi_document(routes: list[ApiRoute], *, version: str) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": ref(route.body)}},
             }
-        ok: dict[str, Any] = {"description": "OK"}
-        if route.response is not None:
-            ok["content"] = {"application/json": {"schema": ref(route.response)}}
-        op["responses"]["200"] = ok
-        op["responses"]["400"] = {"description": "invalid request (the message names the problem)"}
-        if route.auth:
-            op["responses"]["401"] = {"description": "missing or invalid API key"}
-            op["responses"]["403"] = {"description": "the key's role does not allow this"}
-        for status, description in route.errors:
-            op["responses"][str(status)] = {"description": description}
+        op["responses"] = _responses(route, ref)
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -156,6 +194,59 @@ def openapi_document(routes: list[ApiRoute], *, version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _parameters(route: ApiRoute) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_params(route.path)
+    ]
+    if route.query is None:
+        return params
+    properties = route.query.model_json_schema()["properties"]
+    for name, field in route.query.model_fields.items():
+        schema = properties.get(name, {})
+        description = field.description or ""
+        if _is_time(field.annotation):
+            description = f"{description} ({TIME_RANGE})".lstrip()
+        params.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": field.is_required(),
+                "description": description,
+                "schema": schema,
+            }
+        )
+    return params
+
+
+def _responses(route: ApiRoute, ref: Callable[[type[BaseModel]], dict[str, str]]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status in route.success:
+        ok: dict[str, Any] = {"description": _SUCCESS.get(status, "OK")}
+        if route.response is not None:
+            ok["content"] = {"application/json": {"schema": ref(route.response)}}
+        responses[str(status)] = ok
+    errors: dict[int, str] = {400: "invalid request (the message names the problem)"}
+    if route.body is not None:
+        errors[413] = "the request body is too large"
+    if route.auth:
+        errors[401] = "missing or invalid API key"
+        errors[403] = "the key's role does not allow this"
+        errors[503] = "a new API key cannot be checked while the database is down"
+    if _path_params(route.path):
+        # Also a path the router cannot match, e.g. a parameter holding a slash.
+        errors[404] = "not found"
+    errors.update(route.errors)
+    error_body = {"application/json": {"schema": ref(ErrorOut)}}
+    for status, description in sorted(errors.items()):
+        responses[str(status)] = {"description": description, "content": error_body}
+    return responses
+
+
+def _is_time(annotation: Any) -> bool:
+    return annotation is datetime or any(_is_time(arg) for arg in get_args(annotation))
 
 
 def _path_params(path: str) -> list[str]:

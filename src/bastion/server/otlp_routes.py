@@ -84,7 +84,7 @@ async def _receive(request: web.Request, *, allow_basic: bool) -> web.Response:
     except OtlpError as exc:
         return _status_body(request, exc.status, str(exc))
 
-    def decode() -> tuple[DecodeResult, PreparedBatch]:
+    def decode() -> tuple[DecodeResult, PreparedBatch | None]:
         decoded = decode_request(
             body,
             content_type=request.headers.get("Content-Type"),
@@ -95,7 +95,7 @@ async def _receive(request: web.Request, *, allow_basic: bool) -> web.Response:
         # Rows are built here, beside the writer thread, not in it.
         return decoded, state.pipeline.prepare(principal.project_id, decoded.spans)
 
-    def decode_in_thread() -> tuple[DecodeResult, PreparedBatch]:
+    def decode_in_thread() -> tuple[DecodeResult, PreparedBatch | None]:
         state.pipeline.yield_to_writer()
         return decode()
 

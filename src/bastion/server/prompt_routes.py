@@ -13,10 +13,20 @@ import sqlalchemy as sa
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from bastion.parsing import InputError, ValueBudget
 from bastion.prompts import PromptSpec, PromptSpecError, registry
+from bastion.prompts.template_budget import ProjectLimits
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DbWork, key_actor
-from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
+from bastion.server.openapi import (
+    MAX_VERSION,
+    ApiError,
+    ApiRoute,
+    json_response,
+    parse_body,
+    parse_query,
+)
+from bastion.server.state import STATE
 
 __all__ = ["PROMPT_ROUTES"]
 
@@ -50,7 +60,7 @@ class GetQuery(BaseModel):
         description=f"label to resolve ({registry.DEFAULT_LABEL!r} when neither label nor "
         f"version is given; {registry.LATEST!r} means the newest version)",
     )
-    version: int | None = Field(None, ge=1, description="version number")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description="version number")
 
 
 class DiffQuery(BaseModel):
@@ -66,7 +76,7 @@ class DiffOut(BaseModel):
 
 
 class LabelBody(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     reason: str | None = Field(None, max_length=2000)
 
 
@@ -106,13 +116,20 @@ async def list_prompts(request: web.Request) -> web.Response:
 async def push_prompts(request: web.Request) -> web.Response:
     principal = await authenticate(request, "write")
     body = await _body(request, PushBody)
+    budget = ValueBudget(request.app[STATE].settings.limits)
     specs: list[PromptSpec] = []
     for i, raw in enumerate(body.prompts):
+        try:
+            budget.check(raw)
+        except InputError as exc:
+            raise ApiError(400, f"invalid prompt prompts[{i}]: {exc}") from exc
         try:
             specs.append(PromptSpec.from_dict(raw))
         except PromptSpecError as exc:
             label = raw.get("name") if isinstance(raw.get("name"), str) else f"prompts[{i}]"
             raise ApiError(400, f"invalid prompt {label!r}: {exc}") from exc
+    settings = request.app[STATE].settings
+    limits = ProjectLimits.from_settings(settings).of(principal.project_slug)
 
     def work(conn: sa.Connection) -> list[registry.PushResult]:
         return registry.push(
@@ -122,6 +139,7 @@ async def push_prompts(request: web.Request) -> web.Response:
             message=body.message,
             author=key_actor(conn, principal),
             git_sha=body.git_sha,
+            limits=limits,
         )
 
     results = await _db.write(request, work)
@@ -245,6 +263,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         body=PushBody,
         response=PushOut,
         auth="write",
+        success=(200, 201),
     ),
     ApiRoute(
         "GET",

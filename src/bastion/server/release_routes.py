@@ -24,6 +24,18 @@ from bastion.releases.model import ReleaseSpec, ReleaseSpecError, check_name, ma
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DbWork, key_actor
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
+from bastion.server.release_schemas import (
+    ActionOut,
+    CreatedReleaseOut,
+    DeployOut,
+    HistoryOut,
+    ReleaseDiffOut,
+    ReleaseListOut,
+    ReleaseOut,
+    RolloutOut,
+    RouteListOut,
+    RouteStatusOut,
+)
 from bastion.server.state import STATE
 from bastion.settings import Settings
 
@@ -123,7 +135,7 @@ async def create_release(request: web.Request) -> web.Response:
         spec = (
             ReleaseSpec.from_dict(body.spec)
             if body.spec is not None
-            else ReleaseSpec.from_yaml(body.yaml or "")
+            else ReleaseSpec.from_yaml(body.yaml or "", limits=request.app[STATE].settings.limits)
         )
     except ReleaseSpecError as exc:
         raise ApiError(400, f"invalid release: {exc}") from exc
@@ -314,7 +326,9 @@ _NOT_FOUND = ((404, "no such release or route in this project"),)
 _CONFLICT = ((409, "the route's state does not allow it (see the message)"),)
 
 RELEASE_ROUTES: list[ApiRoute] = [
-    ApiRoute("GET", _R, list_releases, "List releases, newest first", "releases"),
+    ApiRoute(
+        "GET", _R, list_releases, "List releases, newest first", "releases", response=ReleaseListOut
+    ),
     ApiRoute(
         "POST",
         _R,
@@ -322,8 +336,10 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "Create a release from its spec (201 created, 200 same content exists)",
         "releases",
         body=CreateBody,
+        response=CreatedReleaseOut,
         auth="write",
         errors=_NOT_FOUND,
+        success=(200, 201),
     ),
     ApiRoute(
         "GET",
@@ -331,6 +347,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         show_release,
         "A release by id, prefix or name",
         "releases",
+        response=ReleaseOut,
         errors=_NOT_FOUND,
     ),
     ApiRoute(
@@ -340,10 +357,16 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "Prompt template and configuration changes from this release to ?b=",
         "releases",
         query=DiffQuery,
+        response=ReleaseDiffOut,
         errors=_NOT_FOUND,
     ),
     ApiRoute(
-        "GET", _ROUTES, list_routes, "Routes with their stable release and rollout", "releases"
+        "GET",
+        _ROUTES,
+        list_routes,
+        "Routes with their stable release and rollout",
+        "releases",
+        response=RouteListOut,
     ),
     ApiRoute(
         "GET",
@@ -352,6 +375,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "What serves a route now: stable release, rollout and its latest analysis",
         "releases",
         query=EnvQuery,
+        response=RouteStatusOut,
         errors=_NOT_FOUND,
     ),
     ApiRoute(
@@ -361,6 +385,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "Every deploy, step, promotion and rollback; ?at= what was serving then",
         "releases",
         query=HistoryQuery,
+        response=HistoryOut,
     ),
     ApiRoute(
         "POST",
@@ -369,6 +394,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "Make a release the route's stable release now",
         "releases",
         body=DeployBody,
+        response=DeployOut,
         auth="write",
         errors=(*_NOT_FOUND, *_CONFLICT),
     ),
@@ -379,8 +405,10 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "Start a canary, A/B or shadow rollout of a candidate release",
         "releases",
         body=RolloutBody,
+        response=RolloutOut,
         auth="write",
         errors=(*_NOT_FOUND, *_CONFLICT),
+        success=(201,),
     ),
     *(
         ApiRoute(
@@ -390,6 +418,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
             f"{name.capitalize()} the route's rollout now (audited)",
             "releases",
             body=ActionBody,
+            response=ActionOut,
             auth="write",
             errors=(*_NOT_FOUND, *_CONFLICT),
         )

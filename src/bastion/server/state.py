@@ -18,7 +18,7 @@ from bastion.store.writer import SpanWriter
 from bastion.tracing.ingest import IngestMetrics, IngestPipeline
 from bastion.tracing.spool import Spool
 
-__all__ = ["STATE", "AppState", "build_state"]
+__all__ = ["STATE", "AppState", "build_state", "load_catalog"]
 
 log = logging.getLogger("bastion.server")
 
@@ -57,6 +57,20 @@ def _connect_args(url: str) -> dict[str, object]:
     return {}
 
 
+def load_catalog(
+    settings: Settings, engine: sa.Engine, *, registry: CollectorRegistry | None = None
+) -> Catalog:
+    """The model catalog with the simulator's, the configuration's and each project's prices."""
+    with engine.begin() as conn:
+        project_prices = {
+            ensure_project(conn, slug): project.prices
+            for slug, project in settings.projects.items()
+            if project.prices
+        }
+    prices = {**SIMULATOR_PRICES, **settings.prices}
+    return Catalog.load(prices, project_overrides=project_prices, registry=registry)
+
+
 def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppState:
     """Open (and migrate) the database, load keys and the catalog, create the pipeline."""
     owns_engine = engine is None
@@ -74,16 +88,10 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
     migrate.upgrade(engine)
     with engine.begin() as conn:
         default_project_id = ensure_project(conn)
-        project_prices = {
-            ensure_project(conn, slug): project.prices
-            for slug, project in settings.projects.items()
-            if project.prices
-        }
     keys = KeyCache(engine)
     keys.reload()
     registry = CollectorRegistry()
-    prices = {**SIMULATOR_PRICES, **settings.prices}
-    catalog = Catalog.load(prices, project_overrides=project_prices, registry=registry)
+    catalog = load_catalog(settings, engine, registry=registry)
     metrics = IngestMetrics(registry)
     pipeline = IngestPipeline(
         SpanWriter(engine),
@@ -94,6 +102,7 @@ def build_state(settings: Settings, *, engine: sa.Engine | None = None) -> AppSt
         batch_linger_s=settings.ingest.batch_linger_ms / 1000,
         replay_interval_s=settings.ingest.spool_replay_interval_s,
         rollup_fold_interval_s=settings.ingest.rollup_fold_interval_ms / 1000,
+        spool_stale_after_s=settings.ingest.spool_stale_after_s,
         price=catalog.price_span,
     )
     return AppState(

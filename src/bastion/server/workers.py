@@ -12,7 +12,10 @@ writer and spool directory, while this parent process only prepares and supervis
   worker flushes its queue before it exits).
 
 Per-process state stays per worker: ``/metrics`` reports the worker that answered, and
-in-memory gateway state (prompt cache, key cache) is loaded by each worker.
+in-memory gateway state (prompt cache, key cache) is loaded by each worker. Rate limits and
+budgets are the exception: without Redis, this process rebuilds their counters from the stored
+spans and holds them as the host's one ledger, which every worker asks over a Unix socket
+(:mod:`bastion.gateway.limit_broker`), so N workers enforce exactly what one process would.
 """
 
 from __future__ import annotations
@@ -26,9 +29,14 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.settings import Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from bastion.gateway.limit_broker import LimitBroker
 
 __all__ = ["WORKER_DIR", "rebalance_spool", "serve_workers", "worker_spool_dir"]
 
@@ -192,10 +200,39 @@ def serve_workers(settings: Settings, *, api: bool) -> int:
     engine = create_engine(settings.resolved_database_url)
     try:
         migrate.upgrade(engine)
+        ledger = _start_limits_ledger(settings, engine)
     finally:
         engine.dispose()
     rebalance_spool(settings.home / "spool", settings.workers)
     supervisor = _Supervisor(settings, settings.workers, api)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        if ledger is not None:
+            ledger.stop()
+
+
+def _start_limits_ledger(settings: Settings, engine: sa.Engine) -> LimitBroker | None:
+    """Without Redis, budgets and rate limits of all workers live here, rebuilt from the stored
+    spans before any worker starts; the workers find it through ``settings.limits_socket``.
+    None when there is nothing to hold (no rules) or Redis holds it."""
+    from bastion.gateway.limit_broker import LimitBroker
+    from bastion.gateway.limit_rebuild import rebuild_ledger
+    from bastion.gateway.limit_store import MemoryLimitStore
+    from bastion.gateway.limits_config import load_limits_config
+    from bastion.server.state import load_catalog
+
+    if settings.redis_url:
+        return None
+    limits = load_limits_config(settings)
+    if limits.empty:
+        return None
+    store = MemoryLimitStore()
+    rebuild_ledger(engine, limits, load_catalog(settings, engine)).apply(store)
+    ledger = LimitBroker(store)
+    ledger.start()
+    settings.limits_socket = ledger.path
+    log.info("limits: %d workers share one ledger on %s", settings.workers, ledger.path)
+    return ledger

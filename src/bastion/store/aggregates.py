@@ -217,6 +217,18 @@ class RollupTotals:
                 out._add(day, a, a[7], a[8])
         return out
 
+    def negated(self) -> RollupTotals:
+        """These totals with every counter and histogram count negated: merged into stored
+        roll-ups, they take back spans that were counted (``bastion.store.call_links``)."""
+        out = RollupTotals()
+        for key, a in self._acc.items():
+            out._acc[key] = [
+                *(-n for n in a[:7]),
+                {b: -n for b, n in a[7].items()},
+                {b: -n for b, n in a[8].items()},
+            ]
+        return out
+
     def merge(self, other: RollupTotals) -> None:
         """Add ``other``'s counters into these (``other`` is left as it was)."""
         for key, b in other._acc.items():

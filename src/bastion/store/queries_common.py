@@ -30,6 +30,7 @@ __all__ = [
     "connect",
     "decode_cursor",
     "encode_cursor",
+    "is_counted",
     "latency_ns_at_least",
     "ns_to_datetime",
     "span_conditions",
@@ -74,6 +75,11 @@ class TraceFilter(BaseModel):
     min_cost_usd: float | None = Field(None, ge=0)
     service_name: str | None = None
     name: str | None = Field(None, description="exact name of the trace (its root span) or span")
+    request_id: str | None = Field(
+        None,
+        description="the gateway's x-request-id: its call's span (for traces: the trace holding"
+        " it)",
+    )
 
 
 class SpanFilter(TraceFilter):
@@ -175,6 +181,12 @@ def is_llm(s: sa.ColumnCollection[str, sa.Column[Any]]) -> sa.ColumnElement[bool
     return sa.or_(s.operation.in_(sorted(MODEL_OPERATIONS)), s.request_model.is_not(None))
 
 
+def is_counted(s: sa.ColumnCollection[str, sa.Column[Any]]) -> sa.ColumnElement[bool]:
+    """Not a client's span of a call the gateway traced too (``bastion.store.call_links``):
+    what every count, token sum and cost over raw spans must hold, so a call counts once."""
+    return s.duplicate_of.is_(None)
+
+
 def span_conditions(flt: TraceFilter, dialect: str) -> list[sa.ColumnElement[bool]]:
     """WHERE conditions on ``spans`` for ``flt`` read span by span (project not included)."""
     s = spans.c
@@ -191,6 +203,7 @@ def span_conditions(flt: TraceFilter, dialect: str) -> list[sa.ColumnElement[boo
         "error_class": s.error_class,
         "service_name": s.service_name,
         "name": s.name,
+        "request_id": s.request_id,
     }
     if isinstance(flt, SpanFilter):
         equal |= {

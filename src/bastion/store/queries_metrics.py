@@ -20,6 +20,7 @@ from bastion.store.queries_common import (
     Bind,
     TraceFilter,
     connect,
+    is_counted,
     is_llm,
     ns_to_datetime,
     span_conditions,
@@ -237,7 +238,11 @@ def metrics_summary(
             if low < high:
                 _add_spans(c, project_id, filter, low, high, dimension, step, aggs)
 
-    groups: list[tuple[_Key, _Agg]] = sorted(aggs.items(), key=_order)
+    # A group can sum to no call: a client's span counted in a roll-up and taken out again
+    # (bastion.store.call_links) under a value its gateway span does not have.
+    groups: list[tuple[_Key, _Agg]] = sorted(
+        ((key, agg) for key, agg in aggs.items() if agg.count), key=_order
+    )
     total = _Agg()
     for _, agg in groups:
         total.merge(agg)
@@ -409,6 +414,7 @@ def _add_spans(
         s.start_ns >= low_ns,
         s.start_ns < high_ns,
         is_llm(s),
+        is_counted(s),
     ]
     if flt is not None:
         unbounded = flt.model_copy(update={"start_ns": None, "end_ns": None})

@@ -56,7 +56,9 @@ class TraceSummary(BaseModel):
     latency_ms: float = Field(description="end of the last span minus start of the first")
     span_count: int
     error_count: int
-    llm_count: int = Field(description="spans that describe a model call")
+    llm_count: int = Field(
+        description="model calls: spans that describe one, a call the gateway traced counted once"
+    )
     input_tokens: int
     output_tokens: int
     total_tokens: int
@@ -119,6 +121,11 @@ class SpanRecord(BaseModel):
     resource: dict[str, Any]
     events: list[Any]
     ingested_ns: int
+    request_id: str | None = Field(description="the gateway's x-request-id (gateway spans only)")
+    duplicate_of: str | None = Field(
+        description="a client's span of a call the gateway traced too: the gateway span's id;"
+        " its tokens and cost are counted there, never here"
+    )
 
 
 class SpanNode(SpanRecord):
@@ -227,7 +234,24 @@ def _trace_conditions(
         conds.append(has_span(s.error_class == flt.error_class))
     if flt.text:
         conds.append(has_span(text_condition(s, flt.text, dialect)))
+    if flt.request_id is not None:
+        # By trace id, with the project: the traces' key then beats their time index, and
+        # the spans come from the request-id index (a handful, not a probe per trace).
+        conds.append(
+            t.trace_id.in_(
+                sa.select(s.trace_id).where(
+                    s.project_id == project_id, s.request_id == flt.request_id
+                )
+            )
+        )
     return conds
+
+
+def _sort_key(start_ns: sa.Column[int], flt: TraceFilter) -> sa.ColumnElement[int]:
+    """The start time to sort by. A request id selects a handful of rows, best found through
+    its index and sorted; SQLite would rather walk the time index to skip the sort (every row
+    of the project), unless the sort key is an expression it has no index for."""
+    return start_ns + 0 if flt.request_id is not None else start_ns
 
 
 def list_traces(
@@ -259,7 +283,7 @@ def list_traces(
         stmt = (
             sa.select(*_TRACE_COLUMNS)
             .where(*conds)
-            .order_by(t.start_ns.desc(), t.trace_id.desc())
+            .order_by(_sort_key(t.start_ns, flt).desc(), t.trace_id.desc())
             .limit(limit + 1)
         )
         rows = c.execute(stmt).mappings().all()
@@ -302,7 +326,7 @@ def list_spans(
         stmt = (
             sa.select(*_SPAN_COLUMNS)
             .where(*conds)
-            .order_by(s.start_ns.desc(), s.trace_id.desc(), s.span_id.desc())
+            .order_by(_sort_key(s.start_ns, flt).desc(), s.trace_id.desc(), s.span_id.desc())
             .limit(limit + 1)
         )
         rows = c.execute(stmt).mappings().all()
@@ -387,7 +411,9 @@ def _build_tree(nodes: list[SpanNode]) -> list[SpanNode]:
 def _summary_of(nodes: list[SpanNode]) -> TraceSummary:
     """A summary computed from the spans, for a trace whose ``traces`` row is missing."""
     first = next((n for n in nodes if n.parent_span_id is None), nodes[0])
-    known = [n.cost_usd for n in nodes if n.cost_usd is not None]
+    # A client's span of a gateway call is counted with the gateway's span, as in the row.
+    counted = [n for n in nodes if n.duplicate_of is None]
+    known = [n.cost_usd for n in counted if n.cost_usd is not None]
     row: dict[str, Any] = {
         "trace_id": first.trace_id,
         "name": first.name,
@@ -395,9 +421,9 @@ def _summary_of(nodes: list[SpanNode]) -> TraceSummary:
         "end_ns": max(n.end_ns for n in nodes),
         "span_count": len(nodes),
         "error_count": sum(n.status == "error" for n in nodes),
-        "llm_count": sum(n.is_llm for n in nodes),
-        "input_tokens": sum(n.input_tokens or 0 for n in nodes),
-        "output_tokens": sum(n.output_tokens or 0 for n in nodes),
+        "llm_count": sum(n.is_llm for n in counted),
+        "input_tokens": sum(n.input_tokens or 0 for n in counted),
+        "output_tokens": sum(n.output_tokens or 0 for n in counted),
         "cost_usd": sum(known) if known else None,
     }
     for field in ("user_id", "session_id", "feature", "tenant", "service_name"):

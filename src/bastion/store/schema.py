@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from bastion.store.types import UtcDateTime
+
 __all__ = [
     "api_keys",
     "eval_dataset_items",
@@ -17,6 +19,7 @@ __all__ = [
     "eval_results",
     "eval_runs",
     "eval_scores",
+    "ingest_rejects",
     "metadata",
     "projects",
     "prompt_label_events",
@@ -47,7 +50,7 @@ projects = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("slug", sa.String(64), nullable=False, unique=True),
     sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
 )
 
 api_keys = sa.Table(
@@ -61,8 +64,8 @@ api_keys = sa.Table(
     # SHA-256 of the whole key: keys carry 190+ bits of randomness, so a fast hash is safe.
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
     sa.Index(None, "project_id", "id"),
 )
 
@@ -108,6 +111,12 @@ spans = sa.Table(
     sa.Column("resource", sa.Text, nullable=False),
     sa.Column("events", sa.Text, nullable=False),
     sa.Column("ingested_ns", sa.BigInteger, nullable=False),
+    # The gateway's x-request-id, on the spans of calls it served (only the gateway sets it, so
+    # it also tells a gateway call from a span some client reported about the same call).
+    sa.Column("request_id", sa.String(128), nullable=True),
+    # On a client's span of a call the gateway served and traced too: that gateway span's id
+    # (same trace). Such a span is kept and shown but never counted (bastion.store.call_links).
+    sa.Column("duplicate_of", sa.String(16), nullable=True),
     # New traces take ever larger seqs, so a batch's spans go to the end of this key instead
     # of to a page each all over it, as random trace ids sent them: once the key outgrows the
     # cache, that was a page read and a page written per span (SQLite writes whole pages to
@@ -134,6 +143,24 @@ spans = sa.Table(
         "start_ns",
         sqlite_where=sa.text("release_id IS NOT NULL"),
         postgresql_where=sa.text("release_id IS NOT NULL"),
+    ),
+    # Lookups by the gateway's request id. Partial, like the ones below: only gateway spans.
+    sa.Index(
+        None,
+        "project_id",
+        "request_id",
+        sqlite_where=sa.text("request_id IS NOT NULL"),
+        postgresql_where=sa.text("request_id IS NOT NULL"),
+    ),
+    # Which traces of a batch hold a gateway call made inside a caller's span: the only ones
+    # where a client's span of the same call may need linking (bastion.store.call_links).
+    sa.Index(
+        None,
+        "project_id",
+        "trace_seq",
+        "parent_span_id",
+        sqlite_where=sa.text("request_id IS NOT NULL AND parent_span_id IS NOT NULL"),
+        postgresql_where=sa.text("request_id IS NOT NULL AND parent_span_id IS NOT NULL"),
     ),
 )
 
@@ -210,6 +237,31 @@ span_rollup_deltas = sa.Table(
     sa.Column("totals", sa.Text, nullable=False),
 )
 
+# The dead-letter store: spans the database refused even after the storable rule
+# (bastion.store.storable), each kept whole as JSON with why it was refused, never retried.
+# A span is kept once however often it is refused (an exporter retrying, a spool replayed).
+ingest_rejects = sa.Table(
+    "ingest_rejects",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("span_id", sa.String(16), nullable=False),
+    # One of a few labels (bastion.store.write_errors.REJECT_REASONS), as on /metrics.
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("error_class", sa.String(200), nullable=False),  # the database's error class
+    sa.Column("message", sa.Text, nullable=False),  # its message, shortened
+    sa.Column("record", sa.Text, nullable=False),  # the span as JSON, made storable
+    sa.Column("rejected_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("project_id", "trace_id", "span_id"),
+    sa.Index(None, "project_id", "id"),
+)
+
 # -- prompt registry -------------------------------------------------------------------------
 # A prompt is a name; its versions are immutable and content-addressed; labels point at versions
 # and every label move is appended to prompt_label_events (the deploy/rollback history).
@@ -220,7 +272,7 @@ prompts = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.UniqueConstraint("project_id", "name"),
 )
 
@@ -237,7 +289,7 @@ prompt_versions = sa.Table(
     sa.Column("author", sa.String(200), nullable=False),
     sa.Column("git_sha", sa.String(64), nullable=True),
     sa.Column("partials", sa.Text, nullable=False),  # JSON {partial name: pinned version}
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint("project_id", "prompt_id", "version"),
     sa.UniqueConstraint("project_id", "prompt_id", "content_hash"),
 )
@@ -250,7 +302,7 @@ prompt_labels = sa.Table(
     sa.Column("label", sa.String(64), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("protected", sa.Boolean, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.Column("updated_by", sa.String(200), nullable=False),
     sa.PrimaryKeyConstraint("project_id", "prompt_id", "label"),
 )
@@ -268,7 +320,7 @@ prompt_label_events = sa.Table(
     sa.Column("to_version", sa.Integer, nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
     sa.Index(None, "project_id", "prompt_id", "label", "id"),
 )
 
@@ -288,7 +340,7 @@ eval_datasets = sa.Table(
     sa.Column("content_hash", sa.String(80), nullable=False),  # DatasetVersion.content_hash()
     sa.Column("item_count", sa.Integer, nullable=False),
     sa.Column("locked", sa.Boolean, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.UniqueConstraint("project_id", "name", "version"),
     sa.UniqueConstraint("project_id", "name", "content_hash"),
 )
@@ -335,8 +387,8 @@ eval_runs = sa.Table(
     sa.Column("params", sa.Text, nullable=False),  # JSON request parameters
     sa.Column("repeats", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # running | completed | failed
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
     sa.Column("summary", sa.Text, nullable=True),  # JSON, set when the run ends
     # quality (a dataset scored for quality) or redteam (an attack suite; reported apart).
     sa.Column("kind", sa.String(16), nullable=False, server_default="quality"),
@@ -364,7 +416,7 @@ eval_results = sa.Table(
     # from any earlier run of the project is reused instead of calling the model again.
     sa.Column("cache_key", sa.String(80), nullable=False),
     sa.Column("cached", sa.Boolean, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint("project_id", "run_id", "item_id", "repeat"),
     sa.Index(None, "project_id", "cache_key"),
 )
@@ -399,7 +451,7 @@ releases = sa.Table(
     sa.Column("content_hash", sa.String(80), nullable=False),
     sa.Column("spec", sa.Text, nullable=False),  # canonical JSON of the ReleaseSpec
     sa.Column("created_by", sa.String(200), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint("project_id", "release_id"),
     sa.Index(None, "project_id", "name", "created_at"),
 )
@@ -412,7 +464,7 @@ release_routes = sa.Table(
     sa.Column("environment", sa.String(64), nullable=False),
     sa.Column("release_id", sa.String(64), nullable=False),  # the stable release
     sa.Column("updated_by", sa.String(200), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint("project_id", "route", "environment"),
 )
 
@@ -431,16 +483,16 @@ release_rollouts = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("step", sa.Integer, nullable=False),  # index into policy.steps
     sa.Column("weight", sa.Float, nullable=False),  # percent of traffic on the candidate
-    sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("step_started_at", UtcDateTime(), nullable=False),
     sa.Column("analysis", sa.Text, nullable=True),  # JSON of the latest analysis
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("gate", sa.Text, nullable=True),  # JSON evidence of the eval gate it required
     sa.Column("created_by", sa.String(200), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
     # The replica whose analysis controller may decide for this rollout, and until when.
     sa.Column("lease_owner", sa.String(64), nullable=True),
-    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
     sa.PrimaryKeyConstraint("project_id", "rollout_id"),
     sa.Index(None, "project_id", "route", "environment", "state"),
 )
@@ -463,6 +515,6 @@ release_events = sa.Table(
     sa.Column("step", sa.Integer, nullable=True),
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("actor", sa.String(200), nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
     sa.Index(None, "project_id", "route", "environment", "at"),
 )

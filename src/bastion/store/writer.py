@@ -26,15 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bastion.store.aggregates import ROLLUP_COUNTERS, RollupTotals, trace_rows
 from bastion.store.bulk import BulkUpsert, MultiRowInsert
+from bastion.store.call_links import count_calls_once
 from bastion.store.schema import span_rollup_deltas, span_rollups, spans, traces
-from bastion.tracing.model import Span, SpanKind, StatusCode
+from bastion.store.storable import make_span_storable, storable_json, storable_text
+from bastion.tracing.model import Span
 
 __all__ = ["PreparedBatch", "SpanWriter", "span_to_row"]
 
@@ -55,62 +56,11 @@ _ROLLUP_KEY = ("project_id", "dimension", "hour", "value")
 _FOLD_LOCK = 0x62617374696F6E  # the advisory lock one roll-up fold at a time holds
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
-
-
-def _t(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; replace it the same way on both databases.
-    if value is not None and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
-    return value
-
-
-def _cut(value: str | None, size: int) -> str | None:
-    # _t and a cap in one call: this runs for a dozen columns of every span.
-    if value is None:
-        return None
-    if len(value) > size:
-        value = value[:size]
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
-_INT64_MAX = 2**63 - 1
-_INT32_MAX = 2**31 - 1
-# More tokens than any call has: the BIGINT sums of traces and roll-ups cannot overflow.
-_TOKENS_MAX = 10**12
-
-
-def _in_range(value: int | None, high: int) -> int | None:
-    return value if value is None or 0 <= value <= high else None
-
-
-def _keep_in_range(span: Span) -> None:
-    """Make every number of ``span`` fit its column, in place.
-
-    Receivers range-check what they accept (``tracing.otlp``, ``tracing.normalize``); this
-    keeps any other producer's out-of-range number from failing a batch on every retry
-    (SQLite, PostgreSQL text) or wrapping around (PostgreSQL binary COPY). Unknown counts
-    become unknown (None), never a wrong number.
-    """
-    if not 0 <= span.kind <= SpanKind.CONSUMER:
-        span.kind = SpanKind.UNSPECIFIED
-    if not 0 <= span.status_code <= StatusCode.ERROR:
-        span.status_code = StatusCode.UNSET
-    span.start_ns = min(max(span.start_ns, 0), _INT64_MAX)
-    span.end_ns = min(max(span.end_ns, span.start_ns), _INT64_MAX)
-    span.input_tokens = _in_range(span.input_tokens, _TOKENS_MAX)
-    span.output_tokens = _in_range(span.output_tokens, _TOKENS_MAX)
-    span.cached_tokens = _in_range(span.cached_tokens, _TOKENS_MAX)
-    span.cache_write_tokens = _in_range(span.cache_write_tokens, _TOKENS_MAX)
-    span.prompt_version = _in_range(span.prompt_version, _INT32_MAX)
-
-
 def span_to_row(
     project_id: int, span: Span, ingested_ns: int, resource_json: str | None = None
 ) -> list[Any]:
-    """The ``spans`` row for ``span``, in column order (attributes kept as JSON text), its
-    ``trace_seq`` None until the writer knows it.
+    """The ``spans`` row for ``span`` (made storable by :func:`make_span_storable` already), in
+    column order (attributes kept as JSON text), its ``trace_seq`` None until the writer knows it.
 
     A list, not a dict: this runs once per span on the ingest path. ``resource_json`` is
     ``span.resource`` as JSON when the caller has it already (spans of one request share it).
@@ -121,17 +71,17 @@ def span_to_row(
         None,
         span.span_id,
         span.parent_span_id,
-        _cut(span.name, 500) or "",
+        span.name,
         int(span.kind),
         span.start_ns,
         span.end_ns,
         int(span.status_code),
-        _t(span.status_message),
-        _cut(span.service_name, 200),
-        _cut(span.operation, 64),
-        _cut(span.provider, 64),
-        _cut(span.request_model, 200),
-        _cut(span.response_model, 200),
+        span.status_message,
+        span.service_name,
+        span.operation,
+        span.provider,
+        span.request_model,
+        span.response_model,
         span.input_tokens,
         span.output_tokens,
         span.cached_tokens,
@@ -139,20 +89,22 @@ def span_to_row(
         span.cost_usd,
         span.ttft_ms,
         span.latency_ms,
-        _cut(span.error_class, 200),
-        _cut(span.user_id, 200),
-        _cut(span.session_id, 200),
-        _cut(span.feature, 200),
-        _cut(span.tenant, 200),
-        _cut(span.prompt_name, 200),
+        span.error_class,
+        span.user_id,
+        span.session_id,
+        span.feature,
+        span.tenant,
+        span.prompt_name,
         span.prompt_version,
-        _cut(span.release_id, 64),
-        _t(span.input),
-        _t(span.output),
-        _dumps(span.attributes),
-        _dumps(span.resource) if resource_json is None else resource_json,
-        _dumps(span.events) if span.events else "[]",
+        span.release_id,
+        span.input,
+        span.output,
+        storable_json(span.attributes),
+        storable_json(span.resource) if resource_json is None else resource_json,
+        storable_json(span.events) if span.events else "[]",
         ingested_ns,
+        None if span.request_id is None else storable_text(span.request_id, 128),
+        None,  # duplicate_of: set once the call's gateway span is known (store.call_links)
     ]
 
 
@@ -162,7 +114,8 @@ _ROW_COLUMNS = (
     "provider", "request_model", "response_model", "input_tokens", "output_tokens",
     "cached_tokens", "cache_write_tokens", "cost_usd", "ttft_ms", "latency_ms", "error_class",
     "user_id", "session_id", "feature", "tenant", "prompt_name", "prompt_version", "release_id",
-    "input", "output", "attributes", "resource", "events", "ingested_ns",
+    "input", "output", "attributes", "resource", "events", "ingested_ns", "request_id",
+    "duplicate_of",
 )  # fmt: skip
 _TRACE_SEQ = _ROW_COLUMNS.index("trace_seq")
 if _ROW_COLUMNS != _SPAN_COLUMNS:  # a schema change must update span_to_row too
@@ -324,7 +277,7 @@ class SpanWriter:
         for project_id, span in batch:
             unique.setdefault((project_id, span.trace_id, span.span_id), span)
         for span in unique.values():
-            _keep_in_range(span)
+            make_span_storable(span)
         with self._marker_lock:
             # A marker no earlier batch used: rows carrying it after the insert are this batch's.
             marker = max(time.time_ns(), self._last_marker + 1)
@@ -337,7 +290,7 @@ class SpanWriter:
         for project_id, span in pairs:
             resource = resources.get(id(span.resource))
             if resource is None:
-                resource = resources[id(span.resource)] = _dumps(span.resource)
+                resource = resources[id(span.resource)] = storable_json(span.resource)
             rows.append(span_to_row(project_id, span, marker, resource))
         return PreparedBatch(
             keys=keys,
@@ -415,6 +368,8 @@ class SpanWriter:
                 rollups = RollupTotals.of(new)
         finally:
             cursor.close()
+        # A client's span of a call the gateway traced too is counted out (store.call_links).
+        rollups = count_calls_once(conn, self._keyed(prepared), rollups)
         if defer_rollups:
             documents = rollups.dumps_by_project()  # empty when no span was an LLM call
             if documents:
@@ -449,6 +404,11 @@ class SpanWriter:
         return {
             (project, trace): seq for project, trace, seq in self._trace_stmt.execute(conn, groups)
         }
+
+    @staticmethod
+    def _keyed(prepared: PreparedBatch) -> Iterator[tuple[int, str, int, Span]]:
+        rows = prepared.span_rows
+        return ((r[0], r[1], r[_TRACE_SEQ], s) for r, s in zip(rows, prepared.spans, strict=True))
 
     @staticmethod
     def _number_spans(prepared: PreparedBatch, seqs: dict[tuple[int, str], int]) -> None:

@@ -17,6 +17,12 @@ only runs statements. Such a thread first calls :meth:`IngestPipeline.yield_to_w
 waits while the writer holds the database: the threads of a process share one GIL, and a
 decoding thread beside the writer made each of its transactions take about twice as long, which
 on SQLite is time the write lock all worker processes share stays held.
+
+A write that fails is spooled only when the database is at fault (an outage, by the error's
+class: :mod:`bastion.store.write_errors`). When the data is, the batch is split until the
+spans the database refuses are found (:mod:`bastion.tracing.isolation`): the others are
+committed and those go to the dead-letter store, so one bad span neither holds back the
+spans of other projects nor is retried forever. Spool replay does the same.
 """
 
 from __future__ import annotations
@@ -29,15 +35,19 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from bastion.store.dead_letters import Rejected, count_by_reason, store_rejects
+from bastion.store.write_errors import is_data_error
 from bastion.store.writer import PreparedBatch, SpanWriter
+from bastion.tracing.ingest_metrics import IngestMetrics
+from bastion.tracing.isolation import UnpreparableSpans, write_isolating
 from bastion.tracing.model import Span
 from bastion.tracing.spool import Spool, SpoolCorruption
 
-__all__ = ["Backpressure", "IngestMetrics", "IngestPipeline", "NotDurable"]
+__all__ = ["Backpressure", "IngestHealth", "IngestMetrics", "IngestPipeline", "NotDurable"]
 
 log = logging.getLogger("bastion.ingest")
 
@@ -59,56 +69,15 @@ class NotDurable(Exception):
     """Neither the database nor the spool accepted the spans; they were not acknowledged."""
 
 
-class IngestMetrics:
-    """Prometheus metrics of the pipeline, registered in the server's own registry."""
+@dataclass(frozen=True, slots=True)
+class IngestHealth:
+    """Whether ingestion keeps up: ``reasons`` says what is wrong when it does not."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.received = Counter(
-            "bastion_spans_received", "Spans accepted onto the queue", registry=registry
-        )
-        self.written = Counter(
-            "bastion_spans_written", "Spans committed to the database", registry=registry
-        )
-        self.duplicates = Counter(
-            "bastion_spans_duplicate",
-            "Spans skipped because they were already stored",
-            registry=registry,
-        )
-        self.spooled = Counter(
-            "bastion_spans_spooled", "Spans written to the disk spool", registry=registry
-        )
-        self.replayed = Counter(
-            "bastion_spans_replayed",
-            "Spans moved from the spool into the database",
-            registry=registry,
-        )
-        self.rejected = Counter(
-            "bastion_spans_rejected_backpressure",
-            "Spans refused because the queue was full",
-            registry=registry,
-        )
-        self.failed_batches = Counter(
-            "bastion_ingest_db_failures",
-            "Batches the database refused (then spooled)",
-            registry=registry,
-        )
-        self.queue_spans = Gauge(
-            "bastion_ingest_queue_spans", "Spans waiting in memory", registry=registry
-        )
-        self.spool_bytes = Gauge(
-            "bastion_ingest_spool_bytes", "Bytes waiting in the spool", registry=registry
-        )
-        self.rollup_deltas_folded = Counter(
-            "bastion_rollup_deltas_folded",
-            "Deferred roll-up rows (one per batch) folded into the hourly roll-ups",
-            registry=registry,
-        )
-        self.database_up = Gauge(
-            "bastion_ingest_database_up",
-            "1 when the last write to the database succeeded",
-            registry=registry,
-        )
-        self.database_up.set(1)
+    reasons: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
 
 
 @dataclass(slots=True)
@@ -128,9 +97,22 @@ class _State:
     stopping: bool = False
     database_ok: bool = True
     next_replay_at: float = 0.0
+    # Since when writes fail (time.time()) and with what, while database_ok is False.
+    failing_since: float = 0.0
+    last_error: str = ""
     # Roll-up deltas this writer committed and no fold has taken yet (see _maybe_fold).
     deltas_pending: bool = False
     next_fold_at: float = 0.0
+
+
+def _pairs(items: list[_Item]) -> list[tuple[int, Span]]:
+    return [(item.project_id, span) for item in items for span in item.spans]
+
+
+def _unpreparable(exc: BaseException) -> UnpreparableSpans:
+    error = UnpreparableSpans(f"rows could not be built: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 class IngestPipeline:
@@ -147,6 +129,7 @@ class IngestPipeline:
         batch_linger_s: float = 0.0,
         replay_interval_s: float = 1.0,
         rollup_fold_interval_s: float = 5.0,
+        spool_stale_after_s: float = 60.0,
         price: Callable[[int, Span], None] | None = None,
     ) -> None:
         self.writer = writer
@@ -157,6 +140,7 @@ class IngestPipeline:
         self.batch_linger_s = batch_linger_s
         self.replay_interval_s = replay_interval_s
         self.rollup_fold_interval_s = rollup_fold_interval_s
+        self.spool_stale_after_s = spool_stale_after_s
         self.price = price
         self._state = _State()
         self._cond = threading.Condition()
@@ -164,7 +148,7 @@ class IngestPipeline:
         self._spool_has_data = not spool.empty
         self._writer_out = threading.Event()  # cleared while the writer runs statements
         self._writer_out.set()
-        self.metrics.spool_bytes.set(spool.pending_bytes())
+        self.metrics.watch_spool(spool)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -195,6 +179,26 @@ class IngestPipeline:
     @property
     def database_ok(self) -> bool:
         return self._state.database_ok
+
+    def health(self) -> IngestHealth:
+        """What keeps ingestion from keeping up, if anything: writes failing while the spool
+        holds spans (it is not draining), or the spool's oldest record older than
+        ``spool_stale_after_s``."""
+        reasons = []
+        stats = self.spool.stats()
+        state = self._state
+        if stats.segments and not state.database_ok:
+            failing_for = max(0.0, time.time() - state.failing_since)
+            reasons.append(
+                f"spool not draining: database writes failing for {failing_for:.0f} s"
+                f" ({state.last_error})"
+            )
+        if stats.oldest_age_s > self.spool_stale_after_s:
+            reasons.append(
+                f"spool's oldest record is {stats.oldest_age_s:.0f} s old"
+                f" (more than {self.spool_stale_after_s:g} s)"
+            )
+        return IngestHealth(tuple(reasons))
 
     def submit_nowait(
         self,
@@ -235,9 +239,14 @@ class IngestPipeline:
                 self._cond.notify_all()
         self.metrics.received.inc(len(spans))
 
-    def prepare(self, project_id: int, spans: Sequence[Span]) -> PreparedBatch:
-        """Price ``spans`` and build their rows (thread-safe; no database work)."""
-        return self._prepare([(project_id, span) for span in spans])
+    def prepare(self, project_id: int, spans: Sequence[Span]) -> PreparedBatch | None:
+        """Price ``spans`` and build their rows (thread-safe; no database work); None when a
+        span's rows cannot be built, which the writer thread then finds and sets aside."""
+        try:
+            return self._prepare([(project_id, span) for span in spans])
+        except Exception:
+            log.warning("could not prepare %d spans; isolating them", len(spans), exc_info=True)
+            return None
 
     def yield_to_writer(self, timeout: float = _YIELD_MAX_S) -> bool:
         """Wait while the writer thread runs a transaction's statements, at most ``timeout``
@@ -323,6 +332,7 @@ class IngestPipeline:
             return items
 
     def _run(self) -> None:
+        self.spool.count_spans()  # segments a former run left: their spans, for the gauges
         while True:
             items = self._take()
             if items is None:
@@ -351,49 +361,116 @@ class IngestPipeline:
                 self._writer_out.set()
 
     def _write(self, items: list[_Item]) -> None:
+        failure: BaseException | None = None
+        try:
+            prepared = self._prepare_items(items)
+        except Exception as exc:  # noqa: BLE001 (a span's fault: isolated below, like a data error)
+            prepared, failure = None, _unpreparable(exc)
+        if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
+            if prepared is not None:
+                try:
+                    written = self._write_batch(items, prepared)
+                except Exception as exc:  # noqa: BLE001 (classified below: data error or outage)
+                    failure = exc
+                else:
+                    self._committed(written)
+                    self.metrics.duplicates.inc(sum(len(i.spans) for i in items) - written)
+                    self._acknowledge(items, None)
+                    return
+            assert failure is not None
+            if isinstance(failure, UnpreparableSpans) or is_data_error(failure):
+                if self._isolate(_pairs(items), failure):
+                    self._acknowledge(items, None)
+                    return
+            else:
+                self._database_failed(failure)
+        self._acknowledge(items, self._spool(_pairs(items)))
+
+    def _prepare_items(self, items: list[_Item]) -> PreparedBatch:
         parts = [item.prepared for item in items if item.prepared is not None]
         raw = [item for item in items if item.prepared is None]
         if raw:
             parts.append(self._prepare([(i.project_id, span) for i in raw for span in i.spans]))
-        prepared = self.writer.combine(parts)
+        return self.writer.combine(parts)
+
+    def _write_batch(self, items: list[_Item], prepared: PreparedBatch) -> int:
+        """Write ``prepared`` in one transaction; returns how many spans were new. Items that
+        join it are appended to ``items`` (so a failure spools or isolates them too)."""
         batch = sum(len(item.spans) for item in items)
-        error: BaseException | None = None
-        if self._state.database_ok or time.monotonic() >= self._state.next_replay_at:
-            try:
-                with self._transaction() as conn:
-                    # Requests that arrived while this writer waited for its turn (SQLite's
-                    # write lock is shared by all workers) join the batch: one turn and one
-                    # commit for all of them, rather than another wait each.
-                    extra = self._take_prepared(self.batch_max_spans - batch)
-                    if extra:
-                        items = items + extra
-                        parts = [prepared, *(item.prepared for item in extra if item.prepared)]
-                        prepared = self.writer.combine(parts)
-                        batch += sum(len(item.spans) for item in extra)
-                    written = self.writer.write_prepared(conn, prepared, defer_rollups=True)
-            except Exception as exc:  # noqa: BLE001 (any database failure: the spool takes over)
-                self._database_failed(exc)
-            else:
-                self._database_recovered()
-                if written and not self._state.deltas_pending:
-                    self._state.deltas_pending = True
-                    self._state.next_fold_at = time.monotonic() + self.rollup_fold_interval_s
-                self.metrics.written.inc(written)
-                self.metrics.duplicates.inc(batch - written)
-                for item in items:
-                    item.done(None)
-                return
-        try:
-            self.spool.append(prepared.pairs())
-        except OSError as exc:
-            log.error("spool append failed; %d spans not acknowledged: %s", batch, exc)
-            error = NotDurable(f"database unavailable and spool failed: {exc}")
-        else:
-            self._spool_has_data = True
-            self.metrics.spooled.inc(len(prepared.keys))
-            self.metrics.spool_bytes.set(self.spool.pending_bytes())
+        with self._transaction() as conn:
+            # Requests that arrived while this writer waited for its turn (SQLite's write lock
+            # is shared by all workers) join the batch: one turn and one commit for all of
+            # them, rather than another wait each.
+            extra = self._take_prepared(self.batch_max_spans - batch)
+            if extra:
+                items.extend(extra)
+                parts = [prepared, *(item.prepared for item in extra if item.prepared)]
+                prepared = self.writer.combine(parts)
+            return self.writer.write_prepared(conn, prepared, defer_rollups=True)
+
+    def _committed(self, written: int) -> None:
+        """A transaction writing ``written`` new spans (and their roll-up deltas) committed."""
+        self._database_recovered()
+        if written and not self._state.deltas_pending:
+            self._state.deltas_pending = True
+            self._state.next_fold_at = time.monotonic() + self.rollup_fold_interval_s
+        self.metrics.written.inc(written)
+
+    @staticmethod
+    def _acknowledge(items: list[_Item], error: BaseException | None) -> None:
         for item in items:
             item.done(error)
+
+    def _spool(self, pairs: list[tuple[int, Span]]) -> BaseException | None:
+        """Append ``pairs`` to the spool; the error to acknowledge them with (None: durable)."""
+        try:
+            self.spool.append(pairs)
+        except OSError as exc:
+            log.error("spool append failed; %d spans not acknowledged: %s", len(pairs), exc)
+            return NotDurable(f"database unavailable and spool failed: {exc}")
+        self._spool_has_data = True
+        self.metrics.spooled.inc(len(pairs))
+        return None
+
+    def _write_part(self, part: Sequence[tuple[int, Span]]) -> int:
+        """Write ``part`` of a batch being isolated in its own transaction (no pricing: its
+        spans were priced before the batch failed)."""
+        try:
+            prepared = self.writer.prepare(part)
+        except Exception as exc:
+            raise _unpreparable(exc) from exc
+        with self._transaction() as conn:
+            written = self.writer.write_prepared(conn, prepared, defer_rollups=True)
+        self._committed(written)
+        return written
+
+    def _isolate(self, pairs: list[tuple[int, Span]], failure: BaseException | None) -> bool:
+        """Commit the spans of ``pairs`` the database takes, dead-letter those it refuses;
+        False when an outage interrupted that (the caller then spools the whole batch)."""
+        try:
+            written, rejected = write_isolating(pairs, self._write_part, failed_with=failure)
+            self._dead_letter(rejected)
+        except Exception as exc:  # noqa: BLE001 (an outage met on the way: spool the batch)
+            self._database_failed(exc)
+            return False
+        self.metrics.duplicates.inc(len(pairs) - written - len(rejected))
+        return True
+
+    def _dead_letter(self, rejected: list[Rejected]) -> None:
+        if not rejected:
+            return
+        with self._transaction() as conn:
+            store_rejects(conn, rejected)
+        for reason, count in count_by_reason(rejected).items():
+            self.metrics.dead_lettered.labels(reason).inc(count)
+        log.warning(
+            "the database refused %d span(s); kept in the dead-letter store (first: project %d,"
+            " span %s: %s)",
+            len(rejected),
+            rejected[0].project_id,
+            rejected[0].span.span_id,
+            rejected[0].error,
+        )
 
     def _take_prepared(self, room: int) -> list[_Item]:
         """Queued items already prepared, oldest first, while they fit in ``room`` spans."""
@@ -416,9 +493,11 @@ class IngestPipeline:
             self.metrics.queue_spans.set(state.pending_spans)
         return items
 
-    def _database_failed(self, exc: Exception) -> None:
+    def _database_failed(self, exc: BaseException) -> None:
         if self._state.database_ok:
             log.warning("database write failed, spooling to disk until it recovers: %s", exc)
+            self._state.failing_since = time.time()
+        self._state.last_error = type(exc).__name__
         self._state.database_ok = False
         self._state.next_replay_at = time.monotonic() + self.replay_interval_s
         self.metrics.failed_batches.inc()
@@ -467,13 +546,9 @@ class IngestPipeline:
             segment = self.spool.oldest()
             if segment is None:
                 self._spool_has_data = False
-                self.metrics.spool_bytes.set(0)
                 return
             try:
-                replayed = 0
-                with self._transaction() as conn:
-                    for batch in self.spool.read_segment(segment):
-                        replayed += self.writer.write_in(conn, batch)
+                replayed = self._replay(segment)
             except SpoolCorruption as exc:
                 kept = self.spool.quarantine(segment)
                 log.error("%s; segment kept at %s for inspection", exc, kept)
@@ -484,8 +559,32 @@ class IngestPipeline:
             self._database_recovered()
             self.spool.remove(segment)
             self.metrics.replayed.inc(replayed)
-            self.metrics.spool_bytes.set(self.spool.pending_bytes())
             log.info("replayed spool segment %s (%d new spans)", segment.name, replayed)
             with self._cond:
                 if self._state.pending and not force:
                     return  # let live traffic in between segments
+
+    def _replay(self, segment: Path) -> int:
+        """Write a spooled segment: in one transaction, or, when the database refuses some of
+        its spans for a data reason, batch by batch with those spans dead-lettered. Returns how
+        many spans were new; raises on an outage (the segment stays)."""
+        try:
+            replayed = 0
+            with self._transaction() as conn:
+                for batch in self.spool.read_segment(segment):
+                    try:
+                        prepared = self.writer.prepare(batch)
+                    except Exception as exc:
+                        raise _unpreparable(exc) from exc
+                    replayed += self.writer.write_prepared(conn, prepared)
+            return replayed
+        except Exception as exc:
+            if not (isinstance(exc, UnpreparableSpans) or is_data_error(exc)):
+                raise  # an outage, or a corrupt segment
+        log.warning("spool segment %s holds spans the database refuses; isolating", segment.name)
+        replayed = 0
+        for batch in self.spool.read_segment(segment):
+            written, rejected = write_isolating(batch, self._write_part)
+            self._dead_letter(rejected)
+            replayed += written
+        return replayed

@@ -76,6 +76,10 @@ class Span:
     release_id: str | None = None
     input: str | None = None
     output: str | None = None
+    # Set by the gateway alone, on the spans of the calls it served (never read from OTLP): it
+    # tells the gateway's record of a call from a client's span of the same call. Last, so a
+    # spool segment written before it existed still reads (bastion.tracing.spool).
+    request_id: str | None = None
 
     @property
     def latency_ms(self) -> float:

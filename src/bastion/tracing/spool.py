@@ -4,6 +4,9 @@ A segment file holds framed records: ``length (4 bytes) | crc32 (4 bytes) | payl
 payload being one batch as JSON. A batch is acknowledged only after its record and the
 directory entry are fsync'd, so a crash can at worst leave a torn record at a segment's end,
 which replay detects by length or checksum and drops (it was never acknowledged).
+
+A segment's modification time is kept at the time of its first record, so the age of the
+oldest spooled span survives a restart (and a move between workers' spools).
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bastion.store.storable import make_span_storable, storable_json_bytes
 from bastion.tracing.model import Span
 
-__all__ = ["Spool", "SpoolCorruption"]
+__all__ = ["Spool", "SpoolCorruption", "SpoolStats"]
 
 log = logging.getLogger("bastion.spool")
 
@@ -36,17 +41,35 @@ class SpoolCorruption(Exception):
 
 
 def _encode(batch: Sequence[tuple[int, Span]]) -> bytes:
-    return orjson.dumps(
-        [
-            [project_id, [getattr(span, name) for name in _SPAN_FIELDS]]
-            for project_id, span in batch
-        ],
-        default=str,
-    )
+    document = [
+        [project_id, [getattr(span, name) for name in _SPAN_FIELDS]] for project_id, span in batch
+    ]
+    try:
+        return orjson.dumps(document, default=str)
+    except TypeError:
+        pass
+    # orjson refused a value (a lone surrogate, an integer beyond 64 bits): spool the spans as
+    # they will be stored, which the storable rule makes encodable.
+    fixed = []
+    for project_id, span in batch:
+        copy = replace(span)
+        make_span_storable(copy)
+        fixed.append([project_id, [getattr(copy, name) for name in _SPAN_FIELDS]])
+    return storable_json_bytes(fixed)
 
 
 def _decode(payload: bytes) -> list[tuple[int, Span]]:
     return [(int(project_id), Span(*values)) for project_id, values in orjson.loads(payload)]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """What waits in a spool: segments, bytes, spans, and how old its oldest record is."""
+
+    segments: int
+    bytes: int
+    spans: int
+    oldest_age_s: float
 
 
 class Spool:
@@ -59,6 +82,10 @@ class Spool:
         self._current: Path | None = None
         self._current_size = 0
         self._next_seq = 1 + max((self._seq(p) for p in self.segments()), default=0)
+        # Spans per segment: counted as they are appended; a segment found on disk is counted
+        # by count_spans(), which reads it (the writer thread calls it, never a request).
+        self._spans: dict[str, int] = {}
+        self._first_record_at = 0.0
 
     @staticmethod
     def _seq(path: Path) -> int:
@@ -93,11 +120,16 @@ class Spool:
                 self._next_seq += 1
                 self._current_size = 0
                 created = True
+            if created:
+                self._first_record_at = time.time()
             with open(self._current, "ab") as fh:
                 fh.write(record)
                 fh.flush()
                 os.fsync(fh.fileno())
+            # The oldest record's time, not the newest's: what the spool's age is read from.
+            os.utime(self._current, (self._first_record_at, self._first_record_at))
             self._current_size += len(record)
+            self._spans[self._current.name] = self._spans.get(self._current.name, 0) + len(batch)
             if created:
                 self._fsync_dir()
 
@@ -140,14 +172,51 @@ class Spool:
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         self._fsync_dir()
+        with self._lock:
+            self._spans.pop(path.name, None)
 
     def quarantine(self, path: Path) -> Path:
         """Move an unreadable segment aside (kept for a person to inspect, never deleted)."""
         target = path.with_suffix(".corrupt")
         path.rename(target)
         self._fsync_dir()
+        with self._lock:
+            self._spans.pop(path.name, None)
         return target
 
+    def count_spans(self) -> None:
+        """Count the spans of segments this spool did not write (a former run's): reads them."""
+        for path in self.segments():
+            if path.name in self._spans:
+                continue
+            try:
+                count = sum(len(batch) for batch in self.read_segment(path))
+            except (OSError, SpoolCorruption):
+                continue  # replay reports it
+            with self._lock:
+                self._spans.setdefault(path.name, count)
+
+    def stats(self) -> SpoolStats:
+        """The spool's size and the age of its oldest record (cheap: a directory listing)."""
+        segments, sizes, oldest = [], 0, None
+        for path in self.segments():
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue  # replayed meanwhile
+            segments.append(path.name)
+            sizes += info.st_size
+            oldest = info.st_mtime if oldest is None else min(oldest, info.st_mtime)
+        with self._lock:
+            spans = sum(self._spans.get(name, 0) for name in segments)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        return SpoolStats(len(segments), sizes, spans, age)
+
     def describe(self) -> dict[str, Any]:
-        segments = self.segments()
-        return {"segments": len(segments), "bytes": sum(p.stat().st_size for p in segments)}
+        stats = self.stats()
+        return {
+            "segments": stats.segments,
+            "bytes": stats.bytes,
+            "spans": stats.spans,
+            "oldest_age_s": round(stats.oldest_age_s, 3),
+        }

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from bastion.evals.datasets import Item
 from bastion.evals.promptfoo.loading import (
     Problems,
@@ -41,6 +39,7 @@ from bastion.evals.promptfoo.templating import render_string
 from bastion.evals.scorers.base import Output, Score, Scorer, ScorerError, clamp
 from bastion.evals.scorers.deterministic import levenshtein_distance
 from bastion.evals.scorers.registry import ScorerContext, make_scorer
+from bastion.parsing import InputError
 from bastion.prompts import TemplateError
 
 if TYPE_CHECKING:
@@ -239,7 +238,7 @@ def _schema_value(value: Any, base: Path) -> Any:
     if isinstance(value, str):
         try:
             return load_yaml(value)
-        except yaml.YAMLError as exc:
+        except InputError as exc:
             raise PromptfooError(f"the schema is not JSON or YAML: {exc}") from None
     return value
 

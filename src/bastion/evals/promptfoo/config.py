@@ -19,15 +19,13 @@ Provider ids become gateway model aliases: ``--provider-map ID=ALIAS`` first, th
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from bastion import names
 from bastion.evals.promptfoo.cases import TestCase, expand_tests
 from bastion.evals.promptfoo.loading import (
     Problems,
@@ -40,6 +38,7 @@ from bastion.evals.promptfoo.loading import (
     read_text,
 )
 from bastion.evals.promptfoo.templating import check_filters
+from bastion.parsing import InputError, InputLimits, ValueBudget
 
 __all__ = [
     "Prompt",
@@ -141,8 +140,8 @@ def is_promptfoo_config(path: Path) -> bool:
     ``tests``, ``defaultTest``, ``scenarios`` or ``targets``, or a list/string ``prompts``
     or a list ``providers`` (a ``bastion.yaml`` has mappings there)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = load_yaml(read_text(path))
+    except (PromptfooError, InputError):
         return False
     if not isinstance(data, Mapping):
         return False
@@ -257,8 +256,8 @@ def _inline_prompt(text: str, label: str) -> Prompt:
     stripped = text.strip()
     if stripped.startswith("["):
         try:
-            messages = _messages(json.loads(stripped))
-        except json.JSONDecodeError:
+            messages = _messages(ValueBudget(InputLimits()).loads(stripped))
+        except InputError:
             messages = None
         if messages is not None:
             return Prompt(label, messages=messages)
@@ -284,7 +283,7 @@ def _file_prompts(reference: str, base: Path, label: str | None) -> list[Prompt]
         if suffix == ".jsonl":
             for number, line in enumerate(read_text(path).splitlines(), start=1):
                 if line.strip():
-                    messages = _messages(json.loads(line))
+                    messages = _messages(ValueBudget(InputLimits()).loads(line, line=number))
                     if messages is None:
                         raise PromptfooError(f"{path}:{number}: expected a list of chat messages")
                     out.append(Prompt(f"{shown}:{number}", messages=messages))
@@ -321,7 +320,7 @@ def _prompts(value: Any, base: Path, problems: Problems) -> list[Prompt]:
         if is_file_ref(entry):
             try:
                 prompts.extend(_file_prompts(entry, base, label))
-            except (PromptfooError, json.JSONDecodeError) as exc:
+            except (PromptfooError, InputError) as exc:
                 problems.error(f"{where}: {exc}")
             continue
         prompts.append(_inline_prompt(entry, str(label or _short_label(entry))))
@@ -359,6 +358,13 @@ def _bastion_block(value: Any, problems: Problems) -> dict[str, Any]:
     return out
 
 
+def _default_dataset(folder: str, stem: str) -> str:
+    """``promptfoo.<folder>.<stem>``, made a valid dataset name (``bastion.names``): a run of
+    other characters becomes one ``-``."""
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{folder}.{stem}").strip(".-_")
+    return f"promptfoo.{tail}"[: names.DATASET.max_length]
+
+
 def load_suite(path: Path, *, provider_map: Mapping[str, str] | None = None) -> Suite:
     """Read and check a promptfoo config; every problem found is reported at once.
 
@@ -369,8 +375,8 @@ def load_suite(path: Path, *, provider_map: Mapping[str, str] | None = None) -> 
     problems = Problems()
     try:
         data = load_yaml(read_text(path))
-    except yaml.YAMLError as exc:
-        raise PromptfooError(f"{path}: invalid YAML: {exc}") from None
+    except InputError as exc:
+        raise PromptfooError(f"{path}: {exc}") from None
     if not isinstance(data, Mapping):
         raise PromptfooError(f"{path}: a promptfoo config must be a mapping")
     data = jsonable(data)
@@ -427,7 +433,7 @@ def load_suite(path: Path, *, provider_map: Mapping[str, str] | None = None) -> 
             else str(judge)
         )
     problems.raise_errors()
-    dataset = block.get("dataset") or f"promptfoo:{base.name}/{path.stem}"
+    dataset = block.get("dataset") or _default_dataset(base.name, path.stem)
     return Suite(
         path=path,
         description=str(data["description"]) if data.get("description") else None,

@@ -2,7 +2,9 @@
 config's folder, globs allowed), CSV/JSONL/JSON/YAML test files, text and data files for vars.
 
 Every problem is a :class:`PromptfooError` naming the file; a config that refers to a file
-kind Bastion cannot load (``.py``/``.js`` generators, images, spreadsheets) names it too.
+kind Bastion cannot load (``.py``/``.js`` generators, images, spreadsheets) names it too. Files
+are held to the default ``limits:`` caps (:class:`~bastion.parsing.InputLimits`) and YAML is read
+by the safe reader (no aliases or anchors, no custom tags).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import csv
 import datetime as dt
 import glob
 import io
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bastion.parsing import (
+    InputError,
+    InputLimits,
+    ValueBudget,
+    allow_csv_fields,
+    read_bounded,
+)
+from bastion.parsing import load_yaml as load_safe_yaml
 
 __all__ = [
     "FILE_PREFIX",
@@ -34,7 +44,7 @@ __all__ = [
 ]
 
 FILE_PREFIX = "file://"
-_MAX_FILE_BYTES = 64 * 1024 * 1024  # a test file larger than this is a mistake, not a dataset
+_LIMITS = InputLimits()  # immutable defaults: the suite files are the user's own, read locally
 
 
 class PromptfooError(ValueError):
@@ -112,10 +122,9 @@ def expand_paths(reference: str, base: Path) -> list[Path]:
 def read_text(path: Path) -> str:
     """A text file's content (UTF-8, BOM dropped)."""
     try:
-        size = path.stat().st_size
-        if size > _MAX_FILE_BYTES:
-            raise PromptfooError(f"{path}: {size} bytes is larger than {_MAX_FILE_BYTES}")
-        return path.read_text(encoding="utf-8-sig")
+        return read_bounded(path, _LIMITS)
+    except InputError as exc:
+        raise PromptfooError(f"{path}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise PromptfooError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
@@ -151,19 +160,28 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
-    """YAML as promptfoo reads it (YAML 1.2 booleans), made JSON-safe."""
-    return jsonable(yaml.load(text, Loader=_Yaml12Loader))  # noqa: S506 - a SafeLoader
+    """YAML as promptfoo reads it (YAML 1.2 booleans), made JSON-safe, by the safe reader.
+
+    Raises:
+        InputError: invalid YAML, an alias or custom tag, or a document over a cap.
+    """
+    return jsonable(load_safe_yaml(text, _LIMITS, loader=_Yaml12Loader))
 
 
 def _yaml(path: Path, text: str) -> Any:
     try:
         return load_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise PromptfooError(
-            f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
-        ) from None
+    except InputError as exc:
+        line = f":{exc.line}" if exc.line is not None else ""
+        raise PromptfooError(f"{path}{line}: {exc.problem}") from None
+
+
+def _json(path: Path, text: str, budget: ValueBudget, line: int | None = None) -> Any:
+    try:
+        return budget.loads(text)
+    except InputError as exc:
+        where = f":{line}" if line is not None else ""
+        raise PromptfooError(f"{path}{where}: {exc.problem}") from None
 
 
 def read_data_file(path: Path) -> Any:
@@ -171,16 +189,15 @@ def read_data_file(path: Path) -> Any:
     text = read_text(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PromptfooError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        return _json(path, text, ValueBudget(_LIMITS))
     if suffix in {".yaml", ".yml"}:
         return _yaml(path, text)
     return text
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+    allow_csv_fields(_LIMITS)
+    budget = ValueBudget(_LIMITS)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -201,7 +218,12 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
                 continue
             if len(row) != len(header):
                 raise PromptfooError(f"{path}:{line}: {len(row)} cells for {len(header)} columns")
+            budget.add(len(row), line=line)
+            for cell in row:
+                budget.field(cell, line=line)
             yield line, dict(zip(header, row, strict=True))
+    except InputError as exc:
+        raise PromptfooError(f"{path}:{exc.line}: {exc.problem}") from None
     except csv.Error as exc:
         raise PromptfooError(f"{path}:{reader.line_num}: {exc}") from None
 
@@ -215,13 +237,10 @@ def read_rows(path: Path) -> list[tuple[str, Any]]:
         return [(f"{path}:{line}", row) for line, row in _csv_rows(path, text)]
     if suffix == ".jsonl":
         rows: list[tuple[str, Any]] = []
+        budget = ValueBudget(_LIMITS)
         for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise PromptfooError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+            if line.strip():
+                rows.append((f"{path}:{number}", _json(path, line, budget, number)))
         return rows
     if suffix in {".json", ".yaml", ".yml"}:
         data = read_data_file(path)

@@ -54,7 +54,7 @@ from bastion.evals.runner import (
     gather_or_cancel,
     progress_bar,
 )
-from bastion.evals.scorers.base import Output, Score, clamp
+from bastion.evals.scorers.base import Output, Score, ScoreError, clamp
 from bastion.evals.scorers.judge import JudgeClient
 from bastion.evals.scorers.registry import ScorerContext
 from bastion.prompts import TemplateError
@@ -285,6 +285,8 @@ async def _grade(
     for assertion in planned.asserts:
         try:
             verdict = await assertion.evaluate(subject, runtime)
+        except ScoreError:
+            raise  # the judge failed, not the output: the test is an error (see _run_target)
         except Exception as exc:  # noqa: BLE001 - one broken assertion must not lose the output
             verdict = Verdict(False, 0.0, f"assertion error: {type(exc).__name__}: {exc}")
         components.append((assertion, verdict))
@@ -402,12 +404,18 @@ async def _run_target(
                     call.text, call.latency_ms, call.cost_usd, call.tool_calls, call.raw
                 )
         label = planned.case.description or planned.item.id
+        unjudged: str | None = None
+        if error is None:
+            try:
+                graded = await _grade(planned, output, provider, runtime)
+            except ScoreError as exc:
+                error = unjudged = str(exc)
         if error is not None:
-            scores = _error_scores(planned, error)
+            # Unjudged, the test has no score at all (a judge's fault is no score of 0).
+            scores = () if unjudged is not None else _error_scores(planned, error)
             result.errors += 1
             result.failures.append((label, f"error: {error}"))
         else:
-            graded = await _grade(planned, output, provider, runtime)
             scores = _scores(graded, planned.case)
             result.score_sum += graded.score
             for metric, (value, _) in graded.named.items():
@@ -419,7 +427,7 @@ async def _run_target(
                 result.failures.append((label, graded.reason))
         recorder.add(
             store.RecordedResult(
-                planned.item.id, 0, None if error else output.text, key, scores,
+                planned.item.id, 0, output.text if error is None or unjudged else None, key, scores,
                 output.latency_ms, output.cost_usd, trace_id, error, cached=hit is not None,
             )
         )  # fmt: skip

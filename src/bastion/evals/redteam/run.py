@@ -160,7 +160,7 @@ def prepare(
         with engine.connect() as conn:
             var, system_text = _prompt_system(conn, project_id, target, input_var, fixed)
         items = prompt_items(attacks, input_var=var, system_text=system_text, extra=fixed)
-    name = "redteam-" + "+".join(suites)
+    name = "redteam-" + ".".join(suites)  # a valid dataset name (bastion.names)
     try:
         pushed = store.push_dataset(engine, project_id, name, items, force=True)
     except DatasetError as exc:  # pragma: no cover - the shipped suites are valid

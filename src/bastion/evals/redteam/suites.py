@@ -19,10 +19,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from bastion.evals.datasets import DatasetError, Item
 from bastion.evals.redteam.scorers import CANARY_VAR, INPUT_VAR, MARKER_VAR, SYSTEM_VAR
+from bastion.parsing import load_yaml
 
 __all__ = [
     "CANARY",
@@ -115,7 +114,7 @@ def _load(name: str) -> tuple[Attack, ...]:
         .joinpath("data", f"{name}.yaml")
         .read_text(encoding="utf-8")
     )
-    data = yaml.safe_load(text)
+    data = load_yaml(text)  # the one YAML reader, even for the data shipped with the package
     attacks = []
     for raw in data["attacks"]:
         marker = raw.get("marker")

@@ -1,7 +1,7 @@
 """Scorers: deterministic checks, embedding similarity and LLM-as-judge graders, built from
 specs (``{"type": "contains", "value": "x"}``) through the ``bastion.scorers`` entry points."""
 
-from bastion.evals.scorers.base import Output, Score, Scorer, ScorerError
+from bastion.evals.scorers.base import Output, Score, ScoreError, Scorer, ScorerError
 from bastion.evals.scorers.judge import JudgeClient, JudgeError
 from bastion.evals.scorers.registry import (
     ConfiguredScorer,
@@ -17,6 +17,7 @@ __all__ = [
     "JudgeError",
     "Output",
     "Score",
+    "ScoreError",
     "Scorer",
     "ScorerContext",
     "ScorerError",

@@ -3,7 +3,9 @@
 A scorer looks at one :class:`Output` for one dataset :class:`~bastion.evals.datasets.Item` and
 returns a :class:`Score` whose ``value`` is in [0, 1], with a pass/fail verdict and a reason a
 person can read in a CI log. Scorers never raise for a bad *output* (that is a failed score);
-they raise :class:`ScorerError` for a bad *configuration* (unknown type, bad arguments).
+they raise :class:`ScorerError` for a bad *configuration* (unknown type, bad arguments), and
+:class:`ScoreError` when they could not judge this output (an LLM judge whose verdict cannot be
+read): an error on the item, never a score.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Output",
     "Score",
+    "ScoreError",
     "Scorer",
     "ScorerError",
     "as_text",
@@ -35,6 +38,18 @@ __all__ = [
 class ScorerError(ValueError):
     """A scorer cannot be built or used as configured: an unknown type (the message lists the
     known ones), a missing or malformed argument, a missing judge or embedder."""
+
+
+class ScoreError(Exception):
+    """The scorer could not judge this output (e.g. its judge's verdict was unreadable): the
+    item is an error of the run, counted and reported as one, not a score of 0.
+
+    ``details`` holds what the scorer knows (the judge's prompt and raw verdict), for reports.
+    """
+
+    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details: dict[str, Any] = dict(details or {})
 
 
 def clamp(value: float) -> float:

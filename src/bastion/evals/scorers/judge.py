@@ -15,10 +15,11 @@ graders:
   loss in both 0, anything else (tie, or a preference that follows the position) 0.5.
 
 Verdicts are parsed leniently (JSON anywhere in the text, in a code fence or after some
-reasoning); a verdict that cannot be understood is a failed score naming the problem, never an
-exception. Transport failures (judge down, HTTP error) raise :class:`JudgeError`: they say
-nothing about the output. Every score records the judge model, the judge prompt, its version
-and hash, and the raw verdict in ``details``.
+reasoning); a verdict that cannot be understood raises :class:`ScoreError` naming the problem
+(with the raw verdict in its details): the judge failed, not the output, so the run counts the
+item as an error rather than scoring it 0. Transport failures (judge down, HTTP error) raise
+:class:`JudgeError`: they say nothing about the output. Every score records the judge model,
+the judge prompt, its version and hash, and the raw verdict in ``details``.
 
 The client lives in :mod:`bastion.evals.scorers.judge_client` and the prompts and verdict
 reading in :mod:`bastion.evals.scorers.judge_prompts`; the client and the errors are
@@ -32,7 +33,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bastion.evals.scorers.base import Output, Score, ScorerError, as_text, clamp, render_value
+from bastion.evals.scorers.base import (
+    Output,
+    Score,
+    ScoreError,
+    ScorerError,
+    as_text,
+    clamp,
+    render_value,
+)
 from bastion.evals.scorers.checks import check_keys
 from bastion.evals.scorers.judge_client import JudgeClient, JudgeError, JudgeReply
 from bastion.evals.scorers.judge_prompts import (
@@ -198,7 +207,7 @@ class JudgeScorer:
             value, passed, reason, parsed = self.verdict(reply.text)
         except VerdictError as exc:
             details["error"] = "malformed verdict"
-            return Score(self.name, 0.0, False, f"malformed judge verdict: {exc}", details)
+            raise ScoreError(f"malformed judge verdict: {exc}", details) from exc
         details["verdict"] = parsed
         return Score(self.name, clamp(value), passed, reason, details)
 
@@ -272,7 +281,7 @@ class PairwiseScorer:
             two = self.winner(second.text)
         except VerdictError as exc:
             details["error"] = "malformed verdict"
-            return Score(self.name, 0.0, False, f"malformed judge verdict: {exc}", details)
+            raise ScoreError(f"malformed judge verdict: {exc}", details) from exc
         # In the swapped order the candidate is B.
         wins = (one == "A") + (two == "B")
         losses = (one == "B") + (two == "A")

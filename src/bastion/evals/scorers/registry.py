@@ -24,6 +24,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from bastion.evals.scorers.base import Output, Score, Scorer, ScorerError, template_variables
+from bastion.names import SCORER as SCORER_NAME
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item
@@ -171,8 +172,8 @@ def make_scorer(spec: Mapping[str, Any], *, context: ScorerContext | None = None
         raise ScorerError(f"a scorer spec needs a 'type' (known: {', '.join(scorer_types())})")
     kind = kind.strip()
     metric = spec.get("metric", kind)
-    if not isinstance(metric, str) or not metric.strip():
-        raise ScorerError(f"{kind}: 'metric' must be a non-empty string, got {metric!r}")
+    if not SCORER_NAME.is_valid(metric):
+        raise ScorerError(f"{kind}: 'metric' must be {SCORER_NAME.rule}, got {metric!r}")
     weight = spec.get("weight", 1.0)
     if (
         isinstance(weight, bool)
@@ -194,7 +195,7 @@ def make_scorer(spec: Mapping[str, Any], *, context: ScorerContext | None = None
     if not callable(getattr(inner, "score", None)):
         raise ScorerError(f"scorer type {base!r}: the factory returned {inner!r}, not a Scorer")
     return ConfiguredScorer(
-        name=metric.strip(),
+        name=str(metric),
         type=kind,
         inner=inner,
         weight=float(weight),
