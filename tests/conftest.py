@@ -40,6 +40,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("db_backend", backends)
 
 
+@pytest.fixture(autouse=True)
+def _close_http_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every HTTP client a test opens through httpx (the official SDKs' too: ``openai`` builds
+    on its fork ``httpx2``) is closed when the test ends.
+
+    Left to the garbage collector, a client caught in an exception's reference cycle can lose
+    its pooled socket before it closes it, and the ResourceWarning then fails whichever later
+    test the collection happens to run in.
+    """
+    import importlib
+
+    opened: list[Any] = []
+    for module_name in ("httpx", "httpx2"):
+        try:
+            client_class = importlib.import_module(module_name).Client
+        except ImportError:
+            continue
+        original = client_class.__init__
+
+        def opening(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> None:
+            __original(self, *args, **kwargs)
+            opened.append(self)
+
+        monkeypatch.setattr(client_class, "__init__", opening)
+    yield
+    for client in opened:
+        client.close()
+
+
 @pytest.fixture
 def pg_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a brand-new, empty schema; dropped afterwards."""

@@ -72,7 +72,11 @@ class IngestSettings(BaseModel):
         "into the hourly roll-ups; summaries count unfolded ones too, so this trades write "
         "cost against the size of what a summary reads, never freshness",
     )
-    sqlite_synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    sqlite_synchronous: str = Field(
+        "FULL",
+        pattern="^(FULL|NORMAL|EXTRA)$",
+        description="SQLite's synchronous pragma: FULL loses no acknowledged span on power loss",
+    )
     sqlite_cache_mib: int = Field(
         4, ge=1, le=4096, description="page cache of each SQLite connection, in MiB"
     )
@@ -95,11 +99,21 @@ class IngestSettings(BaseModel):
 class PriceOverride(BaseModel):
     """Per-project price override for one model, in USD per million tokens."""
 
-    input_usd_per_mtok: float | None = None
-    output_usd_per_mtok: float | None = None
-    cache_read_usd_per_mtok: float | None = None
-    cache_write_usd_per_mtok: float | None = None
-    max_input_tokens: int | None = None
+    input_usd_per_mtok: float | None = Field(
+        None, description="price of input tokens; default the catalog's"
+    )
+    output_usd_per_mtok: float | None = Field(
+        None, description="price of output tokens; default the catalog's"
+    )
+    cache_read_usd_per_mtok: float | None = Field(
+        None, description="price of input tokens read from the provider's prompt cache"
+    )
+    cache_write_usd_per_mtok: float | None = Field(
+        None, description="price of input tokens written to the provider's prompt cache"
+    )
+    max_input_tokens: int | None = Field(
+        None, description="the model's context window, in tokens; default the catalog's"
+    )
 
 
 class GatewaySettings(BaseModel):
@@ -172,6 +186,23 @@ class TemplateSettings(BaseModel):
     )
 
 
+class PluginSettings(BaseModel):
+    """Which installed plugins (entry points) may be loaded; bastion's own are always allowed."""
+
+    allow: dict[str, list[str]] | None = Field(
+        None,
+        description="per entry-point group (e.g. bastion.scorers), the entry-point or "
+        "distribution names that may be loaded; a group not listed loads everything installed, "
+        "an empty list only bastion's own; unset (the default): everything installed",
+    )
+
+    def allowed(self, group: str) -> frozenset[str] | None:
+        """The names allowed in ``group``, or None when the group is not restricted."""
+        if self.allow is None or group not in self.allow:
+            return None
+        return frozenset(self.allow[group])
+
+
 class ProjectSettings(BaseModel):
     """Configuration that applies to one project only (keyed by the project's slug)."""
 
@@ -198,10 +229,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default is SQLite under home"
     )
-    redis_url: str | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(8700, ge=0, le=65535)
-    log_level: str = "INFO"
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by gateway replicas for rate limits, budgets and breakers; "
+        "without it each host keeps them itself, shared by its worker processes",
+    )
+    host: str = Field("127.0.0.1", description="interface the server listens on")
+    port: int = Field(8700, ge=0, le=65535, description="port the server listens on")
+    log_level: str = Field("INFO", description="level of the server's log (Python logging)")
     workers: int = Field(
         1, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)"
     )
@@ -221,9 +256,15 @@ class Settings(BaseSettings):
         description="set inside a worker process: the Unix socket of the host's rate-limit "
         "and budget ledger, held by the supervising process (serve --workers N without Redis)",
     )
-    ingest: IngestSettings = Field(default_factory=IngestSettings)
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    ingest: IngestSettings = Field(
+        default_factory=IngestSettings, description=IngestSettings.__doc__
+    )
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings, description=GatewaySettings.__doc__
+    )
+    templates: TemplateSettings = Field(
+        default_factory=TemplateSettings, description=TemplateSettings.__doc__
+    )
     limits: InputLimits = Field(
         default_factory=InputLimits,
         description="caps on every document parsed from user input (datasets, YAML, JSON, CSV)",
@@ -234,7 +275,12 @@ class Settings(BaseSettings):
     projects: dict[str, ProjectSettings] = Field(
         default_factory=dict, description="per-project settings, by project slug"
     )
-    config_path: Path | None = Field(None, exclude=True)
+    plugins: PluginSettings = Field(
+        default_factory=PluginSettings, description=PluginSettings.__doc__
+    )
+    config_path: Path | None = Field(
+        None, exclude=True, description="the bastion.yaml these settings were read from, if any"
+    )
     sections: dict[str, Any] = Field(
         default_factory=dict, exclude=True, description="component sections of bastion.yaml, raw"
     )

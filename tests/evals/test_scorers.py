@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bastion import plugins
 from bastion.evals import (
     Item,
     Output,
@@ -137,7 +138,7 @@ def test_third_party_scorers_register_through_the_same_group(
 ) -> None:
     real = entry_points(group="bastion.scorers")
     plugin = EntryPoint("shout", f"{__name__}:shout", "bastion.scorers")
-    monkeypatch.setattr(registry, "entry_points", lambda group: [*real, plugin])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [*real, plugin])
     registry.reload_scorers()
     try:
         assert "shout" in scorer_types()
@@ -147,7 +148,7 @@ def test_third_party_scorers_register_through_the_same_group(
         assert (negated.metric, negated.passed, negated.value) == ("calm", False, 0.0)
         broken = EntryPoint("broken", "no_such_module_xyz:f", "bastion.scorers")
         clash = EntryPoint("shout", "other_module:shout", "bastion.scorers")
-        monkeypatch.setattr(registry, "entry_points", lambda group: [*real, broken, plugin, clash])
+        monkeypatch.setattr(plugins, "entry_points", lambda group: [*real, broken, plugin, clash])
         registry.reload_scorers()
         with pytest.raises(ScorerError, match="cannot load 'no_such_module_xyz:f'"):
             make_scorer({"type": "broken"})

@@ -1,7 +1,7 @@
 """``bastion eval dataset from-traces | lock | show``: datasets snapshotted from production
 traces, golden (locked) versions, and a version's items.
 
-Registered on the ``eval dataset`` group by :mod:`bastion.cli.evals`; like the rest of
+Attached to the ``eval dataset`` group by :mod:`bastion.cli.main`; like the rest of
 ``bastion eval`` these work on the local store.
 """
 
@@ -19,7 +19,7 @@ from bastion.cli.common import ConfigOption, QuietOption, fail, load, local_engi
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
-__all__ = ["register"]
+__all__ = ["from_traces", "lock", "show"]
 
 console = Console()
 
@@ -175,10 +175,3 @@ def show(
             source[0] if source else "",
         )
     console.print(table)
-
-
-def register(dataset_app: typer.Typer) -> None:
-    """Add these commands to the ``eval dataset`` group."""
-    dataset_app.command("from-traces")(from_traces)
-    dataset_app.command("lock")(lock)
-    dataset_app.command("show")(show)

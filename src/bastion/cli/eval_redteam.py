@@ -1,6 +1,6 @@
 """``bastion eval redteam``: run the built-in attack suites against a target and gate on them.
 
-Registered on the ``eval`` group by :mod:`bastion.cli.evals`. Exit codes: 0 every category
+Attached to the ``eval`` group by :mod:`bastion.cli.main`. Exit codes: 0 every category
 within its allowed attack success rate (zero by default), 1 an attack succeeded beyond it,
 2 an error (bad input, or attacks that got no answer).
 """
@@ -20,7 +20,7 @@ from bastion.cli.common import ConfigOption, errors, fail, load, local_engine
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
-__all__ = ["register"]
+__all__ = ["redteam"]
 
 console = Console()
 
@@ -202,8 +202,3 @@ def redteam(
             raise fail(str(exc), EXIT_ERROR) from exc
     typer.echo(orjson.dumps({"run_id": report.run_id, "verdict": report.verdict}).decode())
     raise typer.Exit(report.exit_code)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``redteam`` to the ``eval`` group."""
-    app.command("redteam")(redteam)

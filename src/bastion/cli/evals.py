@@ -32,8 +32,8 @@ app = typer.Typer(
     help="Evals: datasets, runs through the gateway, comparison and the CI gate.",
     no_args_is_help=True,
 )
+# Attached under ``eval dataset`` by bastion.cli.main, with the commands kept in eval_datasets.
 dataset_app = typer.Typer(help="Versioned golden datasets.", no_args_is_help=True)
-app.add_typer(dataset_app, name="dataset")
 console = Console()
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -309,7 +309,7 @@ def run(
         if judge_model
         else None
     )
-    context = ScorerContext(judge=judge)
+    context = ScorerContext(judge=judge, plugins=settings.plugins)
     with local_engine(settings) as engine:
         project_id = _project(engine, project)
         try:
@@ -540,10 +540,3 @@ def gate(
         except (ValueError, OSError) as exc:
             raise fail(str(exc), EXIT_ERROR) from exc
     raise typer.Exit(verdict.exit_code)
-
-
-# Commands kept in their own modules: datasets from traces / lock / show, and the red team.
-from bastion.cli import eval_datasets, eval_redteam  # noqa: E402
-
-eval_datasets.register(dataset_app)
-eval_redteam.register(app)

@@ -10,7 +10,19 @@ import typer
 from rich.console import Console
 
 from bastion import __version__
-from bastion.cli import demo, evals, ingest, keys, prompts, releases, replay, simulate, traces
+from bastion.cli import (
+    demo,
+    eval_datasets,
+    eval_redteam,
+    evals,
+    ingest,
+    keys,
+    prompts,
+    releases,
+    replay,
+    simulate,
+    traces,
+)
 from bastion.cli.common import ConfigOption, load
 from bastion.settings import ConfigError
 
@@ -27,6 +39,12 @@ app.add_typer(traces.app, name="traces")
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(evals.app, name="eval")
+# Every group and every command kept outside its group's module is attached here, in one place.
+evals.app.add_typer(evals.dataset_app, name="dataset")
+evals.dataset_app.command("from-traces")(eval_datasets.from_traces)
+evals.dataset_app.command("lock")(eval_datasets.lock)
+evals.dataset_app.command("show")(eval_datasets.show)
+evals.app.command("redteam")(eval_redteam.redteam)
 app.add_typer(releases.app, name="release")
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -15,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.cli.common import ConfigOption, api_call, load, local_engine
 
 app = typer.Typer(help="Read traces.", no_args_is_help=True)
 console = Console()
@@ -58,26 +55,6 @@ def _since(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError as exc:
         raise typer.BadParameter(f"{value!r}: use 30m, 24h, 7d or an ISO 8601 time") from exc
-
-
-def _get(url: str, key: str | None, path: str, params: dict[str, Any]) -> dict[str, Any]:
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    if not url.startswith(("http://", "https://")):
-        raise typer.BadParameter(f"--url {url!r}: must start with http:// or https://")
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        f"{url.rstrip('/')}{path}?{query}", headers={"Authorization": f"Bearer {key or ''}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (user-given URL)
-            result: dict[str, Any] = orjson.loads(response.read())
-            return result
-    except urllib.error.HTTPError as exc:
-        detail = orjson.loads(exc.read() or b"{}").get("error", {}).get("message", exc.reason)
-        console.print(f"[red]{exc.code}: {detail}[/red]")
-        raise typer.Exit(1) from exc
-    except urllib.error.URLError as exc:
-        console.print(f"[red]cannot reach {url}: {exc.reason}[/red]")
-        raise typer.Exit(1) from exc
 
 
 def _project_id(engine: Any, project: str) -> int:
@@ -135,7 +112,9 @@ def list_(
         "limit": limit,
     }
     if url:
-        page = _get(url, key or os.environ.get("BASTION_API_KEY"), "/api/v1/traces", params)
+        page = api_call(
+            url, key or os.environ.get("BASTION_API_KEY"), "GET", "/api/v1/traces", params=params
+        )
     else:
         from bastion.store import queries
 
@@ -219,7 +198,7 @@ def show(
 ) -> None:
     """Show one trace as a tree of spans."""
     if url:
-        tree = _get(url, key, f"/api/v1/traces/{trace_id}", {})
+        tree = api_call(url, key, "GET", f"/api/v1/traces/{trace_id}")
     else:
         from bastion.store import queries
 

@@ -37,11 +37,12 @@ from bastion.store.queries_common import (
     span_is_error,
 )
 from bastion.store.schema import spans
+from bastion.tracing.attributes import PROMPT_VARIABLES
 
 __all__ = ["TRUNCATION_MARK", "TraceSelection", "TraceSnapshot", "items_from_spans", "snapshot"]
 
 TRUNCATION_MARK = "…[truncated"
-VARIABLES_ATTRIBUTE = "bastion.prompt.variables"
+VARIABLES_ATTRIBUTE = PROMPT_VARIABLES
 MAX_SCAN = 100_000  # spans read at most for one snapshot (before sampling)
 _PAGE = 1000
 

@@ -50,6 +50,31 @@ from bastion.gateway.limits_config import BudgetRule, LimitsConfig, RateRule, pe
 from bastion.gateway.recording import Call
 from bastion.gateway.shared_state import SharedState
 from bastion.providers.config import GatewayConfig, ModelAlias, fallback_chains
+from bastion.tracing.attributes import (
+    ADMISSION_SHADOW,
+    ADMISSION_STORE,
+    BUDGET_COST_USD,
+    BUDGET_DECISION,
+    BUDGET_DEGRADED_FROM,
+    BUDGET_DEGRADED_TO,
+    BUDGET_LIMIT_PREFIX,
+    BUDGET_PERIOD,
+    BUDGET_PRICE_UNKNOWN,
+    BUDGET_RESERVED_TOKENS,
+    BUDGET_RESERVED_USD,
+    BUDGET_RULE,
+    BUDGET_SCOPE,
+    BUDGET_SPENT_PREFIX,
+    BUDGET_THRESHOLD,
+    BUDGET_THRESHOLD_PERCENT,
+    BUDGET_UNPRICED,
+    BUDGET_VALUE,
+    GATEWAY_ALIAS,
+    GATEWAY_KEY_ID,
+    RATELIMIT_DECISION,
+    RATELIMIT_RULE,
+    RATELIMIT_RULES,
+)
 
 __all__ = ["Admission", "Ticket"]
 
@@ -133,10 +158,10 @@ class Admission:
             # The gateway's own copy for a shadow rollout: only `shadow` rules (by route) count
             # it; the caller's limits and budgets never pay for the candidate's trial.
             values = {"shadow": call.shadow_route}
-            call.attributes["bastion.admission.shadow"] = call.shadow_route  # for a rebuild
+            call.attributes[ADMISSION_SHADOW] = call.shadow_route  # for a rebuild
         self._project_ids[principal.project_slug] = principal.project_id
         # The key is not a span column: kept so a restart can rebuild key-scoped counters.
-        call.attributes["bastion.gateway.key_id"] = principal.key_id
+        call.attributes[GATEWAY_KEY_ID] = principal.key_id
         ticket = await self._admit(call, principal, alias, body, values, now, frozenset())
         self._count("admitted")
         return ticket
@@ -153,7 +178,7 @@ class Admission:
     ) -> Ticket:
         if "shadow" not in values:
             values = {**values, "model": alias.name}
-        call.attributes["bastion.gateway.alias"] = alias.name
+        call.attributes[GATEWAY_ALIAS] = alias.name
         estimate = _Estimate(call, body, self.default_max_tokens)
         rate_rules: list[tuple[RateRule, str]] = []
         rates: list[RateCheck] = []
@@ -171,10 +196,10 @@ class Admission:
             budget_rules.append((budget, value))
             budgets.append(check)
         verdict, shared = await self.shared.admit(rates, budgets, now)
-        call.attributes["bastion.admission.store"] = self.shared.store_name(shared)
+        call.attributes[ADMISSION_STORE] = self.shared.store_name(shared)
         if rates:
-            call.attributes["bastion.ratelimit.rules"] = len(rates)
-            call.attributes["bastion.ratelimit.decision"] = (
+            call.attributes[RATELIMIT_RULES] = len(rates)
+            call.attributes[RATELIMIT_DECISION] = (
                 "rejected" if verdict.rate_denied is not None else "admitted"
             )
         if verdict.rate_denied is not None:
@@ -183,7 +208,7 @@ class Admission:
             raise self._rate_error(call, rule, value, verdict, rates[verdict.rate_denied], now)
         if verdict.ok:
             if budgets:
-                call.attributes.setdefault("bastion.budget.decision", "admitted")
+                call.attributes.setdefault(BUDGET_DECISION, "admitted")
             rules = [rule for rule, _ in budget_rules]
             project = principal.project_id
             return Ticket(alias, shared, verdict.window, project, rates, budgets, rules)
@@ -200,10 +225,10 @@ class Admission:
         if target is None:  # validated at load; the alias table may have been swapped since
             raise self._budget_error(call, rule_d, value, verdict.spent[0], now)
         self._count("degraded")
-        call.attributes["bastion.budget.decision"] = "degraded"
-        call.attributes["bastion.budget.rule"] = _describe(rule_d, value)
-        call.attributes["bastion.budget.degraded_from"] = alias.name
-        call.attributes["bastion.budget.degraded_to"] = target.name
+        call.attributes[BUDGET_DECISION] = "degraded"
+        call.attributes[BUDGET_RULE] = _describe(rule_d, value)
+        call.attributes[BUDGET_DEGRADED_FROM] = alias.name
+        call.attributes[BUDGET_DEGRADED_TO] = target.name
         forced_ids = frozenset(r.id for r, _ in exceeded)
         return await self._admit(call, principal, target, body, values, now, forced_ids)
 
@@ -226,13 +251,13 @@ class Admission:
                 continue
             if budget.in_tokens:
                 reserve = float(estimate.input_tokens() + estimate.max_output())
-                call.attributes["bastion.budget.reserved_tokens"] = reserve
+                call.attributes[BUDGET_RESERVED_TOKENS] = reserve
             else:
                 if chain is None:
                     chain = self._max_cost(call, alias, estimate, principal.project_id)
                 reserve = self._usd_reserve(call, budget, value, chain, estimate, principal)
-                reserved_usd = call.attributes.get("bastion.budget.reserved_usd", 0.0)
-                call.attributes["bastion.budget.reserved_usd"] = max(reserved_usd, reserve)
+                reserved_usd = call.attributes.get(BUDGET_RESERVED_USD, 0.0)
+                call.attributes[BUDGET_RESERVED_USD] = max(reserved_usd, reserve)
             start, end = period_bounds(budget.period, now)
             key = f"{budget.id}:{int(start)}:{value}"
             ttl_s = int(end - now) + 3600
@@ -261,7 +286,7 @@ class Admission:
                 else:
                     worst = max(worst, cost)
         if unknown:
-            call.attributes["bastion.budget.price_unknown"] = sorted(set(unknown))
+            call.attributes[BUDGET_PRICE_UNKNOWN] = sorted(set(unknown))
         return _ChainCost(worst, tuple(sorted(set(unknown))))
 
     def _usd_reserve(
@@ -288,8 +313,8 @@ class Admission:
             return max(chain.worst, guess or 0.0)
         _note_policy(call, rule, "block")
         self._count("budget_unpriced")
-        call.attributes["bastion.budget.decision"] = "blocked"
-        call.attributes["bastion.budget.rule"] = _describe(rule, value)
+        call.attributes[BUDGET_DECISION] = "blocked"
+        call.attributes[BUDGET_RULE] = _describe(rule, value)
         names = ", ".join(repr(m) for m in chain.unknown)
         raise GatewayError(
             403,
@@ -355,7 +380,7 @@ class Admission:
                 f"this request needs about {check.tokens})"
             )
         where = f"rate_limits[{rule.id}]"
-        call.attributes["bastion.ratelimit.rule"] = f"{where} {rule.scope}={value}"
+        call.attributes[RATELIMIT_RULE] = f"{where} {rule.scope}={value}"
         return GatewayError(
             429,
             f"rate limit exceeded: {rule.scope} {value!r} may send {what} ({where}); "
@@ -370,8 +395,8 @@ class Admission:
     ) -> GatewayError:
         _, end = period_bounds(rule.period, now)
         wait = max(1, math.ceil(end - now))
-        call.attributes["bastion.budget.decision"] = "blocked"
-        call.attributes["bastion.budget.rule"] = _describe(rule, value)
+        call.attributes[BUDGET_DECISION] = "blocked"
+        call.attributes[BUDGET_RULE] = _describe(rule, value)
         used = f"{spent:.0f} tokens" if rule.in_tokens else f"${spent:.4f}"
         return GatewayError(
             429,
@@ -395,7 +420,7 @@ class Admission:
         if ticket.budgets:
             priced = self._actual_cost(call, ticket.project_id)
             if priced is not None:
-                call.attributes["bastion.budget.cost_usd"] = priced
+                call.attributes[BUDGET_COST_USD] = priced
 
             def estimate(model: str) -> float | None:
                 return self._cost_as(model, call, ticket.project_id)
@@ -423,7 +448,7 @@ class Admission:
             cost = self._cost_as(name, call, project_id)
             if cost is not None:
                 return cost
-        call.attributes["bastion.budget.price_unknown"] = [n for n in names if n]
+        call.attributes[BUDGET_PRICE_UNKNOWN] = [n for n in names if n]
         return None
 
     def _cost_as(self, model: str | None, call: Call, project_id: int) -> float | None:
@@ -458,15 +483,15 @@ class Admission:
         )
         if self.on_event is not None:
             self.on_event(
-                "bastion.budget.threshold",
+                BUDGET_THRESHOLD,
                 {
-                    "bastion.budget.scope": rule.scope,
-                    "bastion.budget.value": value,
-                    "bastion.budget.period": rule.period,
-                    "bastion.budget.threshold_percent": percent,
-                    f"bastion.budget.spent_{unit}": round(warning.spent, 6),
-                    f"bastion.budget.limit_{unit}": warning.limit,
-                    "bastion.budget.rule": f"budgets[{rule.id}]",
+                    BUDGET_SCOPE: rule.scope,
+                    BUDGET_VALUE: value,
+                    BUDGET_PERIOD: rule.period,
+                    BUDGET_THRESHOLD_PERCENT: percent,
+                    f"{BUDGET_SPENT_PREFIX}{unit}": round(warning.spent, 6),
+                    f"{BUDGET_LIMIT_PREFIX}{unit}": warning.limit,
+                    BUDGET_RULE: f"budgets[{rule.id}]",
                 },
                 # A project's own budget is its business; the others are the operator's.
                 project_id=self._project_ids.get(value) if rule.scope == "project" else None,
@@ -516,7 +541,7 @@ def _describe(rule: BudgetRule, value: str) -> str:
 
 def _note_policy(call: Call, rule: BudgetRule, policy: str) -> None:
     """Say on the span how each dollar budget counted a model without a price."""
-    noted = call.attributes.setdefault("bastion.budget.unpriced", [])
+    noted = call.attributes.setdefault(BUDGET_UNPRICED, [])
     entry = f"budgets[{rule.id}]={policy}"
     if entry not in noted:
         noted.append(entry)

@@ -39,6 +39,14 @@ from bastion.providers.upstream import Upstream
 from bastion.releases.serving import install_route_table
 from bastion.server.state import SIMULATOR_PRICES, STATE, AppState
 from bastion.settings import Settings
+from bastion.tracing.attributes import (
+    BREAKER_DEPLOYMENT,
+    BREAKER_FROM,
+    BREAKER_REASON,
+    BREAKER_REMOTE,
+    BREAKER_TO,
+    BREAKER_TRANSITION,
+)
 
 __all__ = ["install_gateway", "simulator_models"]
 
@@ -70,13 +78,13 @@ def _warn_missing_keys(config: GatewayConfig) -> None:
 
 def _record_transition(recorder: Recorder, transition: Transition) -> None:
     recorder.event(
-        "bastion.breaker.transition",
+        BREAKER_TRANSITION,
         {
-            "bastion.breaker.deployment": transition.deployment,
-            "bastion.breaker.from": transition.from_state,
-            "bastion.breaker.to": transition.to_state,
-            "bastion.breaker.reason": transition.reason,
-            "bastion.breaker.remote": transition.remote,
+            BREAKER_DEPLOYMENT: transition.deployment,
+            BREAKER_FROM: transition.from_state,
+            BREAKER_TO: transition.to_state,
+            BREAKER_REASON: transition.reason,
+            BREAKER_REMOTE: transition.remote,
         },
     )
 

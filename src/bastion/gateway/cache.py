@@ -54,6 +54,14 @@ from bastion.providers.config import GatewayConfig, ModelAlias
 from bastion.providers.translate import Usage
 from bastion.providers.upstream import Upstream
 from bastion.settings import ConfigError, Settings
+from bastion.tracing.attributes import (
+    CACHE_AGE_S,
+    CACHE_KEY,
+    CACHE_LAYER,
+    CACHE_SAVED_USD,
+    CACHE_SIMILARITY,
+    CACHE_STATUS,
+)
 
 __all__ = ["ResponseCache", "make_response_cache"]
 
@@ -213,7 +221,7 @@ class ResponseCache:
         key = None
         if self.exact_store is not None:
             key = self.key(project, controls.namespace, alias.name, api, call.operation, body)
-            call.attributes["bastion.cache.key"] = key[:16]
+            call.attributes[CACHE_KEY] = key[:16]
             if controls.lookup:
                 answer = await self.exact_store.get(key)
                 data = _parse(answer)
@@ -230,7 +238,7 @@ class ResponseCache:
                     found = semantic.search(partition, vector)
                     if found is not None:
                         answer, similarity = found
-                        call.attributes["bastion.cache.similarity"] = round(similarity, 6)
+                        call.attributes[CACHE_SIMILARITY] = round(similarity, 6)
                         data = _parse(answer)
                         if similarity >= semantic.config.threshold and data is not None:
                             return await self._hit(
@@ -247,7 +255,7 @@ class ResponseCache:
         self, call: Call, headers: dict[str, str], layer: str, status: str
     ) -> web.StreamResponse | None:
         self.requests.labels(layer, status).inc()
-        call.attributes["bastion.cache.status"] = status
+        call.attributes[CACHE_STATUS] = status
         headers["x-bastion-cache"] = status
         return None
 
@@ -340,11 +348,11 @@ class ResponseCache:
             cache_write_tokens=answer.cache_write_tokens,
         )
         attributes = call.attributes
-        attributes["bastion.cache.status"] = "hit"
-        attributes["bastion.cache.layer"] = layer
-        attributes["bastion.cache.saved_usd"] = answer.cost_usd
+        attributes[CACHE_STATUS] = "hit"
+        attributes[CACHE_LAYER] = layer
+        attributes[CACHE_SAVED_USD] = answer.cost_usd
         if answer.created_at:
-            attributes["bastion.cache.age_s"] = round(max(0.0, time.time() - answer.created_at), 3)
+            attributes[CACHE_AGE_S] = round(max(0.0, time.time() - answer.created_at), 3)
         headers["x-bastion-cache"] = "hit"
         call.output = _output(api, call.operation, data)
         if not call.stream:

@@ -31,6 +31,18 @@ from bastion.gateway.limit_costs import applies, budget_charge, scope_values
 from bastion.gateway.limit_store import WINDOW_S, MemoryLimitStore, window_of
 from bastion.gateway.limits_config import LimitsConfig, period_bounds
 from bastion.store.schema import projects, spans
+from bastion.tracing.attributes import (
+    ADMISSION_SHADOW,
+    ADMISSION_STORE,
+    BUDGET_COST_USD,
+    BUDGET_RESERVED_USD,
+    CACHE_STATUS,
+    GATEWAY_ALIAS,
+    GATEWAY_API,
+    GATEWAY_KEY_ID,
+    RELEASE_SHADOW_OF,
+    TEAM,
+)
 
 __all__ = ["LedgerSeed", "rebuild_ledger"]
 
@@ -119,10 +131,10 @@ def _rows(conn: sa.Connection, project_id: int, since: float, now: float) -> Ite
     )
     for r in conn.execute(query):
         attributes = orjson.loads(r.attributes) if r.attributes else {}
-        if not isinstance(attributes, dict) or "bastion.gateway.api" not in attributes:
+        if not isinstance(attributes, dict) or GATEWAY_API not in attributes:
             continue  # only the gateway's own call spans (not its event spans)
         attribution = {"user_id": r.user_id, "feature": r.feature, "tenant": r.tenant,
-                       "team": attributes.get("bastion.team")}  # fmt: skip
+                       "team": attributes.get(TEAM)}  # fmt: skip
         yield _Row(
             project_id, r.start_ns / 1e9, r.cost_usd, r.input_tokens, r.output_tokens,
             r.cached_tokens, r.cache_write_tokens,
@@ -143,24 +155,24 @@ def _charge(
     if row.error_class in _REFUSED:
         return  # refused by admission: neither counted nor charged
     attrs = row.attributes
-    key_id = attrs.get("bastion.gateway.key_id")
+    key_id = attrs.get(GATEWAY_KEY_ID)
     values = scope_values(slug, -1, row.attribution)
     if key_id is None:
         del values["key"]  # spans from before key ids were recorded count for no key rule
     else:
         values["key"] = str(key_id)
-    shadow = attrs.get("bastion.admission.shadow")
+    shadow = attrs.get(ADMISSION_SHADOW)
     if shadow is not None:
         values = {"shadow": str(shadow)}  # a rollout's shadow copy: its `shadow` rules only
-    elif "bastion.release.shadow_of" in attrs:
+    elif RELEASE_SHADOW_OF in attrs:
         return  # a shadow copy admitted without rules: the caller's rules never count it
-    hit = attrs.get("bastion.cache.status") == "hit"
+    hit = attrs.get(CACHE_STATUS) == "hit"
     tokens = 0 if hit else (row.input_tokens or 0) + (row.output_tokens or 0)
     _charge_budgets(seed, limits, catalog, values, row, tokens, now)
     row_window = window_of(row.start_s)[0]
-    if limits.rate_limits and row_window >= window - 1 and "bastion.admission.store" in attrs:
+    if limits.rate_limits and row_window >= window - 1 and ADMISSION_STORE in attrs:
         if "shadow" not in values:
-            values["model"] = str(attrs.get("bastion.gateway.alias") or "")
+            values["model"] = str(attrs.get(GATEWAY_ALIAS) or "")
         for rule in limits.rate_limits:
             value = applies(rule.scope, rule.match, values, row.project_id)
             if value:
@@ -179,7 +191,7 @@ def _charge_budgets(
     now: float,
 ) -> None:
     attrs = row.attributes
-    priced = attrs.get("bastion.budget.cost_usd", row.cost_usd)
+    priced = attrs.get(BUDGET_COST_USD, row.cost_usd)
     if priced is None and not tokens:
         priced = 0.0  # no usage: nothing was spent, whatever the price
 
@@ -190,7 +202,7 @@ def _charge_budgets(
         return info.cost(row.input_tokens, row.output_tokens, row.cached_tokens,
                          row.cache_write_tokens)  # fmt: skip
 
-    reserved = float(attrs.get("bastion.budget.reserved_usd") or 0.0)
+    reserved = float(attrs.get(BUDGET_RESERVED_USD) or 0.0)
     for rule in limits.budgets:
         start, end = period_bounds(rule.period, now)
         if row.start_s < start:

@@ -31,6 +31,7 @@ from bastion.prompts import TemplateError, render
 from bastion.prompts.template import TemplateLimitError
 from bastion.prompts.template_budget import DEFAULT_LIMITS, TemplateLimits
 from bastion.providers.translate import TranslationError, openai_to_anthropic_request
+from bastion.tracing.attributes import PROMPT_HASH, PROMPT_LABEL, PROMPT_VARIABLES
 
 __all__ = ["PROMPT_HEADER", "VARIABLES_HEADER", "PromptRef", "apply_prompt", "prompt_reference"]
 
@@ -172,7 +173,7 @@ async def apply_prompt(
         return raw
     call.prompt_name = ref.name[:200]
     if ref.label is not None:
-        call.attributes["bastion.prompt.label"] = ref.label
+        call.attributes[PROMPT_LABEL] = ref.label
     _check_conflicts(api, raw, ref)
     try:
         cached = await cache.get(project_id, ref.name, label=ref.label, version=ref.version)
@@ -180,10 +181,10 @@ async def apply_prompt(
         kind = "prompt_not_found" if exc.status == 404 else "prompt_registry_unavailable"
         raise GatewayError(exc.status, exc.message, error_class=kind, param="prompt") from exc
     call.prompt_version = cached.version
-    call.attributes["bastion.prompt.hash"] = cached.content_hash
+    call.attributes[PROMPT_HASH] = cached.content_hash
     if ref.variables:
         # Kept so a dataset made from this trace can re-run the prompt (evals.from_traces).
-        call.attributes["bastion.prompt.variables"] = dict(ref.variables)
+        call.attributes[PROMPT_VARIABLES] = dict(ref.variables)
     spec = cached.spec
     try:
         # On the event loop: the CPU limit, read as the template runs, bounds how long.

@@ -23,7 +23,6 @@ event loop when a refresh finishes, so worker threads read consistent snapshots.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ import orjson
 import sqlalchemy as sa
 
 from bastion.prompts import PromptSpec
-from bastion.server.background import SingleFlight, ThreadWork, poll
+from bastion.store.mirror import TableMirror
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts
 
 __all__ = ["CachedPrompt", "PromptCache", "PromptLookupError"]
@@ -207,43 +206,56 @@ def _load_project(
 
 
 class PromptCache:
-    """Every project's deployable prompt versions, in memory; refreshed off the event loop."""
+    """Every project's deployable prompt versions, in memory; refreshed off the event loop (a
+    :class:`TableMirror` of the prompt tables)."""
 
     def __init__(
         self, engine: sa.Engine, *, refresh_s: float = 1.0, miss_refresh_s: float = 0.5
     ) -> None:
         self.engine = engine
-        self.work = ThreadWork()  # drained at shutdown, before the engine is disposed
-        self.refresh_s = refresh_s
-        self.miss_refresh_s = miss_refresh_s
-        self.loaded = False
-        self._projects: dict[int, _Project] = {}
-        self._flight = SingleFlight()
-        self._last_miss_refresh = 0.0
+        # Replaced, never mutated: a worker thread reading it sees one consistent snapshot.
+        self._projects: Mapping[int, _Project] = {}
+        self.mirror = TableMirror(
+            engine,
+            marker=_markers,
+            load=self._load_changed,
+            apply=self._apply,
+            what="prompts",
+            log=log,
+            refresh_s=refresh_s,
+            miss_refresh_s=miss_refresh_s,
+        )
+        self.work = self.mirror.work  # drained at shutdown, before the engine is disposed
 
     # -- refreshing (database work on worker threads) -----------------------------------------
 
-    def _refresh_sync(self, snapshot: Mapping[int, _Project]) -> dict[int, _Project]:
+    def _load_changed(
+        self, conn: sa.Connection, markers: Mapping[int, tuple[int, int]]
+    ) -> dict[int, _Project]:
+        """The projects whose marker moved, re-read (on the worker thread)."""
+        snapshot = self._projects
         changed: dict[int, _Project] = {}
-        with self.engine.connect() as conn:
-            for project_id, marker in _markers(conn).items():
-                old = snapshot.get(project_id)
-                if old is None or old.marker != marker:
-                    changed[project_id] = _load_project(conn, project_id, marker, old)
+        for project_id, marker in markers.items():
+            old = snapshot.get(project_id)
+            if old is None or old.marker != marker:
+                changed[project_id] = _load_project(conn, project_id, marker, old)
         return changed
+
+    def _apply(self, changed: Mapping[int, _Project]) -> None:
+        self._projects = {**self._projects, **changed}
+
+    @property
+    def loaded(self) -> bool:
+        """True once a load has succeeded."""
+        return self.mirror.loaded
 
     async def refresh(self) -> None:
         """Reload what changed since the last refresh; concurrent callers share one reload."""
-        await self._flight.run(self._reload)
-
-    async def _reload(self) -> None:
-        changed = await self.work.run(self._refresh_sync, dict(self._projects))
-        self._projects.update(changed)  # on the loop: readers never see a half-applied state
-        self.loaded = True
+        await self.mirror.refresh()
 
     async def run(self) -> None:
         """Poll the change marker every ``refresh_s`` until cancelled; failures keep the cache."""
-        await poll(self.refresh, self.refresh_s, log, "prompts")
+        await self.mirror.run()
 
     # -- lookups (memory; the database only on the cold paths described above) -----------------
 
@@ -272,16 +284,8 @@ class PromptCache:
     ) -> CachedPrompt:
         """The version ``label`` (or ``version``, or ``latest``) of prompt ``name``."""
         found = self._locate(project_id, name, label, version)
-        missed = isinstance(found, str) or not self.loaded
-        now = time.monotonic()
-        due = now - self._last_miss_refresh > self.miss_refresh_s
-        if missed and (due or self._flight.busy):
-            if not self._flight.busy:
-                self._last_miss_refresh = now
-            try:
-                await self.refresh()
-            except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
-                log.warning("could not refresh prompts on a miss: %s", exc)
+        if isinstance(found, str) or not self.loaded:
+            await self.mirror.refresh_on_miss()
             found = self._locate(project_id, name, label, version)
         if not self.loaded:
             raise PromptLookupError(503, "the prompt registry is not loaded yet; retry shortly")
@@ -310,13 +314,14 @@ class PromptCache:
         if (name, version) not in added:
             raise PromptLookupError(404, f"prompt {name!r} has no version {version}")
         current = self._projects.get(project_id, project)
-        self._projects[project_id] = _Project(
+        updated = _Project(
             current.marker,
             current.ids,
             current.labels,
             current.latest,
             {**current.versions, **added},
         )
+        self._projects = {**self._projects, project_id: updated}
         return added[(name, version)]
 
     def stats(self) -> dict[str, int]:

@@ -18,6 +18,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from bastion.providers.translate import StreamSummary, Usage
+from bastion.tracing.attributes import (
+    GATEWAY_API,
+    GATEWAY_DEPLOYMENT,
+    GATEWAY_STREAM,
+    PROMPT_NAME,
+    PROMPT_VERSION,
+    REQUEST_ID,
+    TEAM,
+    USAGE_ESTIMATED,
+)
 from bastion.tracing.ingest import Backpressure, IngestPipeline
 from bastion.tracing.model import Span, SpanKind, StatusCode
 from bastion.tracing.normalize import truncate
@@ -176,26 +186,26 @@ class Call:
         model = self.requested_model or "unknown"
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": self.operation,
-            "bastion.gateway.api": self.api,
-            "bastion.request_id": self.request_id,
+            GATEWAY_API: self.api,
+            REQUEST_ID: self.request_id,
             "http.response.status_code": self.status,
             **self.attributes,
         }
         if self.deployment:
-            attributes["bastion.gateway.deployment"] = self.deployment
+            attributes[GATEWAY_DEPLOYMENT] = self.deployment
         if self.stream:
-            attributes["bastion.gateway.stream"] = True
+            attributes[GATEWAY_STREAM] = True
         if self.usage.estimated:
-            attributes["bastion.usage.estimated"] = True
+            attributes[USAGE_ESTIMATED] = True
         if self.error_message:
             attributes["error.message"] = truncate(self.error_message, 2000)
         team = self.attribution.get("team")
         if team is not None:
-            attributes["bastion.team"] = team
+            attributes[TEAM] = team
         if self.prompt_name is not None:
-            attributes["bastion.prompt.name"] = self.prompt_name
+            attributes[PROMPT_NAME] = self.prompt_name
         if self.prompt_version is not None:
-            attributes["bastion.prompt.version"] = self.prompt_version
+            attributes[PROMPT_VERSION] = self.prompt_version
         is_error = self.error_class is not None
         return Span(
             trace_id=self.context.trace_id,

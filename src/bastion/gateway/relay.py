@@ -29,6 +29,7 @@ from bastion.providers.translate import (
     openai_to_anthropic_response,
     openai_usage,
 )
+from bastion.tracing.attributes import GATEWAY_STREAM_EVENTS
 
 __all__ = ["relay_body", "relay_stream", "upstream_error"]
 
@@ -369,5 +370,5 @@ def _finish_summary(call: Call, summary: StreamSummary, kind: str) -> None:
         usage.input_tokens = estimate_tokens(orjson.dumps(call.request_body).decode())
         usage.estimated = True
     call.usage = usage
-    call.attributes["bastion.gateway.stream_events"] = summary.events
+    call.attributes[GATEWAY_STREAM_EVENTS] = summary.events
     _ = kind

@@ -44,6 +44,13 @@ from bastion.providers.translate import (
 )
 from bastion.providers.upstream import Upstream, UpstreamUnavailable
 from bastion.settings import GatewaySettings
+from bastion.tracing.attributes import (
+    GATEWAY_ATTEMPTS,
+    GATEWAY_BREAKER_TRANSITIONS,
+    GATEWAY_ESTIMATED_INPUT_TOKENS,
+    GATEWAY_FALLBACK_ALIAS,
+    RELEASE_UNKNOWN_FALLBACKS,
+)
 
 __all__ = ["RETRYABLE", "Resilience", "backoff_delay"]
 
@@ -113,7 +120,7 @@ class Resilience:
                 continue
             chain.extend(a for a in self._chains[name] if all(a is not c for c in chain))
         if unknown:
-            call.attributes["bastion.release.unknown_fallbacks"] = unknown
+            call.attributes[RELEASE_UNKNOWN_FALLBACKS] = unknown
         return tuple(chain)
 
     async def serve(
@@ -137,13 +144,13 @@ class Resilience:
                 response = await run.try_alias(current)
                 if response is not None:
                     if current is not alias:
-                        call.attributes["bastion.gateway.fallback_alias"] = current.name
+                        call.attributes[GATEWAY_FALLBACK_ALIAS] = current.name
                     return response
             raise run.final_error(alias)
         finally:
-            call.attributes["bastion.gateway.attempts"] = run.attempts
+            call.attributes[GATEWAY_ATTEMPTS] = run.attempts
             if run.transitions:
-                call.attributes["bastion.gateway.breaker_transitions"] = run.transitions
+                call.attributes[GATEWAY_BREAKER_TRANSITIONS] = run.transitions
 
 
 class _Run:
@@ -210,7 +217,7 @@ class _Run:
     def _input_tokens(self) -> int:
         if self._tokens is None:
             self._tokens = self.call.estimated_input_tokens(self.body)
-            self.call.attributes["bastion.gateway.estimated_input_tokens"] = self._tokens
+            self.call.attributes[GATEWAY_ESTIMATED_INPUT_TOKENS] = self._tokens
         return self._tokens
 
     def _skip(self, alias: ModelAlias, deployment: Deployment, outcome: str) -> None:

@@ -40,6 +40,7 @@ from bastion.gateway.recording import Call
 from bastion.gateway.router import Router
 from bastion.providers.config import GatewayConfig
 from bastion.providers.upstream import Upstream, UpstreamUnavailable
+from bastion.tracing.attributes import CACHE_EMBEDDING_MS
 
 __all__ = ["SemanticCache", "SemanticQuery", "last_user_text"]
 
@@ -175,7 +176,7 @@ class SemanticCache:
             return None
         if call is not None:
             elapsed = (time.perf_counter() - started) * 1000.0
-            call.attributes["bastion.cache.embedding_ms"] = round(elapsed, 3)
+            call.attributes[CACHE_EMBEDDING_MS] = round(elapsed, 3)
         vector = self._vector(response.status, raw)
         if vector is None:
             self._failed(f"unusable embeddings answer (HTTP {response.status})")

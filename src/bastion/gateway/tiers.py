@@ -15,7 +15,8 @@ models:
     default_tier: complex          # when a classifier answers a tier the alias lacks
 ```
 
-Classifiers are found like scorers: a package declares
+Classifiers are found like scorers (through :mod:`bastion.plugins`, so the ``plugins.allow``
+setting applies): a package declares
 
 ```toml
 [project.entry-points."bastion.classifiers"]
@@ -35,15 +36,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from functools import lru_cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NamedTuple, Protocol
 
 from bastion.gateway.recording import Call
+from bastion.plugins import PluginGroup
 from bastion.providers.config import GatewayConfig, ModelAlias
-from bastion.settings import ConfigError, Settings
+from bastion.settings import ConfigError, PluginSettings, Settings
+from bastion.tracing.attributes import ROUTING_ALIAS, ROUTING_REASON, ROUTING_TARGET, ROUTING_TIER
 
 __all__ = [
+    "CLASSIFIERS",
     "ENTRY_POINT_GROUP",
     "Classifier",
     "ClassifierError",
@@ -79,44 +81,29 @@ class Classifier(Protocol):
 
 ClassifierFactory = Callable[[Mapping[str, Any]], Classifier]
 
-_registered_here: dict[str, ClassifierFactory] = {}
-
-
-@lru_cache(maxsize=1)
-def _entry_points() -> dict[str, tuple[EntryPoint, ...]]:
-    found: dict[str, dict[str, EntryPoint]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, {}).setdefault(ep.value, ep)
-    return {name: tuple(by_value.values()) for name, by_value in found.items()}
+CLASSIFIERS: PluginGroup[ClassifierFactory] = PluginGroup(
+    ENTRY_POINT_GROUP, "classifier", error=ClassifierError
+)
 
 
 def register_classifier(name: str, factory: ClassifierFactory) -> None:
     """Register ``factory`` under ``name`` in this process (an entry point does it for a
     package; this is for applications embedding the gateway, and tests)."""
-    _registered_here[name] = factory
+    CLASSIFIERS.register(name, factory)
 
 
 def classifier_names() -> list[str]:
     """Every classifier name known: entry points and registrations."""
-    return sorted(set(_entry_points()) | set(_registered_here))
+    return CLASSIFIERS.names()
 
 
-def make_classifier(name: str, options: Mapping[str, Any]) -> Classifier:
+def make_classifier(
+    name: str, options: Mapping[str, Any], *, allow: PluginSettings | None = None
+) -> Classifier:
     """The classifier ``name`` configured with ``options``; :class:`ClassifierError` when the
-    name is unknown or ambiguous, the factory fails, or it returns no ``classify``."""
-    factory = _registered_here.get(name)
-    if factory is None:
-        candidates = _entry_points().get(name)
-        if not candidates:
-            known = ", ".join(classifier_names()) or "none"
-            raise ClassifierError(f"unknown classifier {name!r} (known: {known})")
-        if len(candidates) > 1:
-            values = ", ".join(ep.value for ep in candidates)
-            raise ClassifierError(f"classifier {name!r} is registered more than once: {values}")
-        try:
-            factory = candidates[0].load()
-        except Exception as exc:  # a plugin's import error, reported with its name
-            raise ClassifierError(f"classifier {name!r}: cannot load: {exc}") from exc
+    name is unknown, ambiguous or refused by ``allow``, the factory fails, or it returns no
+    ``classify``."""
+    factory = CLASSIFIERS.load(name, allow=allow)
     try:
         classifier = factory(options)
     except (ClassifierError, ValueError, TypeError) as exc:
@@ -262,7 +249,7 @@ class TierRouter:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"{settings.where(key)}{key}.name: must be a non-empty string")
             try:
-                classifiers[alias.name] = make_classifier(name, spec)
+                classifiers[alias.name] = make_classifier(name, spec, allow=settings.plugins)
             except ClassifierError as exc:
                 raise ConfigError(f"{settings.where(key)}{key}: {exc}") from exc
         return cls(config, classifiers)
@@ -284,8 +271,8 @@ class TierRouter:
             target_name = alias.tiers[tier]
         target = self.config.aliases[target_name]
         attributes = call.attributes
-        attributes["bastion.routing.alias"] = alias.name
-        attributes["bastion.routing.tier"] = tier
-        attributes["bastion.routing.reason"] = reason
-        attributes["bastion.routing.target"] = target.name
+        attributes[ROUTING_ALIAS] = alias.name
+        attributes[ROUTING_TIER] = tier
+        attributes[ROUTING_REASON] = reason
+        attributes[ROUTING_TARGET] = target.name
         return target

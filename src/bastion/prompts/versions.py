@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from bastion.prompts.model import PromptSpec
 from bastion.prompts.template import render
+from bastion.tracing.attributes import PROMPT_HASH, PROMPT_NAME, PROMPT_SOURCE, PROMPT_VERSION
 
 __all__ = [
     "SPAN_HASH",
@@ -40,10 +41,10 @@ PromptSource = Literal["server", "cache", "stale", "disk", "fallback"]
   fallback file (``version`` is None).
 """
 
-SPAN_NAME = "bastion.prompt.name"
-SPAN_VERSION = "bastion.prompt.version"
-SPAN_HASH = "bastion.prompt.hash"
-SPAN_SOURCE = "bastion.prompt.source"
+SPAN_NAME = PROMPT_NAME
+SPAN_VERSION = PROMPT_VERSION
+SPAN_HASH = PROMPT_HASH
+SPAN_SOURCE = PROMPT_SOURCE
 
 _UNRESOLVED: Any = object()
 _otel_trace: Any = _UNRESOLVED  # the opentelemetry.trace module, None when not installed

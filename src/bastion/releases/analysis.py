@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from bastion.evals.from_traces import parse_output
 from bastion.releases.verdict import ArmStats, Sample, Verdict, judge, stats
 from bastion.store.schema import spans
+from bastion.tracing.attributes import CACHE_STATUS, RELEASE_ARM, RELEASE_ROLLOUT, RELEASE_SHADOW_OF
 
 __all__ = [
     "ArmStats",
@@ -85,19 +86,19 @@ def fetch_samples(
             if marker not in raw:  # spans of other routes sharing the release: skip the parse
                 continue
             attributes = orjson.loads(raw)
-            if attributes.get("bastion.release.rollout") != rollout_id:
+            if attributes.get(RELEASE_ROLLOUT) != rollout_id:
                 continue
             out.append(
                 Sample(
-                    arm=str(attributes.get("bastion.release.arm", "")),
+                    arm=str(attributes.get(RELEASE_ARM, "")),
                     trace_id=row.trace_id,
-                    shadow_of=attributes.get("bastion.release.shadow_of"),
+                    shadow_of=attributes.get(RELEASE_SHADOW_OF),
                     error=row.error_class is not None,
                     latency_ms=float(row.latency_ms),
                     ttft_ms=float(row.ttft_ms) if row.ttft_ms is not None else None,
                     cost_usd=float(row.cost_usd) if row.cost_usd is not None else None,
                     output=_sampled_output(row, outputs_sample),
-                    cache_hit=attributes.get("bastion.cache.status") == "hit",
+                    cache_hit=attributes.get(CACHE_STATUS) == "hit",
                     refused=row.error_class in _REFUSALS,
                 )
             )

@@ -36,7 +36,7 @@ from bastion.releases.analysis import (
 )
 from bastion.releases.config import ReleasesConfig, load_releases_config
 from bastion.releases.store import now_utc
-from bastion.server.background import ThreadWork
+from bastion.runtime.background import ThreadWork
 from bastion.server.state import STATE
 from bastion.settings import Settings
 from bastion.store.transactions import run_write

@@ -30,6 +30,18 @@ from bastion.releases.shadow import SHADOW_HEADER, ShadowSender
 from bastion.releases.table import RouteEntry, RouteTable
 from bastion.server.state import STATE
 from bastion.settings import Settings
+from bastion.tracing.attributes import (
+    RELEASE_ARM,
+    RELEASE_ENVIRONMENT,
+    RELEASE_FALLBACKS,
+    RELEASE_NAME,
+    RELEASE_ROLLOUT,
+    RELEASE_ROUTE,
+    RELEASE_SHADOW_OF,
+    RELEASE_STEP,
+    RELEASE_STRATEGY,
+    RELEASE_WEIGHT,
+)
 
 __all__ = [
     "ENVIRONMENT_HEADER",
@@ -117,12 +129,12 @@ def _choose(entry: RouteEntry, call: Call, shadow_of: str | None) -> tuple[str, 
     rollout = entry.rollout
     if rollout is None:
         return "stable", entry.stable.spec, entry.stable.release_id
-    call.attributes["bastion.release.rollout"] = rollout.rollout_id
-    call.attributes["bastion.release.step"] = rollout.step
-    call.attributes["bastion.release.weight"] = rollout.weight
-    call.attributes["bastion.release.strategy"] = rollout.strategy
+    call.attributes[RELEASE_ROLLOUT] = rollout.rollout_id
+    call.attributes[RELEASE_STEP] = rollout.step
+    call.attributes[RELEASE_WEIGHT] = rollout.weight
+    call.attributes[RELEASE_STRATEGY] = rollout.strategy
     if shadow_of is not None:
-        call.attributes["bastion.release.shadow_of"] = shadow_of
+        call.attributes[RELEASE_SHADOW_OF] = shadow_of
         return "shadow", rollout.candidate.spec, rollout.candidate.release_id
     _kind, subject = subject_of(call.attribution, call.request_id)
     arm = choose_arm(rollout.strategy, rollout.weight, entry.route, rollout.rollout_id, subject)
@@ -188,8 +200,8 @@ async def apply_release(request: web.Request, call: Call, api: Api, raw: Any) ->
             f"{ENVIRONMENT_HEADER} must be one of {', '.join(ENVIRONMENTS)}, not {environment!r}",
             ENVIRONMENT_HEADER,
         )
-    call.attributes["bastion.release.route"] = route[:200]
-    call.attributes["bastion.release.environment"] = environment
+    call.attributes[RELEASE_ROUTE] = route[:200]
+    call.attributes[RELEASE_ENVIRONMENT] = environment
     table = request.app.get(ROUTE_TABLE)
     if table is None or call.project_id is None:
         raise GatewayError(503, "release routes are not available", error_class="unavailable")
@@ -216,8 +228,8 @@ async def apply_release(request: web.Request, call: Call, api: Api, raw: Any) ->
         # Sent by send_shadow once the request is admitted: a refused request is not copied.
         request[_PENDING_SHADOW] = (raw, rollout.rollout_id)
     call.release_id = release_id
-    call.attributes["bastion.release.arm"] = arm
-    call.attributes["bastion.release.name"] = spec.name
+    call.attributes[RELEASE_ARM] = arm
+    call.attributes[RELEASE_NAME] = spec.name
     shaped = {k: v for k, v in raw.items() if k != "model"}
     _prompt(spec, route, shaped, request.headers)
     shaped.update(spec.params)  # the deployed release decides its parameters
@@ -225,7 +237,7 @@ async def apply_release(request: web.Request, call: Call, api: Api, raw: Any) ->
         shaped["tools"] = [dict(t) for t in spec.tools]
     shaped["model"] = spec.model
     if spec.fallbacks:
-        call.attributes["bastion.release.fallbacks"] = list(spec.fallbacks)
+        call.attributes[RELEASE_FALLBACKS] = list(spec.fallbacks)
         call.fallbacks = tuple(spec.fallbacks)  # replace the alias's own (gateway.resilience)
     return shaped
 

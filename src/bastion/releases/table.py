@@ -13,7 +13,6 @@ ago is found.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 
 from bastion.releases.model import ReleaseSpec
 from bastion.releases.store import ACTIVE_STATES
-from bastion.server.background import SingleFlight, ThreadWork, poll
+from bastion.store.mirror import TableMirror
 from bastion.store.schema import release_events, release_rollouts, release_routes, releases
 
 __all__ = ["ActiveRollout", "RouteEntry", "RouteTable", "ServedRelease"]
@@ -64,7 +63,7 @@ def _marker(conn: sa.Connection) -> int:
     )
 
 
-def _load(conn: sa.Connection) -> dict[Key, RouteEntry]:
+def _load(conn: sa.Connection, marker: int) -> dict[Key, RouteEntry]:
     routes = conn.execute(sa.select(release_routes)).all()
     rollouts = conn.execute(
         sa.select(release_rollouts).where(release_rollouts.c.state.in_(ACTIVE_STATES))
@@ -101,55 +100,47 @@ def _load(conn: sa.Connection) -> dict[Key, RouteEntry]:
 
 
 class RouteTable:
-    """Every project's routes in memory; refreshed off the event loop."""
+    """Every project's routes in memory; refreshed off the event loop (a :class:`TableMirror`
+    of the release tables)."""
 
     def __init__(
         self, engine: sa.Engine, *, refresh_s: float = 1.0, miss_refresh_s: float = 0.5
     ) -> None:
-        self.engine = engine
-        self.work = ThreadWork()  # drained at shutdown, before the engine is disposed
-        self.refresh_s = refresh_s
-        self.miss_refresh_s = miss_refresh_s
-        self.loaded = False
-        self._marker = -1
         self._table: Mapping[Key, RouteEntry] = {}
-        self._flight = SingleFlight()
-        self._last_miss_refresh = 0.0
+        self.mirror = TableMirror(
+            engine,
+            marker=_marker,
+            load=_load,
+            apply=self._swap,
+            what="release routes",
+            log=log,
+            refresh_s=refresh_s,
+            miss_refresh_s=miss_refresh_s,
+        )
+        self.work = self.mirror.work  # drained at shutdown, before the engine is disposed
 
-    def _refresh_sync(self, marker: int) -> tuple[int, dict[Key, RouteEntry]] | None:
-        with self.engine.connect() as conn:
-            current = _marker(conn)
-            if current == marker:
-                return None
-            return current, _load(conn)
+    def _swap(self, table: dict[Key, RouteEntry]) -> None:
+        self._table = table
+
+    @property
+    def loaded(self) -> bool:
+        """True once a load has succeeded."""
+        return self.mirror.loaded
 
     async def refresh(self) -> None:
         """Reload when the marker moved; concurrent callers share one reload."""
-        await self._flight.run(self._reload)
-
-    async def _reload(self) -> None:
-        loaded = await self.work.run(self._refresh_sync, self._marker)
-        if loaded is not None:
-            self._marker, self._table = loaded  # swapped on the loop: one consistent view
-        self.loaded = True
+        await self.mirror.refresh()
 
     async def run(self) -> None:
         """Poll every ``refresh_s`` until cancelled; a failed poll keeps the current table."""
-        await poll(self.refresh, self.refresh_s, log, "release routes")
+        await self.mirror.run()
 
     async def get(self, project_id: int, route: str, environment: str) -> RouteEntry | None:
         """The route's entry from memory (one coalesced reload first on a miss)."""
         entry = self._table.get((project_id, route, environment))
         if entry is not None and self.loaded:
             return entry
-        now = time.monotonic()
-        if now - self._last_miss_refresh > self.miss_refresh_s or self._flight.busy:
-            if not self._flight.busy:
-                self._last_miss_refresh = now
-            try:
-                await self.refresh()
-            except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
-                log.warning("could not refresh release routes on a miss: %s", exc)
+        await self.mirror.refresh_on_miss()
         return self._table.get((project_id, route, environment))
 
     def __len__(self) -> int:

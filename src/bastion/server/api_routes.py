@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Literal
 
-import sqlalchemy as sa
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bastion.auth import Role, create_key, list_keys, revoke_key
 from bastion.server.auth import authenticate
+from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
 from bastion.server.state import STATE
 from bastion.store import queries
@@ -102,25 +100,11 @@ class SummaryQuery(_FilterQuery):
     )
 
 
-_T = TypeVar("_T")
-
-
-async def _db(request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
-    """Run a read on a worker thread: the event loop never waits on the database."""
-    engine = request.app[STATE].engine
-
-    def run() -> _T:
-        with engine.connect() as conn:
-            return work(conn)
-
-    return await asyncio.get_running_loop().run_in_executor(None, run)
-
-
 async def list_traces(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     params = parse_query(request, TraceListQuery)
     try:
-        page = await _db(
+        page = await DB.read(
             request,
             lambda c: queries.list_traces(
                 c,
@@ -139,7 +123,7 @@ async def list_spans(request: web.Request) -> web.Response:
     principal = await authenticate(request, "read")
     params = parse_query(request, SpanListQuery)
     try:
-        page = await _db(
+        page = await DB.read(
             request,
             lambda c: queries.list_spans(
                 c,
@@ -159,7 +143,7 @@ async def get_trace(request: web.Request) -> web.Response:
     trace_id = request.match_info["trace_id"].lower()
     if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
         raise ApiError(400, f"invalid trace id {trace_id!r}: expected 32 hex characters")
-    tree = await _db(request, lambda c: queries.get_trace(c, principal.project_id, trace_id))
+    tree = await DB.read(request, lambda c: queries.get_trace(c, principal.project_id, trace_id))
     if tree is None:
         raise ApiError(404, f"trace {trace_id} not found", kind="not_found")
     return json_response(tree)
@@ -176,7 +160,7 @@ async def metrics_summary(request: web.Request) -> web.Response:
     flt.start_ns = flt.end_ns = None
     has_filters = any(v is not None for v in flt.model_dump().values())
     try:
-        summary = await _db(
+        summary = await DB.read(
             request,
             lambda c: queries.metrics_summary(
                 c,
@@ -235,14 +219,14 @@ async def create_api_key(request: web.Request) -> web.Response:
             secret=created.secret,
         )
 
-    out = await asyncio.get_running_loop().run_in_executor(None, work)
-    await asyncio.get_running_loop().run_in_executor(None, request.app[STATE].keys.reload)
+    out = await DB.run(work)
+    await DB.run(request.app[STATE].keys.reload)
     return json_response(out, 201)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
     principal = await authenticate(request, "admin")
-    keys = await _db(request, lambda c: list_keys(c, principal.project_slug))
+    keys = await DB.read(request, lambda c: list_keys(c, principal.project_slug))
     return json_response(
         {
             "items": [
@@ -274,9 +258,9 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         with engine.begin() as conn:
             return revoke_key(conn, key_id, project=principal.project_slug)
 
-    if not await asyncio.get_running_loop().run_in_executor(None, work):
+    if not await DB.run(work):
         raise ApiError(404, f"no live key {key_id} in this project", kind="not_found")
-    await asyncio.get_running_loop().run_in_executor(None, request.app[STATE].keys.reload)
+    await DB.run(request.app[STATE].keys.reload)
     return json_response({"revoked": key_id})
 
 

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bastion import __version__
 from bastion.auth import AuthError
+from bastion.runtime.background import ThreadWork
 from bastion.server import (
     api_routes,
     eval_routes,
@@ -24,7 +25,7 @@ from bastion.server import (
     prompt_usage_routes,
     release_routes,
 )
-from bastion.server.background import ThreadWork
+from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, json_response, openapi_document, refuse_nul
 from bastion.server.state import STATE, AppState, build_state
 from bastion.settings import Settings
@@ -66,13 +67,9 @@ async def readyz(request: web.Request) -> web.Response:
     record older than ``ingest.spool_stale_after_s``."""
     state = request.app[STATE]
 
-    def ping() -> None:
-        with state.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
     database = "ok"
     try:
-        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, ping), 5)
+        await asyncio.wait_for(DB.read(request, lambda conn: conn.execute(sa.text("SELECT 1"))), 5)
     except (TimeoutError, sa.exc.SQLAlchemyError, OSError) as exc:
         database = f"unavailable: {type(exc).__name__}"
     reasons = ([] if database == "ok" else [f"database {database}"]) + list(

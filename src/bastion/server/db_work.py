@@ -17,19 +17,25 @@ from bastion.server.state import STATE
 from bastion.store.schema import api_keys
 from bastion.store.transactions import run_write
 
-__all__ = ["DbWork", "key_actor"]
+__all__ = ["DB", "DbWork", "key_actor"]
 
 _T = TypeVar("_T")
+
+
+def _unexpected(exc: Exception) -> ApiError:
+    # Only reached for an ``expected`` type, and the plain DbWork expects none.
+    raise exc
 
 
 @dataclass(frozen=True, slots=True)
 class DbWork:
     """How one route module runs database work: ``expected`` errors (the domain's, with a
     message for the client) become the :class:`ApiError` that ``to_api`` makes of them;
-    anything else propagates (a 500)."""
+    anything else propagates (a 500). The shared :data:`DB` expects nothing: its callers
+    handle their own errors."""
 
-    expected: tuple[type[Exception], ...]
-    to_api: Callable[[Exception], ApiError]
+    expected: tuple[type[Exception], ...] = ()
+    to_api: Callable[[Exception], ApiError] = _unexpected
 
     async def run(self, work: Callable[[], _T]) -> _T:
         """``work()`` on the default thread pool."""
@@ -52,6 +58,19 @@ class DbWork:
         """``work(conn)`` in one write transaction, retried whole on a lost race."""
         engine = request.app[STATE].engine
         return await self.run(lambda: run_write(engine, work))
+
+    async def transaction(self, request: web.Request, work: Callable[[sa.Connection], _T]) -> _T:
+        """``work(conn)`` in one transaction, not retried (for work that must run once)."""
+        engine = request.app[STATE].engine
+
+        def run() -> _T:
+            with engine.begin() as conn:
+                return work(conn)
+
+        return await self.run(run)
+
+
+DB = DbWork()
 
 
 def key_actor(conn: sa.Connection, principal: Principal) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bastion.server.auth import authenticate
+from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
 from bastion.server.state import STATE
 from bastion.store.dead_letters import RejectPage, list_rejects
@@ -32,7 +31,7 @@ async def list_ingest_rejects(request: web.Request) -> web.Response:
             )
 
     try:
-        page = await asyncio.get_running_loop().run_in_executor(None, work)
+        page = await DB.run(work)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from exc
     return json_response(page)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bastion.prompts.registry_queries import RegistryError
 from bastion.prompts.usage import PromptUsage, parse_since, prompt_usage
 from bastion.server.auth import authenticate
+from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
 from bastion.server.state import STATE
 
@@ -35,7 +34,7 @@ async def usage(request: web.Request) -> web.Response:
             return prompt_usage(conn, principal.project_id, name, since=since, recent=params.recent)
 
     try:
-        found = await asyncio.get_running_loop().run_in_executor(None, work)
+        found = await DB.run(work)
     except RegistryError as exc:
         raise ApiError(exc.status, str(exc), kind=exc.kind) from exc
     return json_response(found)

@@ -15,6 +15,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from bastion.tracing.attributes import FEATURE, SESSION, USER
+
 __all__ = ["demo_trace_request"]
 
 
@@ -46,7 +48,7 @@ def demo_trace_request(
         "Open Settings → API keys, create a new key, switch your app to it, "
         "then revoke the old one."
     )
-    common = {"bastion.user": user, "bastion.session": session, "bastion.feature": feature}
+    common = {USER: user, SESSION: session, FEATURE: feature}
 
     def span(
         name: str, parent: str | None, start: int, end: int, kind: int, attrs: dict[str, Any]

@@ -22,80 +22,102 @@ from typing import Any
 
 import orjson
 
+from bastion.tracing.attributes import (
+    COST_USD,
+    ERROR_CLASS,
+    FEATURE,
+    INPUT,
+    MODEL_REQUESTED,
+    MODEL_SERVED,
+    OPERATION,
+    OUTPUT,
+    PROMPT_NAME,
+    PROMPT_VERSION,
+    PROVIDER,
+    RELEASE_ID,
+    SESSION,
+    TENANT,
+    TTFT_MS,
+    USAGE_CACHE_WRITE_TOKENS,
+    USAGE_CACHED_TOKENS,
+    USAGE_INPUT_TOKENS,
+    USAGE_OUTPUT_TOKENS,
+    USER,
+)
 from bastion.tracing.model import Span, StatusCode
 
 __all__ = ["TRUNCATION_MARK", "normalize", "truncate"]
 
 TRUNCATION_MARK = "…[truncated {n} chars]"
 
-_OPERATION = ("bastion.operation", "gen_ai.operation.name", "llm.request.type")
+_OPERATION = (OPERATION, "gen_ai.operation.name", "llm.request.type")
 _PROVIDER = (
-    "bastion.provider",
+    PROVIDER,
     "gen_ai.provider.name",
     "gen_ai.system",
     "llm.provider",
     "llm.system",
 )
 _REQUEST_MODEL = (
-    "bastion.model.requested",
+    MODEL_REQUESTED,
     "gen_ai.request.model",
     "llm.model_name",
     "langfuse.observation.model.name",
 )
-_RESPONSE_MODEL = ("bastion.model.served", "gen_ai.response.model")
+_RESPONSE_MODEL = (MODEL_SERVED, "gen_ai.response.model")
 _INPUT_TOKENS = (
-    "bastion.usage.input_tokens",
+    USAGE_INPUT_TOKENS,
     "gen_ai.usage.input_tokens",
     "gen_ai.usage.prompt_tokens",
     "llm.token_count.prompt",
     "llm.usage.prompt_tokens",
 )
 _OUTPUT_TOKENS = (
-    "bastion.usage.output_tokens",
+    USAGE_OUTPUT_TOKENS,
     "gen_ai.usage.output_tokens",
     "gen_ai.usage.completion_tokens",
     "llm.token_count.completion",
     "llm.usage.completion_tokens",
 )
 _CACHED_TOKENS = (
-    "bastion.usage.cached_tokens",
+    USAGE_CACHED_TOKENS,
     "gen_ai.usage.cache_read.input_tokens",
     "gen_ai.usage.cache_read_input_tokens",
     "gen_ai.usage.input_tokens.cached",
     "llm.token_count.prompt_details.cache_read",
 )
 _CACHE_WRITE_TOKENS = (
-    "bastion.usage.cache_write_tokens",
+    USAGE_CACHE_WRITE_TOKENS,
     "gen_ai.usage.cache_creation.input_tokens",
     "gen_ai.usage.cache_creation_input_tokens",
     "gen_ai.usage.input_tokens.cache_write",
     "llm.token_count.prompt_details.cache_write",
 )
-_COST = ("bastion.cost_usd", "gen_ai.usage.cost", "llm.cost.total")
-_USER = ("bastion.user", "user.id", "enduser.id", "langfuse.user.id")
-_SESSION = ("bastion.session", "session.id", "gen_ai.conversation.id", "langfuse.session.id")
-_FEATURE = ("bastion.feature",)
-_TENANT = ("bastion.tenant", "tenant.id")
-_PROMPT_NAME = ("bastion.prompt.name", "langfuse.observation.prompt.name")
+_COST = (COST_USD, "gen_ai.usage.cost", "llm.cost.total")
+_USER = (USER, "user.id", "enduser.id", "langfuse.user.id")
+_SESSION = (SESSION, "session.id", "gen_ai.conversation.id", "langfuse.session.id")
+_FEATURE = (FEATURE,)
+_TENANT = (TENANT, "tenant.id")
+_PROMPT_NAME = (PROMPT_NAME, "langfuse.observation.prompt.name")
 _PROMPT_VERSION = (
-    "bastion.prompt.version",
+    PROMPT_VERSION,
     "langfuse.observation.prompt.version",
     "llm.prompt_template.version",
 )
-_RELEASE = ("bastion.release.id",)
-_ERROR_CLASS = ("bastion.error_class", "error.type")
-_TTFT_MS = ("bastion.ttft_ms",)
+_RELEASE = (RELEASE_ID,)
+_ERROR_CLASS = (ERROR_CLASS, "error.type")
+_TTFT_MS = (TTFT_MS,)
 _TTFT_S = ("gen_ai.response.time_to_first_chunk", "gen_ai.server.time_to_first_token")
 
 _INPUT_TEXT = (
-    "bastion.input",
+    INPUT,
     "gen_ai.input.messages",
     "gen_ai.prompt",
     "input.value",
     "langfuse.observation.input",
 )
 _OUTPUT_TEXT = (
-    "bastion.output",
+    OUTPUT,
     "gen_ai.output.messages",
     "gen_ai.completion",
     "output.value",

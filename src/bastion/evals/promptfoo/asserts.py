@@ -365,9 +365,19 @@ def _judge_model(
     return map_provider_id(provider, build.judge_models, problems, f"{where}.provider")
 
 
-def _build_one(
-    raw: Any, test: TestCase, build: BuildContext, where: str, problems: Problems
-) -> Assertion | None:
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """The keys every assertion shares, checked."""
+
+    kind: str
+    base_type: str
+    negate: bool
+    weight: float
+    metric: str | None
+    threshold: float | None
+
+
+def _head(raw: Any, where: str, problems: Problems) -> _Head | None:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("type"), str):
         problems.error(f"{where}: an assertion must be a mapping with a 'type'")
         return None
@@ -391,27 +401,23 @@ def _build_one(
     if threshold is not None and not _number(threshold):
         problems.error(f"{where}.threshold: must be a number, got {threshold!r}")
         return None
+    limit = float(threshold) if threshold is not None else None
+    return _Head(kind, base_type, negate, float(weight), metric, limit)
+
+
+def _build_one(
+    raw: Any, test: TestCase, build: BuildContext, where: str, problems: Problems
+) -> Assertion | None:
+    head = _head(raw, where, problems)
+    if head is None:
+        return None
+    kind, base_type = head.kind, head.base_type
     if base_type == "assert-set":
-        if negate:
-            problems.error(f"{where}: 'not-assert-set' is not supported")
-            return None
-        children_raw = raw.get("assert")
-        if not isinstance(children_raw, list) or not children_raw:
-            problems.error(f"{where}.assert: an assert-set needs a list of assertions")
-            return None
-        children = [
-            _build_one(c, test, build, f"{where}.assert[{i}]", problems)
-            for i, c in enumerate(children_raw)
-        ]
-        if any(c is None for c in children):
-            return None
-        built = [c for c in children if c is not None]
-        evaluate = _assert_set(built, float(threshold) if threshold is not None else None)
-        return Assertion(kind, metric, float(weight), evaluate, dict(raw))
+        return _build_set(raw, head, test, build, where, problems)
     if base_type in _NEEDS_VALUE and raw.get("value") is None:
         problems.error(f"{where}: {kind} needs a 'value'")
         return None
-    if base_type in _NEEDS_THRESHOLD and threshold is None:
+    if base_type in _NEEDS_THRESHOLD and head.threshold is None:
         problems.error(f"{where}: {kind} needs a 'threshold'")
         return None
     if "provider" in raw and base_type not in _JUDGED and base_type != "similar":
@@ -419,69 +425,132 @@ def _build_one(
         return None
     try:
         if base_type in {"python", "javascript"}:
-            value = raw["value"]
-            if not isinstance(value, str):
-                problems.error(f"{where}.value: {kind} code must be a string")
-                return None
-            if base_type == "javascript" and not build.node_available:
-                problems.error(f"{where}: javascript assertions need `node` on PATH (not found)")
-                return None
-            return Assertion(
-                kind, metric, float(weight), _code(base_type, value, raw, build.base, negate),
-                dict(raw),
-            )  # fmt: skip
+            return _build_code(raw, head, build, where, problems)
         value = _render(raw.get("value"), test.vars)
         if base_type == "levenshtein":
-            limit = float(threshold) if threshold is not None else 5.0
-            return Assertion(
-                kind, metric, float(weight), _levenshtein(str(value), limit, negate), dict(raw)
-            )
-        scorer_type, extra = _SCORERS[base_type]
-        spec: dict[str, Any] = {"type": ("not-" if negate else "") + scorer_type, **extra}
-        context = build.scorer_context
-        if base_type in {"is-json", "contains-json"}:
-            if value is not None:
-                spec["schema"] = _schema_value(value, build.base)
-        elif scorer_type == "valid-tool-call":
-            if not context.tools:
-                problems.error(f"{where}: {kind} needs the provider's config.tools")
-                return None
-        elif scorer_type == "refusal":
-            pass
-        elif value is not None:
-            spec["value"] = value
-        if threshold is not None:
-            spec["threshold"] = float(threshold)
-        elif base_type in _UNIT_DEFAULTS:
-            spec["threshold"] = _UNIT_DEFAULTS[base_type]
-        if base_type in _JUDGED:
-            model = _judge_model(raw, test, build, where, problems)
-            if model is None:
-                return None
-            spec["model"] = model
-            if base_type != "llm-rubric":
-                spec["question"] = "{{ " + PROMPT_VAR + " }}"
-        if base_type == "similar" and "provider" in raw:
-            provider = raw["provider"]
-            provider = provider.get("id") if isinstance(provider, Mapping) else provider
-            from bastion.evals.promptfoo.config import map_provider_id
-
-            alias = map_provider_id(
-                str(provider), build.judge_models, problems, f"{where}.provider", embedding=True
-            )
-            if alias is None or build.embedder_for is None:
-                return None
-            context = ScorerContext(
-                judge=context.judge, embedder=build.embedder_for(alias), tools=context.tools
-            )
-        if base_type == "similar" and isinstance(value, list):
-            scorers = [make_scorer({**spec, "value": v}, context=context) for v in value]
-            return Assertion(kind, metric, float(weight), _best_of(scorers, negate), dict(raw))
-        scorer = make_scorer(spec, context=context)
+            limit = head.threshold if head.threshold is not None else 5.0
+            evaluate = _levenshtein(str(value), limit, head.negate)
+            return Assertion(kind, head.metric, head.weight, evaluate, dict(raw))
+        return _build_scored(raw, head, value, test, build, where, problems)
     except (ScorerError, PromptfooError, TemplateError) as exc:
         problems.error(f"{where}: {exc}")
         return None
-    return Assertion(kind, metric, float(weight), _scorer_evaluate(scorer), dict(raw), scorer)
+
+
+def _build_set(
+    raw: Mapping[str, Any],
+    head: _Head,
+    test: TestCase,
+    build: BuildContext,
+    where: str,
+    problems: Problems,
+) -> Assertion | None:
+    if head.negate:
+        problems.error(f"{where}: 'not-assert-set' is not supported")
+        return None
+    children_raw = raw.get("assert")
+    if not isinstance(children_raw, list) or not children_raw:
+        problems.error(f"{where}.assert: an assert-set needs a list of assertions")
+        return None
+    children = [
+        _build_one(c, test, build, f"{where}.assert[{i}]", problems)
+        for i, c in enumerate(children_raw)
+    ]
+    if any(c is None for c in children):
+        return None
+    built = [c for c in children if c is not None]
+    evaluate = _assert_set(built, head.threshold)
+    return Assertion(head.kind, head.metric, head.weight, evaluate, dict(raw))
+
+
+def _build_code(
+    raw: Mapping[str, Any], head: _Head, build: BuildContext, where: str, problems: Problems
+) -> Assertion | None:
+    value = raw["value"]
+    if not isinstance(value, str):
+        problems.error(f"{where}.value: {head.kind} code must be a string")
+        return None
+    if head.base_type == "javascript" and not build.node_available:
+        problems.error(f"{where}: javascript assertions need `node` on PATH (not found)")
+        return None
+    evaluate = _code(head.base_type, value, raw, build.base, head.negate)
+    return Assertion(head.kind, head.metric, head.weight, evaluate, dict(raw))
+
+
+def _build_scored(
+    raw: Mapping[str, Any],
+    head: _Head,
+    value: Any,
+    test: TestCase,
+    build: BuildContext,
+    where: str,
+    problems: Problems,
+) -> Assertion | None:
+    """An assertion answered by one of the eval scorers (or the best of several, for
+    ``similar`` against a list)."""
+    base_type = head.base_type
+    scorer_type, extra = _SCORERS[base_type]
+    spec: dict[str, Any] = {"type": ("not-" if head.negate else "") + scorer_type, **extra}
+    context = build.scorer_context
+    if base_type in {"is-json", "contains-json"}:
+        if value is not None:
+            spec["schema"] = _schema_value(value, build.base)
+    elif scorer_type == "valid-tool-call":
+        if not context.tools:
+            problems.error(f"{where}: {head.kind} needs the provider's config.tools")
+            return None
+    elif scorer_type == "refusal":
+        pass
+    elif value is not None:
+        spec["value"] = value
+    if head.threshold is not None:
+        spec["threshold"] = head.threshold
+    elif base_type in _UNIT_DEFAULTS:
+        spec["threshold"] = _UNIT_DEFAULTS[base_type]
+    if base_type in _JUDGED:
+        model = _judge_model(raw, test, build, where, problems)
+        if model is None:
+            return None
+        spec["model"] = model
+        if base_type != "llm-rubric":
+            spec["question"] = "{{ " + PROMPT_VAR + " }}"
+    if base_type == "similar" and "provider" in raw:
+        similar_context = _similar_context(raw, context, build, where, problems)
+        if similar_context is None:
+            return None
+        context = similar_context
+    if base_type == "similar" and isinstance(value, list):
+        scorers = [make_scorer({**spec, "value": v}, context=context) for v in value]
+        evaluate = _best_of(scorers, head.negate)
+        return Assertion(head.kind, head.metric, head.weight, evaluate, dict(raw))
+    scorer = make_scorer(spec, context=context)
+    evaluate = _scorer_evaluate(scorer)
+    return Assertion(head.kind, head.metric, head.weight, evaluate, dict(raw), scorer)
+
+
+def _similar_context(
+    raw: Mapping[str, Any],
+    context: ScorerContext,
+    build: BuildContext,
+    where: str,
+    problems: Problems,
+) -> ScorerContext | None:
+    """The scorer context of a ``similar`` assertion that names its own embedding provider."""
+    provider = raw["provider"]
+    provider = provider.get("id") if isinstance(provider, Mapping) else provider
+    from bastion.evals.promptfoo.config import map_provider_id
+
+    alias = map_provider_id(
+        str(provider), build.judge_models, problems, f"{where}.provider", embedding=True
+    )
+    if alias is None or build.embedder_for is None:
+        return None
+    return ScorerContext(
+        judge=context.judge,
+        embedder=build.embedder_for(alias),
+        tools=context.tools,
+        plugins=context.plugins,
+    )
 
 
 def _best_of(scorers: Sequence[Scorer], negate: bool) -> Evaluate:

@@ -362,21 +362,7 @@ def _expand_vars(raw: _Raw) -> list[dict[str, Any]]:
 def expand_tests(config: Mapping[str, Any], base: Path, problems: Problems) -> list[TestCase]:
     """Every test the config defines, in promptfoo's order: ``tests`` then each scenario's
     (config entry x test) pairs, each with ``defaultTest`` layered under it."""
-    default_raw: _Raw | None = None
-    default = config.get("defaultTest")
-    if default is not None:
-        if is_file_ref(default):
-            try:
-                paths = expand_paths(default, base)
-                default = read_data_file(paths[0])
-            except PromptfooError as exc:
-                problems.error(f"defaultTest: {exc}")
-                default = None
-        if default is not None:
-            default_raw = _parse(default, "defaultTest", base, problems)
-    empty = _Raw("", {}, [], None, None, {}, {})
-    base_layer = default_raw or empty
-
+    base_layer = _default_layer(config.get("defaultTest"), base, problems)
     raws: list[_Raw] = []
     tests = config.get("tests")
     if tests is not None:
@@ -384,51 +370,15 @@ def expand_tests(config: Mapping[str, Any], base: Path, problems: Problems) -> l
             parsed = _parse(raw, where, base, problems)
             if parsed is not None:
                 raws.append(_merge(base_layer, parsed, where))
-
     scenarios = config.get("scenarios")
     if scenarios is not None:
         if not isinstance(scenarios, list):
             problems.error("scenarios: must be a list")
             scenarios = []
         for s_index, scenario in enumerate(scenarios):
-            s_where = f"scenarios[{s_index}]"
-            if is_file_ref(scenario):
-                try:
-                    scenario = read_data_file(expand_paths(scenario, base)[0])
-                except PromptfooError as exc:
-                    problems.error(f"{s_where}: {exc}")
-                    continue
-            if not isinstance(scenario, Mapping):
-                problems.error(f"{s_where}: must be a mapping")
-                continue
-            problems.unknown_keys(s_where, scenario, SCENARIO_KEYS)
-            entries = _load_test_refs(
-                scenario.get("config") or [], base, f"{s_where}.config", problems
+            raws.extend(
+                _scenario_tests(scenario, f"scenarios[{s_index}]", base_layer, base, problems)
             )
-            tests_of = _load_test_refs(
-                scenario.get("tests") or [], base, f"{s_where}.tests", problems
-            )
-            if not entries or not tests_of:
-                problems.error(f"{s_where}: needs a non-empty 'config' and 'tests'")
-                continue
-            for c_where, c_raw in entries:
-                layer = _parse(c_raw, c_where, base, problems)
-                if layer is None:
-                    continue
-                for t_where, t_raw in tests_of:
-                    test = _parse(t_raw, t_where, base, problems)
-                    if test is None:
-                        continue
-                    at = f"{c_where} x {t_where}"
-                    merged = _merge(_merge(base_layer, layer, at), test, at)
-                    parts = [
-                        p
-                        for p in (scenario.get("description"), layer.description, test.description)
-                        if p
-                    ]
-                    merged.description = " / ".join(str(p) for p in parts) or None
-                    raws.append(merged)
-
     cases: list[TestCase] = []
     for raw in raws:
         for variables in _expand_vars(raw):
@@ -445,6 +395,60 @@ def expand_tests(config: Mapping[str, Any], base: Path, problems: Problems) -> l
                 )
             )
     return cases
+
+
+def _default_layer(default: Any, base: Path, problems: Problems) -> _Raw:
+    """``defaultTest`` (inline or a file reference), parsed; empty when absent or invalid."""
+    default_raw: _Raw | None = None
+    if default is not None:
+        if is_file_ref(default):
+            try:
+                paths = expand_paths(default, base)
+                default = read_data_file(paths[0])
+            except PromptfooError as exc:
+                problems.error(f"defaultTest: {exc}")
+                default = None
+        if default is not None:
+            default_raw = _parse(default, "defaultTest", base, problems)
+    return default_raw or _Raw("", {}, [], None, None, {}, {})
+
+
+def _scenario_tests(
+    scenario: Any, s_where: str, base_layer: _Raw, base: Path, problems: Problems
+) -> list[_Raw]:
+    """One scenario's tests: every config entry crossed with every test."""
+    if is_file_ref(scenario):
+        try:
+            scenario = read_data_file(expand_paths(scenario, base)[0])
+        except PromptfooError as exc:
+            problems.error(f"{s_where}: {exc}")
+            return []
+    if not isinstance(scenario, Mapping):
+        problems.error(f"{s_where}: must be a mapping")
+        return []
+    problems.unknown_keys(s_where, scenario, SCENARIO_KEYS)
+    entries = _load_test_refs(scenario.get("config") or [], base, f"{s_where}.config", problems)
+    tests_of = _load_test_refs(scenario.get("tests") or [], base, f"{s_where}.tests", problems)
+    if not entries or not tests_of:
+        problems.error(f"{s_where}: needs a non-empty 'config' and 'tests'")
+        return []
+    raws: list[_Raw] = []
+    for c_where, c_raw in entries:
+        layer = _parse(c_raw, c_where, base, problems)
+        if layer is None:
+            continue
+        for t_where, t_raw in tests_of:
+            test = _parse(t_raw, t_where, base, problems)
+            if test is None:
+                continue
+            at = f"{c_where} x {t_where}"
+            merged = _merge(_merge(base_layer, layer, at), test, at)
+            parts = [
+                p for p in (scenario.get("description"), layer.description, test.description) if p
+            ]
+            merged.description = " / ".join(str(p) for p in parts) or None
+            raws.append(merged)
+    return raws
 
 
 def provider_refs(cases: Sequence[TestCase]) -> set[str]:

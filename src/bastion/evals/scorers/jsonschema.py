@@ -65,19 +65,14 @@ def schema_errors(
         return schema_errors(
             instance, _resolve_ref(schema["$ref"], root), path=path, root=root, depth=depth + 1
         )
-    errors: list[str] = []
 
     def sub(value: Any, sch: Any, where: str) -> list[str]:
         return schema_errors(value, sch, path=where, root=root, depth=depth + 1)
 
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        for k in kinds:
-            if k not in _TYPES:
-                raise ScorerError(f"json-schema: unknown type {k!r}")
-        if not any(_TYPES[k](instance) for k in kinds):
-            return [f"{path}: expected {' or '.join(kinds)}, got {_json_type(instance)}"]
+    mismatch = _type_mismatch(instance, schema.get("type"), path)
+    if mismatch is not None:
+        return [mismatch]
+    errors: list[str] = []
     if "enum" in schema and instance not in schema["enum"]:
         errors.append(f"{path}: {instance!r} is not one of {schema['enum']!r}")
     if "const" in schema and instance != schema["const"]:
@@ -85,45 +80,93 @@ def schema_errors(
     if _TYPES["number"](instance):
         errors.extend(_bound_errors(instance, schema, path))
     if isinstance(instance, str):
-        if isinstance(schema.get("minLength"), int) and len(instance) < schema["minLength"]:
-            errors.append(f"{path}: shorter than {schema['minLength']} characters")
-        if isinstance(schema.get("maxLength"), int) and len(instance) > schema["maxLength"]:
-            errors.append(f"{path}: longer than {schema['maxLength']} characters")
-        pattern = schema.get("pattern")
-        if isinstance(pattern, str):
-            try:
-                if re.search(pattern, instance) is None:
-                    errors.append(f"{path}: does not match pattern {pattern!r}")
-            except re.error as exc:
-                raise ScorerError(f"json-schema: invalid pattern {pattern!r}: {exc}") from None
+        errors.extend(_string_errors(instance, schema, path))
     if isinstance(instance, list):
-        if isinstance(schema.get("minItems"), int) and len(instance) < schema["minItems"]:
-            errors.append(f"{path}: fewer than {schema['minItems']} items")
-        if isinstance(schema.get("maxItems"), int) and len(instance) > schema["maxItems"]:
-            errors.append(f"{path}: more than {schema['maxItems']} items")
-        items = schema.get("items")
-        if items is not None:
-            for index, value in enumerate(instance):
-                errors.extend(sub(value, items, f"{path}[{index}]"))
+        errors.extend(_array_errors(instance, schema, path, sub))
     if isinstance(instance, dict):
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
-        required = schema.get("required")
-        if isinstance(required, list):
-            errors.extend(
-                f"{path}: missing required property {name!r}"
-                for name in required
-                if name not in instance
-            )
-        additional = schema.get("additionalProperties", True)
-        for name, value in instance.items():
-            where = f"{path}.{name}"
-            if name in properties:
-                errors.extend(sub(value, properties[name], where))
-            elif additional is False:
-                errors.append(f"{path}: unexpected property {name!r}")
-            elif isinstance(additional, dict):
-                errors.extend(sub(value, additional, where))
+        errors.extend(_object_errors(instance, schema, path, sub))
+    errors.extend(_combinator_errors(instance, schema, path, sub))
+    if "not" in schema and not sub(instance, schema["not"], path):
+        errors.append(f"{path}: matches a schema it must not match")
+    return errors
+
+
+# Checks a value against a subschema at a path, one level deeper: how keyword checks recurse.
+_Sub = Callable[[Any, Any, str], list[str]]
+
+
+def _type_mismatch(instance: Any, kind: Any, path: str) -> str | None:
+    """The error when ``instance`` is none of the ``type`` keyword's types (then nothing else
+    is checked), else None."""
+    if kind is None:
+        return None
+    kinds = kind if isinstance(kind, list) else [kind]
+    for k in kinds:
+        if k not in _TYPES:
+            raise ScorerError(f"json-schema: unknown type {k!r}")
+    if not any(_TYPES[k](instance) for k in kinds):
+        return f"{path}: expected {' or '.join(kinds)}, got {_json_type(instance)}"
+    return None
+
+
+def _string_errors(instance: str, schema: Mapping[str, Any], path: str) -> list[str]:
+    errors: list[str] = []
+    if isinstance(schema.get("minLength"), int) and len(instance) < schema["minLength"]:
+        errors.append(f"{path}: shorter than {schema['minLength']} characters")
+    if isinstance(schema.get("maxLength"), int) and len(instance) > schema["maxLength"]:
+        errors.append(f"{path}: longer than {schema['maxLength']} characters")
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        try:
+            if re.search(pattern, instance) is None:
+                errors.append(f"{path}: does not match pattern {pattern!r}")
+        except re.error as exc:
+            raise ScorerError(f"json-schema: invalid pattern {pattern!r}: {exc}") from None
+    return errors
+
+
+def _array_errors(
+    instance: list[Any], schema: Mapping[str, Any], path: str, sub: _Sub
+) -> list[str]:
+    errors: list[str] = []
+    if isinstance(schema.get("minItems"), int) and len(instance) < schema["minItems"]:
+        errors.append(f"{path}: fewer than {schema['minItems']} items")
+    if isinstance(schema.get("maxItems"), int) and len(instance) > schema["maxItems"]:
+        errors.append(f"{path}: more than {schema['maxItems']} items")
+    items = schema.get("items")
+    if items is not None:
+        for index, value in enumerate(instance):
+            errors.extend(sub(value, items, f"{path}[{index}]"))
+    return errors
+
+
+def _object_errors(
+    instance: dict[str, Any], schema: Mapping[str, Any], path: str, sub: _Sub
+) -> list[str]:
+    errors: list[str] = []
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    if isinstance(required, list):
+        errors.extend(
+            f"{path}: missing required property {name!r}"
+            for name in required
+            if name not in instance
+        )
+    additional = schema.get("additionalProperties", True)
+    for name, value in instance.items():
+        where = f"{path}.{name}"
+        if name in properties:
+            errors.extend(sub(value, properties[name], where))
+        elif additional is False:
+            errors.append(f"{path}: unexpected property {name!r}")
+        elif isinstance(additional, dict):
+            errors.extend(sub(value, additional, where))
+    return errors
+
+
+def _combinator_errors(instance: Any, schema: Mapping[str, Any], path: str, sub: _Sub) -> list[str]:
+    errors: list[str] = []
     for key in ("allOf", "anyOf", "oneOf"):
         options = schema.get(key)
         if not isinstance(options, list):
@@ -136,8 +179,6 @@ def schema_errors(
             errors.append(f"{path}: matches none of the anyOf schemas")
         elif key == "oneOf" and sum(matches) != 1:
             errors.append(f"{path}: matches {sum(matches)} of the oneOf schemas, not exactly one")
-    if "not" in schema and not sub(instance, schema["not"], path):
-        errors.append(f"{path}: matches a schema it must not match")
     return errors
 
 

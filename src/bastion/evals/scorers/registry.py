@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from bastion.evals.scorers.base import Output, Score, Scorer, ScorerError, template_variables
 from bastion.names import SCORER as SCORER_NAME
+from bastion.plugins import PluginGroup
+from bastion.settings import PluginSettings
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SCORERS",
     "ConfiguredScorer",
     "ScorerContext",
     "ScorerFactory",
@@ -52,32 +53,27 @@ class ScorerContext:
         judge: the LLM judge client for model-graded scorers.
         embedder: texts → vectors, for ``similar``.
         tools: the tools declared to the model under test, for ``valid-tool-call``.
+        plugins: the ``plugins`` settings, whose allowlist third-party scorers must pass
+            (None: every installed scorer may be loaded).
     """
 
     judge: JudgeClient | None = None
     embedder: Callable[[list[str]], list[list[float]]] | None = None
     tools: Sequence[Mapping[str, Any]] = ()
+    plugins: PluginSettings | None = None
 
 
 ScorerFactory = Callable[[Mapping[str, Any], "ScorerContext | None"], Scorer]
 
 
-@lru_cache(maxsize=1)
-def _registered() -> dict[str, tuple[EntryPoint, ...]]:
-    found: dict[str, dict[str, EntryPoint]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        # The same distribution seen twice on sys.path declares the same value: keep one.
-        found.setdefault(ep.name, {}).setdefault(ep.value, ep)
-    return {name: tuple(by_value.values()) for name, by_value in found.items()}
-
-
-_loaded: dict[str, ScorerFactory] = {}
+SCORERS: PluginGroup[ScorerFactory] = PluginGroup(
+    ENTRY_POINT_GROUP, "scorer type", error=ScorerError
+)
 
 
 def reload_scorers() -> None:
     """Forget the entry points read so far (after installing a plugin in a running process)."""
-    _registered.cache_clear()
-    _loaded.clear()
+    SCORERS.reload()
 
 
 def _negatable(factory: ScorerFactory) -> bool:
@@ -87,7 +83,7 @@ def _negatable(factory: ScorerFactory) -> bool:
 def scorer_types() -> list[str]:
     """Every scorer type :func:`make_scorer` accepts, ``not-`` forms included, sorted. (A
     plugin that fails to load is listed under its own name; using it reports the failure.)"""
-    names = set(_registered())
+    names = set(SCORERS.names())
     negated: set[str] = set()
     for name in names:
         if name.startswith(NEGATION):
@@ -101,30 +97,13 @@ def scorer_types() -> list[str]:
     return sorted(names | negated)
 
 
-def _factory(kind: str, shown: str | None = None) -> ScorerFactory:
-    if kind in _loaded:
-        return _loaded[kind]
-    candidates = _registered().get(kind)
-    if not candidates:
-        known = ", ".join(sorted(_registered())) or "none"
-        raise ScorerError(
-            f"unknown scorer type {shown or kind!r} (known: {known}; each also as 'not-<type>')"
-        )
-    if len(candidates) > 1:
-        values = ", ".join(ep.value for ep in candidates)
-        raise ScorerError(
-            f"scorer type {kind!r} is registered more than once in {ENTRY_POINT_GROUP!r}: {values}"
-        )
-    try:
-        factory = candidates[0].load()
-    except Exception as exc:
-        raise ScorerError(
-            f"scorer type {kind!r}: cannot load {candidates[0].value!r}: {exc}"
-        ) from exc
+def _factory(
+    kind: str, shown: str | None = None, allow: PluginSettings | None = None
+) -> ScorerFactory:
+    factory = SCORERS.load(kind, allow=allow, shown=shown, known_hint="; each also as 'not-<type>'")
     if not callable(factory):
-        raise ScorerError(f"scorer type {kind!r}: {candidates[0].value!r} is not callable")
-    _loaded[kind] = factory
-    return factory  # type: ignore[no-any-return]
+        raise ScorerError(f"scorer type {kind!r}: {factory!r} is not callable")
+    return factory
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +163,10 @@ def make_scorer(spec: Mapping[str, Any], *, context: ScorerContext | None = None
         raise ScorerError(f"{kind}: 'weight' must be a non-negative number, got {weight!r}")
     base = kind
     negate = False
-    if kind.startswith(NEGATION) and kind not in _registered():
+    if kind.startswith(NEGATION) and kind not in SCORERS:
         base = kind[len(NEGATION) :]
         negate = True
-    factory = _factory(base, kind)
+    factory = _factory(base, kind, context.plugins if context is not None else None)
     if negate and not _negatable(factory):
         raise ScorerError(f"scorer type {base!r} cannot be negated ({kind!r})")
     inner_spec = {**spec, "type": base}

@@ -6,7 +6,12 @@ from typing import Any
 
 import orjson
 
-__all__ = ["TranslationError", "anthropic_to_openai_request", "openai_to_anthropic_request"]
+__all__ = [
+    "TranslationError",
+    "anthropic_to_openai_request",
+    "openai_to_anthropic_request",
+    "openai_tool_call",
+]
 
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 
@@ -182,6 +187,18 @@ def _openai_tool_choice(choice: Any) -> dict[str, Any] | None:
 # --- Anthropic → OpenAI -------------------------------------------------------------------
 
 
+def openai_tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``tool_calls`` entry from an Anthropic ``tool_use`` content block."""
+    return {
+        "id": block.get("id", ""),
+        "type": "function",
+        "function": {
+            "name": block.get("name", ""),
+            "arguments": orjson.dumps(block.get("input") or {}).decode(),
+        },
+    }
+
+
 def anthropic_to_openai_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion request equivalent to an Anthropic Messages request."""
     messages: list[dict[str, Any]] = []
@@ -189,53 +206,7 @@ def anthropic_to_openai_request(body: dict[str, Any], model: str) -> dict[str, A
     if system:
         messages.append({"role": "system", "content": _text_of(system)})
     for i, message in enumerate(body.get("messages") or []):
-        role = message.get("role")
-        content = message.get("content")
-        if isinstance(content, str):
-            messages.append({"role": role, "content": content})
-            continue
-        parts: list[dict[str, Any]] = []
-        tool_calls: list[dict[str, Any]] = []
-        tool_results: list[dict[str, Any]] = []
-        for block in content or []:
-            kind = block.get("type")
-            if kind == "text":
-                parts.append({"type": "text", "text": block.get("text", "")})
-            elif kind == "image":
-                parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
-            elif kind == "tool_use":
-                tool_calls.append(
-                    {
-                        "id": block.get("id", ""),
-                        "type": "function",
-                        "function": {
-                            "name": block.get("name", ""),
-                            "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                        },
-                    }
-                )
-            elif kind == "tool_result":
-                tool_results.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": block.get("tool_use_id", ""),
-                        "content": _text_of(block.get("content")),
-                    }
-                )
-            elif kind in ("thinking", "redacted_thinking"):
-                continue  # no OpenAI equivalent; the model thinks again
-            else:
-                raise TranslationError(
-                    f"messages[{i}] content block type {kind!r} is not supported", "messages"
-                )
-        messages.extend(tool_results)
-        if role == "assistant":
-            out_message: dict[str, Any] = {"role": "assistant", "content": _joined(parts)}
-            if tool_calls:
-                out_message["tool_calls"] = tool_calls
-            messages.append(out_message)
-        elif parts:
-            messages.append({"role": role, "content": _simplified(parts)})
+        messages.extend(_openai_messages(i, message))
     out: dict[str, Any] = {"model": model, "messages": messages}
     for source, target in (
         ("max_tokens", "max_tokens"),
@@ -247,27 +218,7 @@ def anthropic_to_openai_request(body: dict[str, Any], model: str) -> dict[str, A
     if body.get("stop_sequences"):
         out["stop"] = list(body["stop_sequences"])
     if body.get("tools"):
-        out["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.get("name", ""),
-                    "description": t.get("description", ""),
-                    "parameters": t.get("input_schema") or {"type": "object"},
-                },
-            }
-            for t in body["tools"]
-        ]
-        choice = body.get("tool_choice") or {}
-        kind = choice.get("type")
-        if kind == "any":
-            out["tool_choice"] = "required"
-        elif kind == "none":
-            out["tool_choice"] = "none"
-        elif kind == "tool":
-            out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
-        if choice.get("disable_parallel_tool_use"):
-            out["parallel_tool_calls"] = False
+        _add_openai_tools(body, out)
     user = (body.get("metadata") or {}).get("user_id")
     if user:
         out["user"] = str(user)
@@ -275,6 +226,72 @@ def anthropic_to_openai_request(body: dict[str, Any], model: str) -> dict[str, A
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
+
+
+def _openai_messages(i: int, message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI messages of Anthropic message ``i``: its tool results (each its own ``tool``
+    message) first, then the message itself."""
+    role = message.get("role")
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    parts: list[dict[str, Any]] = []
+    tool_calls: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for block in content or []:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+        elif kind == "tool_use":
+            tool_calls.append(openai_tool_call(block))
+        elif kind == "tool_result":
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": block.get("tool_use_id", ""),
+                    "content": _text_of(block.get("content")),
+                }
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # no OpenAI equivalent; the model thinks again
+        else:
+            raise TranslationError(
+                f"messages[{i}] content block type {kind!r} is not supported", "messages"
+            )
+    if role == "assistant":
+        out_message: dict[str, Any] = {"role": "assistant", "content": _joined(parts)}
+        if tool_calls:
+            out_message["tool_calls"] = tool_calls
+        messages.append(out_message)
+    elif parts:
+        messages.append({"role": role, "content": _simplified(parts)})
+    return messages
+
+
+def _add_openai_tools(body: dict[str, Any], out: dict[str, Any]) -> None:
+    out["tools"] = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.get("name", ""),
+                "description": t.get("description", ""),
+                "parameters": t.get("input_schema") or {"type": "object"},
+            },
+        }
+        for t in body["tools"]
+    ]
+    choice = body.get("tool_choice") or {}
+    kind = choice.get("type")
+    if kind == "any":
+        out["tool_choice"] = "required"
+    elif kind == "none":
+        out["tool_choice"] = "none"
+    elif kind == "tool":
+        out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    if choice.get("disable_parallel_tool_use"):
+        out["parallel_tool_calls"] = False
 
 
 def _image_url(block: dict[str, Any]) -> str:

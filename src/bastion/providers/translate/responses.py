@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from bastion.providers.translate.requests import openai_tool_call
+
 __all__ = [
     "Usage",
     "anthropic_to_openai_response",
@@ -84,16 +86,7 @@ def anthropic_to_openai_response(message: dict[str, Any]) -> dict[str, Any]:
         if block.get("type") == "text":
             text.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            tool_calls.append(
-                {
-                    "id": block.get("id", ""),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name", ""),
-                        "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                    },
-                }
-            )
+            tool_calls.append(openai_tool_call(block))
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
     if tool_calls:
         reply["tool_calls"] = tool_calls
