@@ -16,19 +16,10 @@ MIGRATIONS = SOURCE / "store" / "migrations" / "versions"
 NOT_YET_SPLIT = {
     "cli/demo_rollout.py:run_rollouts": 102,
     "cli/eval_redteam.py:redteam": 149,
-    "cli/evals.py:run": 167,
-    "cli/releases.py:rollout": 105,
-    "cli/traces.py:list_": 82,
-    "evals/dataset_store.py:push_dataset": 108,
-    "evals/promptfoo/config.py:load_suite": 83,
     "evals/promptfoo/running.py:_run_target": 138,
-    "evals/runner.py:run_eval": 159,
     # The streaming relay's per-chunk loop: split only with benchmarks/gateway_overhead.py
     # showing no added cost per chunk.
     "gateway/relay.py:relay_stream": 86,
-    "prompts/registry.py:push": 90,
-    "store/queries_metrics.py:_add_rollups": 95,
-    "tracing/demo_trace.py:demo_trace_request": 108,
 }
 
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import sqlalchemy as sa
@@ -23,10 +23,32 @@ from rich.table import Table
 
 from bastion.auth import ensure_project
 from bastion.cli.common import ConfigOption, QuietOption, errors, fail, load, local_engine
+from bastion.cli.eval_run_options import (
+    ConcurrencyOption,
+    GatewayKeyOption,
+    GatewayOption,
+    JudgeModelOption,
+    ModelOption,
+    NoCacheOption,
+    PassRateThresholdOption,
+    ProviderMapOption,
+    RepeatsOption,
+    ResumeOption,
+    RunConfigOption,
+    RunDatasetOption,
+    RunPromptOption,
+    ScorerOption,
+    ScorersFileOption,
+    TargetOption,
+)
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 from bastion.parsing import InputError, InputLimits, load_yaml, read_bounded
 from bastion.settings import Settings
+
+if TYPE_CHECKING:
+    from bastion.evals.planning import EvalPlan, RunSummary
+    from bastion.evals.scorers import JudgeClient, ScorerContext
 
 app = typer.Typer(
     help="Evals: datasets, runs through the gateway, comparison and the CI gate.",
@@ -208,77 +230,27 @@ def _run_target(
 
 @app.command("run")
 def run(
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", "-d", help="NAME or NAME@VERSION (default newest)")
-    ] = None,
-    prompt: Annotated[
-        str | None,
-        typer.Option(
-            "--prompt",
-            help="NAME, NAME@LABEL or NAME:VERSION; with a release --target, the pinned prompt",
-        ),
-    ] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            "-t",
-            help="release:ID|NAME, route:NAME@ENV, model:ALIAS or a prompt reference",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="gateway model alias (alone: items give input/messages)"),
-    ] = None,
-    scorer: Annotated[
-        list[str] | None, typer.Option("--scorer", help="scorer spec as JSON (repeatable)")
-    ] = None,
-    scorers: Annotated[
-        Path | None, typer.Option("--scorers", help="YAML file with a list of scorer specs")
-    ] = None,
-    repeats: Annotated[int, typer.Option(min=1, max=100)] = 1,
-    concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 8,
-    resume: Annotated[
-        str | None, typer.Option("--resume", help="finish an interrupted run")
-    ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="call the model even for cached outputs")
-    ] = False,
-    gateway: Annotated[
-        str | None,
-        typer.Option("--gateway", envvar="BASTION_GATEWAY_URL", help="gateway base URL"),
-    ] = None,
-    key: Annotated[
-        str | None, typer.Option("--key", envvar="BASTION_API_KEY", help="gateway API key")
-    ] = None,
-    judge_model: Annotated[
-        str | None,
-        typer.Option("--judge-model", help="gateway model alias for LLM-as-judge scorers"),
-    ] = None,
+    dataset: RunDatasetOption = None,
+    prompt: RunPromptOption = None,
+    target: TargetOption = None,
+    model: ModelOption = None,
+    scorer: ScorerOption = None,
+    scorers: ScorersFileOption = None,
+    repeats: RepeatsOption = 1,
+    concurrency: ConcurrencyOption = 8,
+    resume: ResumeOption = None,
+    no_cache: NoCacheOption = False,
+    gateway: GatewayOption = None,
+    key: GatewayKeyOption = None,
+    judge_model: JudgeModelOption = None,
     project: ProjectOption = "default",
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="bastion.yaml, or a promptfoo config (promptfooconfig.yaml) to run",
-        ),
-    ] = None,
+    config: RunConfigOption = None,
     quiet: QuietOption = False,
-    provider_map: Annotated[
-        list[str] | None,
-        typer.Option("--provider-map", help="promptfoo: provider ID=gateway ALIAS (repeatable)"),
-    ] = None,
-    pass_rate_threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--pass-rate-threshold", min=0, max=100, help="promptfoo: exit 0 from this % passing"
-        ),
-    ] = None,
+    provider_map: ProviderMapOption = None,
+    pass_rate_threshold: PassRateThresholdOption = None,
 ) -> None:
     """Run an eval: every dataset item through the target, scored and stored; or, with
     ``-c promptfooconfig.yaml``, a promptfoo config (exit 100 when tests fail)."""
-    from bastion.evals import runner
     from bastion.evals.promptfoo import is_promptfoo_config
     from bastion.evals.scorers import JudgeClient, ScorerContext
 
@@ -312,56 +284,102 @@ def run(
     context = ScorerContext(judge=judge, plugins=settings.plugins)
     with local_engine(settings) as engine:
         project_id = _project(engine, project)
-        try:
-            if resume:
-                if dataset or prompt or target or model or scorer or scorers:
-                    raise runner.EvalSetupError(
-                        "--resume takes the run's own dataset, target and scorers: "
-                        "give none of --dataset/--prompt/--target/--model/--scorer(s)"
-                    )
-                plan = runner.plan_resume(engine, project_id, resume, context=context)
-            else:
-                if not dataset:
-                    raise runner.EvalSetupError("--dataset is required")
-                chosen, model_override = _run_target(prompt, target, model)
-                name, version = _dataset_ref(dataset)
-                plan = runner.plan_run(
-                    engine,
-                    project_id,
-                    dataset=name,
-                    dataset_version=version,
-                    target=chosen,
-                    scorers=_scorer_specs(scorer or [], scorers, settings.limits),
-                    repeats=repeats,
-                    model=model_override,
-                    context=context,
-                )
-        except runner.EvalSetupError as exc:
-            raise fail(str(exc), EXIT_ERROR) from exc
+        plan = _plan_run(
+            engine, project_id, context, settings, dataset=dataset, prompt=prompt, target=target,
+            model=model, scorer=scorer, scorers=scorers, repeats=repeats, resume=resume,
+        )  # fmt: skip
+        summary = _execute_run(
+            engine, plan, judge, settings, url=url, key=key, concurrency=concurrency,
+            no_cache=no_cache,
+        )  # fmt: skip
+    _print_run_summary(summary, quiet=quiet)
 
-        async def go() -> runner.RunSummary:
-            async with contextlib.AsyncExitStack() as stack:
-                if judge is not None:
-                    await stack.enter_async_context(judge)  # one pooled session for the judge
-                return await runner.run_eval(
-                    engine,
-                    plan,
-                    gateway_url=url,
-                    api_key=str(key),
-                    concurrency=concurrency,
-                    use_cache=not no_cache,
-                    console=errors,
-                    price=_price(settings),
-                )
 
-        try:
-            summary = asyncio.run(go())
-        except KeyboardInterrupt:
-            raise fail(
-                f"interrupted; results so far are stored. Resume with: bastion eval run "
-                f"--resume {plan.run_id}",
-                130,
-            ) from None
+def _plan_run(
+    engine: sa.Engine,
+    project_id: int,
+    context: ScorerContext,
+    settings: Settings,
+    *,
+    dataset: str | None,
+    prompt: str | None,
+    target: str | None,
+    model: str | None,
+    scorer: list[str] | None,
+    scorers: Path | None,
+    repeats: int,
+    resume: str | None,
+) -> EvalPlan:
+    """``eval run``'s plan: the resumed run's, or a new one; a setup problem exits 2."""
+    from bastion.evals import runner
+
+    try:
+        if resume:
+            if dataset or prompt or target or model or scorer or scorers:
+                raise runner.EvalSetupError(
+                    "--resume takes the run's own dataset, target and scorers: "
+                    "give none of --dataset/--prompt/--target/--model/--scorer(s)"
+                )
+            return runner.plan_resume(engine, project_id, resume, context=context)
+        if not dataset:
+            raise runner.EvalSetupError("--dataset is required")
+        chosen, model_override = _run_target(prompt, target, model)
+        name, version = _dataset_ref(dataset)
+        return runner.plan_run(
+            engine,
+            project_id,
+            dataset=name,
+            dataset_version=version,
+            target=chosen,
+            scorers=_scorer_specs(scorer or [], scorers, settings.limits),
+            repeats=repeats,
+            model=model_override,
+            context=context,
+        )
+    except runner.EvalSetupError as exc:
+        raise fail(str(exc), EXIT_ERROR) from exc
+
+
+def _execute_run(
+    engine: sa.Engine,
+    plan: EvalPlan,
+    judge: JudgeClient | None,
+    settings: Settings,
+    *,
+    url: str,
+    key: str,
+    concurrency: int,
+    no_cache: bool,
+) -> RunSummary:
+    """Run ``plan`` with a progress bar; Ctrl-C exits 130 naming the command that resumes it."""
+    from bastion.evals import runner
+
+    async def go() -> RunSummary:
+        async with contextlib.AsyncExitStack() as stack:
+            if judge is not None:
+                await stack.enter_async_context(judge)  # one pooled session for the judge
+            return await runner.run_eval(
+                engine,
+                plan,
+                gateway_url=url,
+                api_key=str(key),
+                concurrency=concurrency,
+                use_cache=not no_cache,
+                console=errors,
+                price=_price(settings),
+            )
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        raise fail(
+            f"interrupted; results so far are stored. Resume with: bastion eval run "
+            f"--resume {plan.run_id}",
+            130,
+        ) from None
+
+
+def _print_run_summary(summary: RunSummary, *, quiet: bool) -> None:
     if quiet:
         typer.echo(summary.run_id)
         return

@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -33,6 +33,9 @@ from bastion.cli.common import (
 )
 from bastion.cli.release_views import print_history, print_status
 from bastion.cli.traces import KeyOption, ProjectOption, UrlOption
+
+if TYPE_CHECKING:
+    from bastion.releases.model import RolloutPolicy
 
 app = typer.Typer(
     help="Releases: bundles of prompts + model + params, rolled out as canary, A/B or shadow.",
@@ -326,15 +329,7 @@ def rollout(
     from bastion.releases.model import make_policy
 
     _check_env(env)
-    thresholds: dict[str, float] = {}
-    for item in threshold or []:
-        name, sep, value = item.partition("=")
-        try:
-            thresholds[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise typer.BadParameter(f"--threshold {item!r}: give NAME=NUMBER")
+    thresholds = _threshold_options(threshold)
     try:
         policy = make_policy(
             strategy=strategy,
@@ -366,26 +361,60 @@ def rollout(
         }
         doc = _route_call(url, key, route, "rollout", body)
     else:
-        from bastion.releases import rollouts
-        from bastion.releases.gate import check_gate
+        doc = _start_rollout_locally(config, project, route, env, candidate, policy, gate, reason)
+    _print_rollout(doc, route, env, as_json=as_json, quiet=quiet)
 
-        settings = load(config)
 
-        def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
-            evidence = check_gate(conn, settings, pid, gate) if gate is not None else None
-            return rollouts.start_rollout(
-                conn,
-                pid,
-                route,
-                env,
-                candidate,
-                policy,
-                actor=actor(),
-                gate=evidence,
-                reason=reason,
-            ).to_dict()
+def _threshold_options(items: list[str] | None) -> dict[str, float]:
+    """Parse repeated ``--threshold NAME=NUMBER`` options."""
+    thresholds: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(f"--threshold {item!r}: give NAME=NUMBER")
+    return thresholds
 
-        doc = _write(config, project, work)
+
+def _start_rollout_locally(
+    config: Path | None,
+    project: str,
+    route: str,
+    env: str,
+    candidate: str,
+    policy: RolloutPolicy,
+    gate: dict[str, Any] | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    """Start the rollout straight against the database, checking the gate in the same write."""
+    from bastion.releases import rollouts
+    from bastion.releases.gate import check_gate
+
+    settings = load(config)
+
+    def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
+        evidence = check_gate(conn, settings, pid, gate) if gate is not None else None
+        return rollouts.start_rollout(
+            conn,
+            pid,
+            route,
+            env,
+            candidate,
+            policy,
+            actor=actor(),
+            gate=evidence,
+            reason=reason,
+        ).to_dict()
+
+    return _write(config, project, work)
+
+
+def _print_rollout(
+    doc: dict[str, Any], route: str, env: str, *, as_json: bool, quiet: bool
+) -> None:
     if quiet:
         typer.echo(doc["rollout_id"])
         return

@@ -138,6 +138,10 @@ def list_(
     if as_json:
         typer.echo(orjson.dumps(page, option=orjson.OPT_INDENT_2).decode())
         return
+    _print_trace_page(page)
+
+
+def _print_trace_page(page: dict[str, Any]) -> None:
     table = Table(
         "start", "trace", "name", "spans", "latency", "tokens", "cost", "user", "feature", "status"
     )

@@ -116,6 +116,98 @@ def _item_from_json(text: str) -> Item:
     )
 
 
+def _reuse_version(
+    conn: sa.Connection, project_id: int, name: str, digest: str, *, lock: bool
+) -> PushedDataset | None:
+    """The version of ``name`` already holding content ``digest`` (locked now if ``lock``)."""
+    existing = conn.execute(
+        sa.select(eval_datasets).where(
+            eval_datasets.c.project_id == project_id,
+            eval_datasets.c.name == name,
+            eval_datasets.c.content_hash == digest,
+        )
+    ).one_or_none()
+    if existing is None:
+        return None
+    if lock and not existing.locked:
+        conn.execute(
+            eval_datasets.update().where(eval_datasets.c.id == existing.id).values(locked=True)
+        )
+    info = _info(existing)
+    if lock:
+        info = DatasetInfo(
+            info.name, info.version, info.content_hash, info.item_count, True, info.created_at
+        )
+    return PushedDataset(info, "unchanged")
+
+
+def _next_version(conn: sa.Connection, project_id: int, name: str, *, force: bool) -> int:
+    """The number a new version of ``name`` gets; refused when the newest is locked."""
+    newest = conn.execute(
+        sa.select(eval_datasets.c.version, eval_datasets.c.locked)
+        .where(eval_datasets.c.project_id == project_id, eval_datasets.c.name == name)
+        .order_by(eval_datasets.c.version.desc())
+        .limit(1)
+    ).one_or_none()
+    if newest is not None and newest.locked and not force:
+        raise DatasetLockedError(
+            f"dataset {name!r} version {newest.version} is locked: its items changed, so "
+            "push them under a new name (or pass --force to add a new version)"
+        )
+    return 1 if newest is None else int(newest.version) + 1
+
+
+def _insert_version(
+    conn: sa.Connection,
+    project_id: int,
+    info: DatasetInfo,
+    encoded: Sequence[tuple[Item, str, str]],
+    sources: Mapping[str, tuple[str, str]] | None,
+) -> None:
+    """Insert version ``info`` with its items and the spans they were made from."""
+    dataset_id = conn.execute(
+        eval_datasets.insert()
+        .values(
+            project_id=project_id,
+            name=info.name,
+            version=info.version,
+            content_hash=info.content_hash,
+            item_count=info.item_count,
+            locked=info.locked,
+            created_at=info.created_at,
+        )
+        .returning(eval_datasets.c.id)
+    ).scalar_one()
+    if encoded:
+        conn.execute(
+            eval_dataset_items.insert(),
+            [
+                {
+                    "project_id": project_id,
+                    "dataset_version_id": dataset_id,
+                    "position": position,
+                    "item_id": storable_key(item.id, 200),
+                    "item_hash": item_hash,
+                    "item": text,
+                }
+                for position, (item, item_hash, text) in enumerate(encoded)
+            ],
+        )
+    links = [
+        {
+            "project_id": project_id,
+            "dataset_version_id": dataset_id,
+            "item_id": storable_key(item.id, 200),
+            "trace_id": sources[item.id][0],
+            "span_id": sources[item.id][1],
+        }
+        for item, _, _ in encoded
+        if sources and item.id in sources
+    ]
+    if links:
+        conn.execute(eval_item_sources.insert(), links)
+
+
 def push_dataset(
     engine: sa.Engine,
     project_id: int,
@@ -145,82 +237,12 @@ def push_dataset(
     encoded = [(item, item.content_hash(), _item_json(item)) for item in version.items]
 
     def work(conn: sa.Connection) -> PushedDataset:
-        existing = conn.execute(
-            sa.select(eval_datasets).where(
-                eval_datasets.c.project_id == project_id,
-                eval_datasets.c.name == name,
-                eval_datasets.c.content_hash == digest,
-            )
-        ).one_or_none()
-        if existing is not None:
-            if lock and not existing.locked:
-                conn.execute(
-                    eval_datasets.update()
-                    .where(eval_datasets.c.id == existing.id)
-                    .values(locked=True)
-                )
-            info = _info(existing)
-            if lock:
-                info = DatasetInfo(
-                    info.name, info.version, info.content_hash, info.item_count, True,
-                    info.created_at,
-                )  # fmt: skip
-            return PushedDataset(info, "unchanged")
-        newest = conn.execute(
-            sa.select(eval_datasets.c.version, eval_datasets.c.locked)
-            .where(eval_datasets.c.project_id == project_id, eval_datasets.c.name == name)
-            .order_by(eval_datasets.c.version.desc())
-            .limit(1)
-        ).one_or_none()
-        if newest is not None and newest.locked and not force:
-            raise DatasetLockedError(
-                f"dataset {name!r} version {newest.version} is locked: its items changed, so "
-                "push them under a new name (or pass --force to add a new version)"
-            )
-        number = 1 if newest is None else int(newest.version) + 1
-        now = utc_now()
-        dataset_id = conn.execute(
-            eval_datasets.insert()
-            .values(
-                project_id=project_id,
-                name=name,
-                version=number,
-                content_hash=digest,
-                item_count=len(encoded),
-                locked=lock,
-                created_at=now,
-            )
-            .returning(eval_datasets.c.id)
-        ).scalar_one()
-        if encoded:
-            conn.execute(
-                eval_dataset_items.insert(),
-                [
-                    {
-                        "project_id": project_id,
-                        "dataset_version_id": dataset_id,
-                        "position": position,
-                        "item_id": storable_key(item.id, 200),
-                        "item_hash": item_hash,
-                        "item": text,
-                    }
-                    for position, (item, item_hash, text) in enumerate(encoded)
-                ],
-            )
-        links = [
-            {
-                "project_id": project_id,
-                "dataset_version_id": dataset_id,
-                "item_id": storable_key(item.id, 200),
-                "trace_id": sources[item.id][0],
-                "span_id": sources[item.id][1],
-            }
-            for item in version.items
-            if sources and item.id in sources
-        ]
-        if links:
-            conn.execute(eval_item_sources.insert(), links)
-        info = DatasetInfo(name, number, digest, len(encoded), lock, now)
+        unchanged = _reuse_version(conn, project_id, name, digest, lock=lock)
+        if unchanged is not None:
+            return unchanged
+        number = _next_version(conn, project_id, name, force=force)
+        info = DatasetInfo(name, number, digest, len(encoded), lock, utc_now())
+        _insert_version(conn, project_id, info, encoded, sources)
         return PushedDataset(info, "created")
 
     return run_write(engine, work)

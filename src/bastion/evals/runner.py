@@ -33,7 +33,7 @@ import random
 import statistics
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -41,7 +41,14 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from bastion.evals import store
 from bastion.evals.datasets import Item
@@ -318,6 +325,170 @@ def progress_bar(console: Console | None) -> Progress | None:
     )
 
 
+@dataclass
+class _Tally:
+    """What a run did so far: the counts, latencies and costs its summary reports."""
+
+    calls: int = 0
+    cached: int = 0
+    errors: int = 0
+    results: int = 0
+    latencies: list[float] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+
+    def summary(
+        self,
+        plan: EvalPlan,
+        run_id: str,
+        status: Literal["completed", "failed"],
+        *,
+        skipped: int,
+        wall_s: float,
+        metrics: dict[str, dict[str, float]],
+    ) -> RunSummary:
+        ordered = sorted(self.latencies)
+        return RunSummary(
+            run_id=run_id,
+            status=status,
+            items=len(plan.dataset.items),
+            repeats=plan.repeats,
+            results=self.results,
+            skipped=skipped,
+            calls=self.calls,
+            cached=self.cached,
+            errors=self.errors,
+            wall_s=wall_s,
+            cost_usd=math.fsum(self.costs) if self.costs else None,
+            latency_p50_ms=round(statistics.median(ordered), 2) if ordered else None,
+            latency_p95_ms=round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2)
+            if ordered
+            else None,
+            metrics=metrics,
+        )
+
+
+async def _open_run(engine: sa.Engine, plan: EvalPlan) -> tuple[str, set[tuple[str, int]]]:
+    """Record a new run for ``plan`` (setting ``plan.run_id``), or mark the resumed one
+    ``running`` again; return its id and the (item, repeat) pairs it already finished."""
+    resolved = plan.resolved
+    if plan.run_id is None:
+        plan.run_id = await asyncio.to_thread(
+            store.create_run,
+            engine,
+            plan.project_id,
+            target_key=plan.target_key,
+            target=resolved.description,
+            target_hash=resolved.target_hash,
+            dataset=plan.dataset.info,
+            scorers=plan.scorer_specs,
+            params=resolved.params,
+            repeats=plan.repeats,
+            kind=plan.kind,
+        )
+        return plan.run_id, set()
+    await asyncio.to_thread(store.finish_run, engine, plan.project_id, plan.run_id, "running")
+    done = await asyncio.to_thread(_finished, engine, plan.project_id, plan.run_id)
+    return plan.run_id, done
+
+
+def _pending_work(plan: EvalPlan, done: set[tuple[str, int]]) -> list[tuple[Item, int, str]]:
+    """Every (item, repeat) still to answer, with its cache key."""
+    work: list[tuple[Item, int, str]] = []
+    for item in plan.dataset.items:
+        item_hash = plan.dataset.item_hashes.get(item.id) or item.content_hash()
+        for repeat in range(plan.repeats):
+            if (item.id, repeat) in done:
+                continue
+            key = store.cache_key(plan.resolved.target_hash, item_hash, plan.params_hash, repeat)
+            work.append((item, repeat, key))
+    return work
+
+
+class _ItemRunner:
+    """Answers one (item, repeat) at a time, from the cache or a gateway call, scores it,
+    hands the result to the recorder and counts it in the tally."""
+
+    def __init__(
+        self,
+        plan: EvalPlan,
+        cache: dict[str, store.CachedOutput],
+        caller: _Caller,
+        recorder: _Recorder,
+        semaphore: asyncio.Semaphore,
+        tally: _Tally,
+        progress: Progress | None,
+        bar: TaskID | None,
+    ) -> None:
+        self._plan = plan
+        self._cache = cache
+        self._caller = caller
+        self._recorder = recorder
+        self._semaphore = semaphore
+        self._tally = tally
+        self._progress = progress
+        self._bar = bar
+
+    async def run_all(self, work: Sequence[tuple[Item, int, str]]) -> None:
+        """Answer every pending pair concurrently, with the progress bar shown meanwhile."""
+        if self._progress is not None:
+            self._progress.start()
+        try:
+            await gather_or_cancel([self._one(i, r, k) for i, r, k in work])
+        finally:
+            if self._progress is not None:
+                self._progress.stop()
+
+    async def _one(self, item: Item, repeat: int, key: str) -> None:
+        hit = self._cache.get(key)
+        if hit is not None:
+            await self._from_cache(item, repeat, key, hit)
+        else:
+            await self._from_call(item, repeat, key)
+        self._tally.results += 1
+        if self._progress is not None and self._bar is not None:
+            self._progress.advance(self._bar)
+
+    async def _from_cache(self, item: Item, repeat: int, key: str, hit: store.CachedOutput) -> None:
+        output = Output(hit.output, hit.latency_ms, hit.cost_usd)
+        scores, unjudged = await _score(self._plan.scorers, output, item)
+        self._tally.errors += unjudged is not None
+        self._recorder.add(
+            store.RecordedResult(
+                item.id, repeat, hit.output, key, scores, hit.latency_ms,
+                hit.cost_usd, hit.trace_id, unjudged, cached=True,
+            )
+        )  # fmt: skip
+        self._tally.cached += 1
+
+    async def _from_call(self, item: Item, repeat: int, key: str) -> None:
+        plan, tally = self._plan, self._tally
+        async with self._semaphore:
+            result = await self._caller.call(
+                plan.resolved.model, plan.messages[item.id], plan.resolved.params
+            )
+        tally.calls += result.calls
+        unjudged = None
+        if result.error is not None or result.text is None:
+            error = result.error or "no output"
+            scores = _error_scores(plan.scorers, error)
+            tally.errors += 1
+        else:
+            output = Output(
+                result.text, result.latency_ms, result.cost_usd, result.tool_calls, result.raw
+            )
+            scores, unjudged = await _score(plan.scorers, output, item)
+            tally.errors += unjudged is not None
+            tally.latencies.append(result.latency_ms)
+            if result.cost_usd is not None:
+                tally.costs.append(result.cost_usd)
+        self._recorder.add(
+            store.RecordedResult(
+                item.id, repeat, result.text, key, scores, result.latency_ms,
+                result.cost_usd, result.trace_id, result.error or unjudged,
+            )
+        )  # fmt: skip
+
+
 async def run_eval(
     engine: sa.Engine,
     plan: EvalPlan,
@@ -340,45 +511,16 @@ async def run_eval(
     if concurrency < 1:
         raise EvalSetupError(f"concurrency must be at least 1, got {concurrency}")
     retry = retry or RetryPolicy()
-    resolved = plan.resolved
     resuming = plan.run_id is not None
-    if plan.run_id is None:
-        plan.run_id = await asyncio.to_thread(
-            store.create_run,
-            engine,
-            plan.project_id,
-            target_key=plan.target_key,
-            target=resolved.description,
-            target_hash=resolved.target_hash,
-            dataset=plan.dataset.info,
-            scorers=plan.scorer_specs,
-            params=resolved.params,
-            repeats=plan.repeats,
-            kind=plan.kind,
-        )
-        done: set[tuple[str, int]] = set()
-    else:
-        await asyncio.to_thread(store.finish_run, engine, plan.project_id, plan.run_id, "running")
-        done = await asyncio.to_thread(_finished, engine, plan.project_id, plan.run_id)
-    run_id = plan.run_id
-    params_hash = plan.params_hash
-    work: list[tuple[Item, int, str]] = []
-    for item in plan.dataset.items:
-        item_hash = plan.dataset.item_hashes.get(item.id) or item.content_hash()
-        for repeat in range(plan.repeats):
-            if (item.id, repeat) in done:
-                continue
-            key = store.cache_key(resolved.target_hash, item_hash, params_hash, repeat)
-            work.append((item, repeat, key))
+    run_id, done = await _open_run(engine, plan)
+    work = _pending_work(plan, done)
     cache: dict[str, store.CachedOutput] = {}
     if use_cache and work:
         cache = await asyncio.to_thread(
             _cached, engine, plan.project_id, [key for _, _, key in work]
         )
 
-    counters = {"calls": 0, "cached": 0, "errors": 0, "results": 0}
-    latencies: list[float] = []
-    costs: list[float] = []
+    tally = _Tally()
     semaphore = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
     progress = progress_bar(console)
@@ -390,58 +532,8 @@ async def run_eval(
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             caller = _Caller(session, gateway_url, api_key, retry, run_id, price)
-
-            async def one(item: Item, repeat: int, key: str) -> None:
-                hit = cache.get(key)
-                if hit is not None:
-                    output = Output(hit.output, hit.latency_ms, hit.cost_usd)
-                    scores, unjudged = await _score(plan.scorers, output, item)
-                    counters["errors"] += unjudged is not None
-                    recorder.add(
-                        store.RecordedResult(
-                            item.id, repeat, hit.output, key, scores, hit.latency_ms,
-                            hit.cost_usd, hit.trace_id, unjudged, cached=True,
-                        )
-                    )  # fmt: skip
-                    counters["cached"] += 1
-                else:
-                    async with semaphore:
-                        result = await caller.call(
-                            resolved.model, plan.messages[item.id], resolved.params
-                        )
-                    counters["calls"] += result.calls
-                    unjudged = None
-                    if result.error is not None or result.text is None:
-                        error = result.error or "no output"
-                        scores = _error_scores(plan.scorers, error)
-                        counters["errors"] += 1
-                    else:
-                        output = Output(
-                            result.text, result.latency_ms, result.cost_usd, result.tool_calls,
-                            result.raw,
-                        )  # fmt: skip
-                        scores, unjudged = await _score(plan.scorers, output, item)
-                        counters["errors"] += unjudged is not None
-                        latencies.append(result.latency_ms)
-                        if result.cost_usd is not None:
-                            costs.append(result.cost_usd)
-                    recorder.add(
-                        store.RecordedResult(
-                            item.id, repeat, result.text, key, scores, result.latency_ms,
-                            result.cost_usd, result.trace_id, result.error or unjudged,
-                        )
-                    )  # fmt: skip
-                counters["results"] += 1
-                if progress is not None and bar is not None:
-                    progress.advance(bar)
-
-            if progress is not None:
-                progress.start()
-            try:
-                await gather_or_cancel([one(i, r, k) for i, r, k in work])
-            finally:
-                if progress is not None:
-                    progress.stop()
+            runner = _ItemRunner(plan, cache, caller, recorder, semaphore, tally, progress, bar)
+            await runner.run_all(work)
         await recorder.close()
         status = "completed"
     except asyncio.CancelledError:
@@ -454,25 +546,7 @@ async def run_eval(
         raise
     wall = time.perf_counter() - started
     metrics = await asyncio.to_thread(_metric_summary, engine, plan.project_id, run_id)
-    ordered = sorted(latencies)
-    summary = RunSummary(
-        run_id=run_id,
-        status=status,
-        items=len(plan.dataset.items),
-        repeats=plan.repeats,
-        results=counters["results"],
-        skipped=len(done),
-        calls=counters["calls"],
-        cached=counters["cached"],
-        errors=counters["errors"],
-        wall_s=wall,
-        cost_usd=math.fsum(costs) if costs else None,
-        latency_p50_ms=round(statistics.median(ordered), 2) if ordered else None,
-        latency_p95_ms=round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2)
-        if ordered
-        else None,
-        metrics=metrics,
-    )
+    summary = tally.summary(plan, run_id, status, skipped=len(done), wall_s=wall, metrics=metrics)
     await asyncio.to_thread(
         store.finish_run, engine, plan.project_id, run_id, status, summary.to_dict()
     )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -207,6 +209,30 @@ def push(
     Templates are checked against ``limits`` as far as their source shows (nesting, constant
     sizes).
     """
+    by_name = _specs_by_name(specs)
+    includes = {name: tuple(dict.fromkeys(spec.includes())) for name, spec in by_name.items()}
+    order = _push_order(includes)
+    outside = {inc for incs in includes.values() for inc in incs} - set(by_name)
+    ids = _lock_prompts(conn, project_id, set(by_name) | outside, create=by_name)
+    known = set(by_name) | (outside & set(ids))
+    _check_specs(by_name, includes, known, limits)
+
+    latest = latest_versions(conn, project_id, ids.values())
+    _check_partials_are_text(conn, project_id, by_name, includes, ids, latest)
+    now = now_utc()
+    results: dict[str, PushResult] = {}
+    for name in order:
+        pins = {inc: latest[ids[inc]] for inc in sorted(includes[name])}
+        new_version = _NewVersion(
+            message=message, author=author, git_sha=git_sha, pins=pins, created_at=now
+        )
+        results[name] = _store_version(
+            conn, project_id, ids[name], by_name[name], new_version, latest
+        )
+    return [results[spec.name] for spec in specs]
+
+
+def _specs_by_name(specs: Sequence[PromptSpec]) -> dict[str, PromptSpec]:
     if not specs:
         raise RegistryError("nothing to push: no prompts given")
     by_name: dict[str, PromptSpec] = {}
@@ -214,11 +240,16 @@ def push(
         if spec.name in by_name:
             raise RegistryError(f"prompt {spec.name!r} is given more than once in this push")
         by_name[spec.name] = spec
-    includes = {name: tuple(dict.fromkeys(spec.includes())) for name, spec in by_name.items()}
-    order = _push_order(includes)
-    outside = {inc for incs in includes.values() for inc in incs} - set(by_name)
-    ids = _lock_prompts(conn, project_id, set(by_name) | outside, create=by_name)
-    known = set(by_name) | (outside & set(ids))
+    return by_name
+
+
+def _check_specs(
+    by_name: dict[str, PromptSpec],
+    includes: dict[str, tuple[str, ...]],
+    known: set[str],
+    limits: TemplateLimits,
+) -> None:
+    """Every include must resolve and every template must pass ``limits``, in name order."""
     for name in sorted(by_name):
         missing = [inc for inc in includes[name] if inc not in known]
         if missing:
@@ -231,55 +262,70 @@ def push(
         except TemplateError as exc:
             raise RegistryError(f"prompt {name!r}: {exc}") from exc
 
-    latest = latest_versions(conn, project_id, ids.values())
-    _check_partials_are_text(conn, project_id, by_name, includes, ids, latest)
-    now = now_utc()
-    results: dict[str, PushResult] = {}
-    for name in order:
-        spec, prompt_id = by_name[name], ids[name]
-        pins = {inc: latest[ids[inc]] for inc in sorted(includes[name])}
-        digest = content_hash(spec, pins)
-        previous = latest.get(prompt_id)
-        existing = conn.execute(
-            sa.select(prompt_versions.c.version).where(
-                prompt_versions.c.project_id == project_id,
-                prompt_versions.c.prompt_id == prompt_id,
-                prompt_versions.c.content_hash == digest,
-            )
-        ).scalar()
-        if existing is not None:
-            results[name] = PushResult(
-                name=name,
-                version=int(existing),
-                status="unchanged",
-                content_hash=digest,
-                previous_version=previous,
-            )
-            continue
-        version = (previous or 0) + 1
-        conn.execute(
-            prompt_versions.insert().values(
-                project_id=project_id,
-                prompt_id=prompt_id,
-                version=version,
-                content_hash=digest,
-                spec=spec.canonical_json().decode(),
-                message=storable_text(message),
-                author=storable_text(author, 200),
-                git_sha=git_sha,
-                partials=orjson.dumps(pins, option=orjson.OPT_SORT_KEYS).decode(),
-                created_at=now,
-            )
+
+@dataclass(frozen=True)
+class _NewVersion:
+    """What a pushed version records besides its spec."""
+
+    message: str
+    author: str
+    git_sha: str | None
+    pins: dict[str, int]
+    created_at: datetime
+
+
+def _store_version(
+    conn: sa.Connection,
+    project_id: int,
+    prompt_id: int,
+    spec: PromptSpec,
+    new: _NewVersion,
+    latest: dict[int, int],
+) -> PushResult:
+    """Insert ``spec`` as the prompt's next version unless that content is already stored.
+
+    ``latest`` is advanced so later prompts in the push pin the version just written.
+    """
+    digest = content_hash(spec, new.pins)
+    previous = latest.get(prompt_id)
+    existing = conn.execute(
+        sa.select(prompt_versions.c.version).where(
+            prompt_versions.c.project_id == project_id,
+            prompt_versions.c.prompt_id == prompt_id,
+            prompt_versions.c.content_hash == digest,
         )
-        latest[prompt_id] = version
-        results[name] = PushResult(
-            name=name,
-            version=version,
-            status="created" if previous is None else "updated",
+    ).scalar()
+    if existing is not None:
+        return PushResult(
+            name=spec.name,
+            version=int(existing),
+            status="unchanged",
             content_hash=digest,
             previous_version=previous,
         )
-    return [results[spec.name] for spec in specs]
+    version = (previous or 0) + 1
+    conn.execute(
+        prompt_versions.insert().values(
+            project_id=project_id,
+            prompt_id=prompt_id,
+            version=version,
+            content_hash=digest,
+            spec=spec.canonical_json().decode(),
+            message=storable_text(new.message),
+            author=storable_text(new.author, 200),
+            git_sha=new.git_sha,
+            partials=orjson.dumps(new.pins, option=orjson.OPT_SORT_KEYS).decode(),
+            created_at=new.created_at,
+        )
+    )
+    latest[prompt_id] = version
+    return PushResult(
+        name=spec.name,
+        version=version,
+        status="created" if previous is None else "updated",
+        content_hash=digest,
+        previous_version=previous,
+    )
 
 
 # -- labels ------------------------------------------------------------------------------------

@@ -289,47 +289,9 @@ def _add_rollups(
     Roll-up rows and the deferred deltas not folded into them yet are read by one statement:
     one snapshot, so a fold committing meanwhile can neither hide a batch nor count it twice.
     """
-    r = span_rollups.c
-    d = span_rollup_deltas.c
     dimension, only_value = rollup
-    first_hour, end_hour = hours
-    # Whole days from the day rows, unless grouping by hour; the hours around them from hourly
-    # rows. Deltas are not in either yet and count wherever their hour falls in the range.
-    first_day = -(-first_hour // _DAY_S) * _DAY_S
-    end_day = end_hour // _DAY_S * _DAY_S
-    if step == _TIME_STEPS["hour"] or first_day >= end_day:
-        first_day = end_day = end_hour
-    segments = [
-        (dimension, first_hour, first_day),
-        (dimension + DAY_SUFFIX, first_day, end_day),
-        (dimension, end_day, end_hour),
-    ]
-
-    def stored(row_dimension: str, low: int, high: int) -> sa.Select[Any]:
-        conds = [
-            r.project_id == project_id,
-            r.dimension == row_dimension,
-            r.hour >= low,
-            r.hour < high,
-        ]
-        if only_value is not None:
-            conds.append(r.value == only_value)
-        return sa.select(
-            r.value,
-            r.hour,
-            *(r[name] for name in ROLLUP_COUNTERS),
-            r.latency_hist,
-            r.ttft_hist,
-            sa.cast(sa.null(), sa.Text).label("deltas"),
-        ).where(*conds)
-
-    parts = [
-        stored(row_dimension, low, high) for row_dimension, low, high in segments if low < high
-    ]
-    deltas = sa.select(
-        *(sa.cast(sa.null(), column.type) for column in parts[0].selected_columns[:-1]),
-        d.totals,
-    ).where(d.project_id == project_id)
+    segments = _rollup_segments(dimension, hours, step)
+    query = _rollup_query(project_id, segments, only_value)
 
     def agg_for(value: str, hour: int) -> _Agg:
         key = (value or None if keep_value else None, hour - hour % step if step else None)
@@ -341,7 +303,7 @@ def _add_rollups(
     # A 30-day summary by user reads tens of thousands of rows: the loop stays flat.
     loads = orjson.loads
     # Fetched at once: far cheaper per row.
-    fetched: Sequence[Any] = conn.execute(sa.union_all(*parts, deltas)).all()
+    fetched: Sequence[Any] = conn.execute(query).all()
     for (
         value,
         hour,
@@ -370,6 +332,62 @@ def _add_rollups(
             for bucket, count in loads(ttft).items():
                 b = int(bucket)
                 target[b] = target.get(b, 0) + count
+
+
+def _rollup_segments(
+    dimension: str, hours: tuple[int, int], step: int | None
+) -> list[tuple[str, int, int]]:
+    """The (row dimension, first hour, end hour) ranges that cover ``hours`` with fewest rows."""
+    first_hour, end_hour = hours
+    # Whole days from the day rows, unless grouping by hour; the hours around them from hourly
+    # rows. Deltas are not in either yet and count wherever their hour falls in the range.
+    first_day = -(-first_hour // _DAY_S) * _DAY_S
+    end_day = end_hour // _DAY_S * _DAY_S
+    if step == _TIME_STEPS["hour"] or first_day >= end_day:
+        first_day = end_day = end_hour
+    return [
+        (dimension, first_hour, first_day),
+        (dimension + DAY_SUFFIX, first_day, end_day),
+        (dimension, end_day, end_hour),
+    ]
+
+
+def _rollup_query(
+    project_id: int, segments: list[tuple[str, int, int]], only_value: str | None
+) -> sa.CompoundSelect[Any]:
+    """Roll-up rows of the non-empty ``segments`` plus the pending deltas, as one statement.
+
+    Delta rows carry only their ``deltas`` document (NULL counters); stored rows the reverse.
+    """
+    r = span_rollups.c
+    d = span_rollup_deltas.c
+
+    def stored(row_dimension: str, low: int, high: int) -> sa.Select[Any]:
+        conds = [
+            r.project_id == project_id,
+            r.dimension == row_dimension,
+            r.hour >= low,
+            r.hour < high,
+        ]
+        if only_value is not None:
+            conds.append(r.value == only_value)
+        return sa.select(
+            r.value,
+            r.hour,
+            *(r[name] for name in ROLLUP_COUNTERS),
+            r.latency_hist,
+            r.ttft_hist,
+            sa.cast(sa.null(), sa.Text).label("deltas"),
+        ).where(*conds)
+
+    parts = [
+        stored(row_dimension, low, high) for row_dimension, low, high in segments if low < high
+    ]
+    deltas = sa.select(
+        *(sa.cast(sa.null(), column.type) for column in parts[0].selected_columns[:-1]),
+        d.totals,
+    ).where(d.project_id == project_id)
+    return sa.union_all(*parts, deltas)
 
 
 def _add_deltas(

@@ -34,14 +34,70 @@ def _attrs(values: dict[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=_value(v)) for k, v in values.items()]
 
 
+_MS = 1_000_000
+_SPAN_NAMES = ("root", "retrieve", "llm1", "tool", "llm2")
+
+
+class _DemoSpans:
+    """The spans of one trace: its random trace and span ids, and a start two seconds ago."""
+
+    def __init__(self) -> None:
+        self.trace_id = os.urandom(16)
+        self.t0 = time.time_ns() - 2_000 * _MS
+        self.ids = {name: os.urandom(8) for name in _SPAN_NAMES}
+
+    def span(
+        self, name: str, parent: str | None, start: int, end: int, kind: int, attrs: dict[str, Any]
+    ) -> PbSpan:
+        """Span ``name`` from ``start`` to ``end`` ms; ``attrs["_name"]`` is its display name."""
+        return PbSpan(
+            trace_id=self.trace_id,
+            span_id=self.ids[name],
+            parent_span_id=self.ids[parent] if parent else b"",
+            name=attrs.pop("_name"),
+            kind=kind,  # type: ignore[arg-type]
+            start_time_unix_nano=self.t0 + start * _MS,
+            end_time_unix_nano=self.t0 + end * _MS,
+            attributes=_attrs(attrs),
+            status=Status(code=Status.STATUS_CODE_OK),
+        )
+
+
+def _chat_attrs(
+    messages: list[dict[str, Any]],
+    output: list[dict[str, Any]],
+    tokens: tuple[int, int],
+    common: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+        "gen_ai.usage.input_tokens": tokens[0],
+        "gen_ai.usage.output_tokens": tokens[1],
+        "gen_ai.input.messages": orjson.dumps(messages).decode(),
+        "gen_ai.output.messages": orjson.dumps(output).decode(),
+        **common,
+    }
+
+
+def _export_request(spans: list[PbSpan]) -> bytes:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(_attrs({"service.name": "support-bot"}))
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name = "bastion.demo"
+    scope_spans.spans.extend(spans)
+    return request.SerializeToString()
+
+
 def demo_trace_request(
     *, user: str = "user-42", session: str = "session-7", feature: str = "support-answer"
 ) -> tuple[bytes, str]:
     """Serialized ``ExportTraceServiceRequest`` with one five-span trace, and its trace id (hex)."""
-    trace_id = os.urandom(16)
-    ms = 1_000_000
-    t0 = time.time_ns() - 2_000 * ms
-    ids = {name: os.urandom(8) for name in ("root", "retrieve", "llm1", "tool", "llm2")}
+    trace = _DemoSpans()
+    span = trace.span
     question = "How do I rotate my API key?"
     tool_call = {"name": "search_docs", "arguments": {"query": "rotate api key"}}
     answer = (
@@ -49,36 +105,6 @@ def demo_trace_request(
         "then revoke the old one."
     )
     common = {USER: user, SESSION: session, FEATURE: feature}
-
-    def span(
-        name: str, parent: str | None, start: int, end: int, kind: int, attrs: dict[str, Any]
-    ) -> PbSpan:
-        return PbSpan(
-            trace_id=trace_id,
-            span_id=ids[name],
-            parent_span_id=ids[parent] if parent else b"",
-            name=attrs.pop("_name"),
-            kind=kind,  # type: ignore[arg-type]
-            start_time_unix_nano=t0 + start * ms,
-            end_time_unix_nano=t0 + end * ms,
-            attributes=_attrs(attrs),
-            status=Status(code=Status.STATUS_CODE_OK),
-        )
-
-    def chat(
-        messages: list[dict[str, Any]], output: list[dict[str, Any]], tokens: tuple[int, int]
-    ) -> dict[str, Any]:
-        return {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "openai",
-            "gen_ai.request.model": "gpt-4o-mini",
-            "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
-            "gen_ai.usage.input_tokens": tokens[0],
-            "gen_ai.usage.output_tokens": tokens[1],
-            "gen_ai.input.messages": orjson.dumps(messages).decode(),
-            "gen_ai.output.messages": orjson.dumps(output).decode(),
-            **common,
-        }
 
     user_msg = {"role": "user", "parts": [{"type": "text", "content": question}]}
     spans = [
@@ -99,10 +125,11 @@ def demo_trace_request(
             PbSpan.SPAN_KIND_CLIENT,
             {
                 "_name": "chat gpt-4o-mini",
-                **chat(
+                **_chat_attrs(
                     [user_msg],
                     [{"role": "assistant", "parts": [{"type": "tool_call", **tool_call}]}],
                     (412, 38),
+                    common,
                 ),
             },
         ),
@@ -127,18 +154,13 @@ def demo_trace_request(
             PbSpan.SPAN_KIND_CLIENT,
             {
                 "_name": "chat gpt-4o-mini",
-                **chat(
+                **_chat_attrs(
                     [user_msg],
                     [{"role": "assistant", "parts": [{"type": "text", "content": answer}]}],
                     (655, 61),
+                    common,
                 ),
             },
         ),
     ]
-    request = ExportTraceServiceRequest()
-    resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend(_attrs({"service.name": "support-bot"}))
-    scope_spans = resource_spans.scope_spans.add()
-    scope_spans.scope.name = "bastion.demo"
-    scope_spans.spans.extend(spans)
-    return request.SerializeToString(), trace_id.hex()
+    return _export_request(spans), trace.trace_id.hex()

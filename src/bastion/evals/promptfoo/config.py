@@ -365,6 +365,54 @@ def _default_dataset(folder: str, stem: str) -> str:
     return f"promptfoo.{tail}"[: names.DATASET.max_length]
 
 
+def _max_concurrency(evaluate: Any, problems: Problems) -> int | None:
+    """``evaluateOptions.maxConcurrency``, checked; None when absent or wrong."""
+    if not isinstance(evaluate, Mapping):
+        problems.error("evaluateOptions: must be a mapping")
+        return None
+    problems.unknown_keys("evaluateOptions", evaluate, EVALUATE_KEYS, EVALUATE_HARMLESS)
+    raw = evaluate.get("maxConcurrency")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        problems.error("evaluateOptions.maxConcurrency: must be a positive integer")
+        return None
+    return raw
+
+
+def _checked_prompts(data: Mapping[str, Any], base: Path, problems: Problems) -> list[Prompt]:
+    """The config's prompts, each template checked for filters the renderer lacks."""
+    if "prompts" not in data:
+        problems.error("config: 'prompts' is required")
+    prompts = _prompts(data.get("prompts"), base, problems) if "prompts" in data else []
+    for index, prompt in enumerate(prompts):
+        for message in check_filters(prompt.source):
+            problems.error(f"prompt {index + 1} ({prompt.label!r}): {message}")
+    return prompts
+
+
+def _checked_providers(
+    data: Mapping[str, Any], mapping: Mapping[str, str], problems: Problems, base: Path
+) -> list[Provider]:
+    """The config's ``providers`` (or ``targets``), mapped to gateway models, labels distinct."""
+    if "providers" in data and "targets" in data:
+        problems.error("config: give 'providers' or 'targets', not both")
+    raw_providers = data.get("providers", data.get("targets"))
+    providers: list[Provider] = []
+    if raw_providers is None:
+        problems.error("config: 'providers' is required")
+        return providers
+    entries = raw_providers if isinstance(raw_providers, list) else [raw_providers]
+    for index, entry in enumerate(entries):
+        provider = _provider(entry, f"providers[{index}]", mapping, problems, base)
+        if provider is not None:
+            providers.append(provider)
+    labels = [p.label for p in providers]
+    for dupe in sorted({lbl for lbl in labels if labels.count(lbl) > 1}):
+        problems.error(f"providers: {dupe!r} appears twice: give each a distinct 'label'")
+    return providers
+
+
 def load_suite(path: Path, *, provider_map: Mapping[str, str] | None = None) -> Suite:
     """Read and check a promptfoo config; every problem found is reported at once.
 
@@ -385,42 +433,9 @@ def load_suite(path: Path, *, provider_map: Mapping[str, str] | None = None) -> 
     block = _bastion_block(data.get("bastion"), problems)
     mapping = {**block.get("providers", {}), **dict(provider_map or {})}
 
-    evaluate = data.get("evaluateOptions") or {}
-    max_concurrency: int | None = None
-    if not isinstance(evaluate, Mapping):
-        problems.error("evaluateOptions: must be a mapping")
-    else:
-        problems.unknown_keys("evaluateOptions", evaluate, EVALUATE_KEYS, EVALUATE_HARMLESS)
-        raw = evaluate.get("maxConcurrency")
-        if raw is not None:
-            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-                problems.error("evaluateOptions.maxConcurrency: must be a positive integer")
-            else:
-                max_concurrency = raw
-
-    if "prompts" not in data:
-        problems.error("config: 'prompts' is required")
-    prompts = _prompts(data.get("prompts"), base, problems) if "prompts" in data else []
-    for index, prompt in enumerate(prompts):
-        for message in check_filters(prompt.source):
-            problems.error(f"prompt {index + 1} ({prompt.label!r}): {message}")
-
-    if "providers" in data and "targets" in data:
-        problems.error("config: give 'providers' or 'targets', not both")
-    raw_providers = data.get("providers", data.get("targets"))
-    providers: list[Provider] = []
-    if raw_providers is None:
-        problems.error("config: 'providers' is required")
-    else:
-        entries = raw_providers if isinstance(raw_providers, list) else [raw_providers]
-        for index, entry in enumerate(entries):
-            provider = _provider(entry, f"providers[{index}]", mapping, problems, base)
-            if provider is not None:
-                providers.append(provider)
-        labels = [p.label for p in providers]
-        for dupe in sorted({lbl for lbl in labels if labels.count(lbl) > 1}):
-            problems.error(f"providers: {dupe!r} appears twice: give each a distinct 'label'")
-
+    max_concurrency = _max_concurrency(data.get("evaluateOptions") or {}, problems)
+    prompts = _checked_prompts(data, base, problems)
+    providers = _checked_providers(data, mapping, problems, base)
     tests = expand_tests(data, base, problems)
     if not tests and not problems.errors:
         problems.error("config: no tests (give 'tests' or 'scenarios')")
