@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,22 +179,31 @@ gateway: {{read_timeout_s: 2, max_request_bytes: 65536}}
 """
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    home = tmp_path_factory.mktemp("gateway-home")
+@contextlib.contextmanager
+def running_gateway(
+    home: Path,
+    config_for: Callable[[str], str],
+    *,
+    seed: int = 7,
+    projects: tuple[str, ...] = (),
+) -> Iterator[Gateway]:
+    """A simulator and a gateway process under ``home``; ``config_for(simulator_url)`` is the
+    gateway's bastion.yaml. The key of each of ``projects`` is written to ``home/PROJECT.key``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
     env["BASTION_HOME"] = str(home)
     sim_port, gw_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     simulator = Process(
-        ["simulate", "--port", str(sim_port), "--seed", "7"],
+        ["simulate", "--port", str(sim_port), "--seed", str(seed)],
         env,
         home / "simulator.log",
         sim_url + "/healthz",
     )
     config = home / "bastion.yaml"
-    config.write_text(CONFIG.format(sim=sim_url, dead=free_port()))
+    config.write_text(config_for(sim_url))
     key = create_key(env, config)
+    for project in projects:
+        (home / f"{project}.key").write_text(create_key(env, config, project=project))
     url = f"http://127.0.0.1:{gw_port}"
     server = Process(
         ["serve", "--port", str(gw_port), "-c", str(config)],
@@ -206,3 +216,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     finally:
         server.stop()
         simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    home = tmp_path_factory.mktemp("gateway-home")
+    with running_gateway(home, lambda sim: CONFIG.format(sim=sim, dead=free_port())) as gw:
+        yield gw

@@ -3,7 +3,6 @@ driven with the official OpenAI and Anthropic SDKs and plain HTTP."""
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ import openai
 import orjson
 import pytest
 
-from tests.gateway.conftest import Gateway, Process, create_key, free_port
+from tests.gateway.conftest import Gateway, running_gateway
 
 CONFIG = """
 providers:
@@ -42,33 +41,11 @@ gateway: {{read_timeout_s: 5}}
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     home = tmp_path_factory.mktemp("cache-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
-    env["BASTION_HOME"] = str(home)
-    sim_port, gw_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    simulator = Process(
-        ["simulate", "--port", str(sim_port), "--seed", "5"],
-        env,
-        home / "simulator.log",
-        sim_url + "/healthz",
-    )
-    config = home / "bastion.yaml"
-    config.write_text(CONFIG.format(sim=sim_url))
-    keys = [create_key(env, config, project) for project in ("default", "other")]
-    url = f"http://127.0.0.1:{gw_port}"
-    server = Process(
-        ["serve", "--port", str(gw_port), "-c", str(config)],
-        env,
-        home / "serve.log",
-        url + "/readyz",
-    )
-    try:
-        gw = Gateway(url=url, key=keys[0], simulator_url=sim_url, home=home)
-        gw.other_key = keys[1]  # type: ignore[attr-defined]
+    with running_gateway(
+        home, lambda sim: CONFIG.format(sim=sim), seed=5, projects=("other",)
+    ) as gw:
+        gw.other_key = (home / "other.key").read_text()  # type: ignore[attr-defined]
         yield gw
-    finally:
-        server.stop()
-        simulator.stop()
 
 
 def unique(text: str = "hello") -> list[Any]:

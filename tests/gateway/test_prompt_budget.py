@@ -7,7 +7,6 @@ keeps answering while such renders are refused.
 
 from __future__ import annotations
 
-import os
 import threading
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ import openai
 import orjson
 import pytest
 
-from tests.gateway.conftest import CONFIG, Gateway, Process, create_key, free_port
+from tests.gateway.conftest import CONFIG, Gateway, free_port, running_gateway
 from tests.gateway.test_prompt_requests import api, deploy, wait_until
 
 # The gateway takes 64 kB requests (conftest's CONFIG), so renders may be 64 kB long.
@@ -67,32 +66,10 @@ PROMPTS: list[dict[str, Any]] = [
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """conftest's simulator and gateway, with template limits and a project of its own."""
     home = tmp_path_factory.mktemp("budget-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_")}
-    env["BASTION_HOME"] = str(home)
-    sim_port, gw_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    simulator = Process(
-        ["simulate", "--port", str(sim_port), "--seed", "7"],
-        env,
-        home / "simulator.log",
-        sim_url + "/healthz",
-    )
-    config = home / "bastion.yaml"
-    config.write_text(CONFIG.format(sim=sim_url, dead=free_port()) + LIMITS)
-    key = create_key(env, config)
-    (home / "roomy.key").write_text(create_key(env, config, project="roomy"))
-    url = f"http://127.0.0.1:{gw_port}"
-    server = Process(
-        ["serve", "--port", str(gw_port), "-c", str(config)],
-        env,
-        home / "serve.log",
-        url + "/readyz",
-    )
-    try:
-        yield Gateway(url=url, key=key, simulator_url=sim_url, home=home)
-    finally:
-        server.stop()
-        simulator.stop()
+    with running_gateway(
+        home, lambda sim: CONFIG.format(sim=sim, dead=free_port()) + LIMITS, projects=("roomy",)
+    ) as gw:
+        yield gw
 
 
 def roomy(gateway: Gateway) -> Gateway:

@@ -72,15 +72,14 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(DB.read(request, lambda conn: conn.execute(sa.text("SELECT 1"))), 5)
     except (TimeoutError, sa.exc.SQLAlchemyError, OSError) as exc:
         database = f"unavailable: {type(exc).__name__}"
-    reasons = ([] if database == "ok" else [f"database {database}"]) + list(
-        state.pipeline.health().reasons
-    )
+    health = state.pipeline.health()
+    reasons = ([] if database == "ok" else [f"database {database}"]) + list(health.reasons)
     body = {
         "status": "degraded" if reasons else "ok",
         "reasons": reasons,
         "database": database,
         "ingest_queue_spans": state.pipeline.queued_spans,
-        "spool": state.pipeline.spool.describe(),
+        "spool": state.pipeline.spool.describe(health.spool),
     }
     return json_response(body, 503 if reasons else 200)
 

@@ -45,7 +45,7 @@ from bastion.store.writer import PreparedBatch, SpanWriter
 from bastion.tracing.ingest_metrics import IngestMetrics
 from bastion.tracing.isolation import UnpreparableSpans, write_isolating
 from bastion.tracing.model import Span
-from bastion.tracing.spool import Spool, SpoolCorruption
+from bastion.tracing.spool import Spool, SpoolCorruption, SpoolStats
 
 __all__ = ["Backpressure", "IngestHealth", "IngestMetrics", "IngestPipeline", "NotDurable"]
 
@@ -74,6 +74,7 @@ class IngestHealth:
     """Whether ingestion keeps up: ``reasons`` says what is wrong when it does not."""
 
     reasons: tuple[str, ...]
+    spool: SpoolStats
 
     @property
     def ok(self) -> bool:
@@ -198,7 +199,7 @@ class IngestPipeline:
                 f"spool's oldest record is {stats.oldest_age_s:.0f} s old"
                 f" (more than {self.spool_stale_after_s:g} s)"
             )
-        return IngestHealth(tuple(reasons))
+        return IngestHealth(tuple(reasons), stats)
 
     def submit_nowait(
         self,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from bastion.store.write_errors import REJECT_REASONS
 from bastion.tracing.spool import Spool
@@ -54,20 +58,7 @@ class IngestMetrics:
         self.queue_spans = Gauge(
             "bastion_ingest_queue_spans", "Spans waiting in memory", registry=registry
         )
-        self.spool_bytes = Gauge(
-            "bastion_ingest_spool_bytes", "Bytes waiting in the spool", registry=registry
-        )
-        self.spool_segments = Gauge(
-            "bastion_ingest_spool_segments", "Segment files waiting in the spool", registry=registry
-        )
-        self.spool_spans = Gauge(
-            "bastion_ingest_spool_spans", "Spans waiting in the spool", registry=registry
-        )
-        self.spool_oldest_age = Gauge(
-            "bastion_ingest_spool_oldest_age_seconds",
-            "Seconds since the oldest record still in the spool was spooled (0 when empty)",
-            registry=registry,
-        )
+        self._registry = registry
         self.rollup_deltas_folded = Counter(
             "bastion_rollup_deltas_folded",
             "Deferred roll-up rows (one per batch) folded into the hourly roll-ups",
@@ -82,7 +73,28 @@ class IngestMetrics:
 
     def watch_spool(self, spool: Spool) -> None:
         """Read the spool's gauges from ``spool`` at every scrape (its age grows by itself)."""
-        self.spool_bytes.set_function(lambda: spool.stats().bytes)
-        self.spool_segments.set_function(lambda: spool.stats().segments)
-        self.spool_spans.set_function(lambda: spool.stats().spans)
-        self.spool_oldest_age.set_function(lambda: spool.stats().oldest_age_s)
+        self._registry.register(_SpoolCollector(spool))
+
+
+_SPOOL_GAUGES = (
+    ("bastion_ingest_spool_bytes", "Bytes waiting in the spool", "bytes"),
+    ("bastion_ingest_spool_segments", "Segment files waiting in the spool", "segments"),
+    ("bastion_ingest_spool_spans", "Spans waiting in the spool", "spans"),
+    (
+        "bastion_ingest_spool_oldest_age_seconds",
+        "Seconds since the oldest record still in the spool was spooled (0 when empty)",
+        "oldest_age_s",
+    ),
+)
+
+
+class _SpoolCollector(Collector):
+    """The spool's gauges from one directory listing per scrape, not one per gauge."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self.spool.stats()
+        for name, documentation, field in _SPOOL_GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=getattr(stats, field))

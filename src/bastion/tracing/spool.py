@@ -212,8 +212,9 @@ class Spool:
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         return SpoolStats(len(segments), sizes, spans, age)
 
-    def describe(self) -> dict[str, Any]:
-        stats = self.stats()
+    def describe(self, stats: SpoolStats | None = None) -> dict[str, Any]:
+        """``stats`` (default: read now) as a JSON object."""
+        stats = stats or self.stats()
         return {
             "segments": stats.segments,
             "bytes": stats.bytes,
