@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from bastion.auth import Role, create_key
+from bastion.server.release_schemas import HistoryOut, ServingAtOut
 from tests.conftest import LiveServer
 
 RELEASE = {"name": "support", "prompts": {"answer": 1}, "model": "chat", "params": {"top_p": 1}}
@@ -90,6 +91,8 @@ def test_release_api_round_trip(seeded: tuple[LiveServer, str, str]) -> None:
         server, "GET", f"/api/v1/routes/help/history?at={promoted_at.replace('+', '%2B')}"
     )
     assert at["serving"]["stable_release_id"] == b
+    # The answer is the shape the API document declares for it.
+    assert isinstance(HistoryOut.model_validate(at).root, ServingAtOut)
     status, routes = _call(server, "GET", "/api/v1/routes")
     assert routes["items"] == [
         {"route": "help", "environment": "production", "stable_release_id": a, "rollout": None}

@@ -134,7 +134,10 @@ class ServingAtOut(BaseModel):
     route: str
     environment: str
     at: str
-    serving: ReleaseOut | None = Field(description="null when nothing served the route then")
+    serving: EventOut | None = Field(
+        description="the route's last event at or before then: its stable release, and the "
+        "candidate with its weight; null when nothing served the route then"
+    )
 
 
 class HistoryOut(RootModel[EventListOut | ServingAtOut]):
