@@ -22,3 +22,11 @@ if ! redis_up; then
   for _ in $(seq 1 30); do redis_up && break; sleep 1; done
 fi
 redis_up || { echo "Redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
+
+# The UI's browser tests drive Debian's chromium (Playwright's own browser download is not used).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium for the UI's browser tests" >&2
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
+[ -x /usr/bin/chromium ] || { echo "chromium is missing (/usr/bin/chromium)" >&2; exit 1; }

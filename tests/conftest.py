@@ -123,7 +123,7 @@ class LiveServer:
 
     @property
     def state(self) -> Any:
-        from bastion.server.state import STATE
+        from bastion.services.state import STATE
 
         return self.app[STATE]
 

@@ -2,7 +2,6 @@
 
 from bastion.client import Client
 from bastion.settings import ConfigError, Settings, load_settings
+from bastion.version import __version__
 
 __all__ = ["Client", "ConfigError", "Settings", "__version__", "load_settings"]
-
-__version__ = "0.1.0"

@@ -66,7 +66,7 @@ class Client:
         self.base_url = base_url.rstrip("/") if base_url else None
         self._transport: HttpTransport | None = None
         if self.base_url is not None:
-            from bastion import __version__
+            from bastion.version import __version__
 
             headers = {"Accept": "application/json", "User-Agent": f"bastion-sdk/{__version__}"}
             if api_key:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "DATASET",
     "ENVIRONMENT",
+    "ENVIRONMENTS",
     "LABEL",
     "PROJECT",
     "PROMPT",
@@ -91,4 +92,6 @@ DATASET = NameRule("dataset name", 200)
 ROUTE = NameRule("route", 200)
 RELEASE = NameRule("release name", 200)
 ENVIRONMENT = NameRule("environment", 200)
+# The environments a route has: a release is deployed to a route in one of them.
+ENVIRONMENTS = ("staging", "production")
 SCORER = NameRule("scorer metric name", 200)

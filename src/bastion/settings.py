@@ -9,21 +9,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bastion import names
 from bastion.parsing import InputError, InputLimits, parse_yaml, read_bounded
+from bastion.settings_approvals import ApprovalPolicy, ApprovalRule, EvalGateRequirement
+from bastion.settings_retention import RetentionDays, RetentionPolicy, RetentionSettings
 
 __all__ = [
+    "ApprovalPolicy",
+    "ApprovalRule",
+    "AuditSettings",
+    "AuthSettings",
     "ConfigError",
+    "EvalGateRequirement",
     "GatewaySettings",
     "IngestSettings",
     "InputLimits",
+    "OidcSettings",
     "PriceOverride",
     "ProjectSettings",
+    "RetentionPolicy",
+    "RetentionSettings",
     "Settings",
     "TemplateSettings",
     "load_settings",
@@ -203,6 +215,159 @@ class PluginSettings(BaseModel):
         return frozenset(self.allow[group])
 
 
+_PERSON_ROLES = ("owner", "admin", "member", "viewer")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class OidcSettings(BaseModel):
+    """Single sign-on through an OpenID Connect issuer (authorization code flow with PKCE);
+    off while ``issuer`` is unset."""
+
+    issuer: str | None = Field(
+        None,
+        max_length=500,
+        description="the issuer URL (its /.well-known/openid-configuration is read); https, "
+        "or http on a loopback address only",
+    )
+    client_id: str = Field("", max_length=500, description="this server's client id at the issuer")
+    client_secret_env: str = Field(
+        "BASTION_OIDC_CLIENT_SECRET",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the client secret (the secret "
+        "itself is never written in configuration or logs)",
+    )
+    redirect_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="the callback URL registered at the issuer; default this server's "
+        "/auth/oidc/callback as the browser reached it",
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "email", "profile"],
+        description="scopes asked for; must include openid",
+    )
+    allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="e-mail domains allowed to sign in (an address the issuer marks "
+        "unverified is then refused); empty: any",
+    )
+    name_claim: str = Field(
+        "email", description="the ID token claim a new user is named after (lower-cased)"
+    )
+    role_claim: str = Field(
+        "groups", description="the ID token claim (a string or list) read for role_mapping"
+    )
+    role_mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="claim value -> ROLE (in oidc.project) or PROJECT:ROLE, ROLE one of owner, "
+        "admin, member, viewer; applied at every sign-in, the highest role per project wins",
+    )
+    default_role: Literal["owner", "admin", "member", "viewer"] | None = Field(
+        None,
+        description="role in oidc.project for a person no mapping matches; unset: such a "
+        "person is refused",
+    )
+    project: str = Field(
+        "default", description="the project that plain ROLE mappings and default_role refer to"
+    )
+    create_users: bool = Field(
+        True, description="create a user at the first sign-in (just in time); else refuse"
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=120, description="timeout of each request to the issuer"
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_https(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an absolute https URL")
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+            raise ValueError("must use https (http only on a loopback address)")
+        if parts.query or parts.fragment:
+            raise ValueError("must have no query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("role_mapping")
+    @classmethod
+    def _roles_exist(cls, value: dict[str, str]) -> dict[str, str]:
+        for claim, target in value.items():
+            project, _, role = target.rpartition(":")
+            if role not in _PERSON_ROLES:
+                roles = ", ".join(_PERSON_ROLES)
+                raise ValueError(f"{claim!r} maps to {target!r}: the role must be one of {roles}")
+            if project:
+                names.PROJECT.check(project)
+        return value
+
+    @field_validator("project")
+    @classmethod
+    def _project_name(cls, value: str) -> str:
+        return names.PROJECT.check(value)
+
+
+class AuthSettings(BaseModel):
+    """Sign-in of people: browser sessions, login throttling and single sign-on."""
+
+    session_idle_s: float = Field(
+        8 * 3600, gt=0, description="a session unused for this long ends (idle expiry)"
+    )
+    session_absolute_s: float = Field(
+        7 * 24 * 3600, gt=0, description="a session ends this long after sign-in, used or not"
+    )
+    session_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="how long a server process trusts a session it read from the database: a "
+        "sign-out, a disabled user or a role changed by another process (the CLI, another "
+        "worker) takes effect within this bound; in the process that made the change, at once",
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="always mark the session cookie Secure (set it behind a proxy that ends "
+        "TLS); it is Secure anyway when the request came over HTTPS",
+    )
+    login_window_s: float = Field(
+        900.0, gt=0, description="the window in which failed sign-ins are counted"
+    )
+    login_max_failures_per_user: int = Field(
+        5, ge=1, description="failed sign-ins for one user name in the window before a 429"
+    )
+    login_max_failures_per_address: int = Field(
+        20, ge=1, description="failed sign-ins from one client address in the window before a 429"
+    )
+    oidc: OidcSettings = Field(default_factory=OidcSettings, description=OidcSettings.__doc__)
+
+
+class AuditSettings(BaseModel):
+    """The audit log: a hash chain of every change, HMAC-keyed when a secret is configured."""
+
+    secret_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the audit secret (at least 32 "
+        "characters; never logged or stored): records are then chained with HMAC-SHA256, so "
+        "whoever can write to the database cannot forge them; unset: plain SHA-256, which "
+        "shows accidental or careless changes only",
+    )
+    retention_days: RetentionDays | None = Field(
+        None,
+        description="audit records older than this many days are pruned (the chain keeps the "
+        "hash of the last pruned record, so what remains still verifies); unset: kept forever",
+    )
+    system_queue_max: int = Field(
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="automatic decisions of the gateway (breakers, budgets) waiting for the "
+        "database at most; more are counted in bastion_audit_system_events_dropped and logged",
+    )
+
+
 class ProjectSettings(BaseModel):
     """Configuration that applies to one project only (keyed by the project's slug)."""
 
@@ -215,6 +380,12 @@ class ProjectSettings(BaseModel):
         le=60_000,
         description="CPU time one prompt template render of this project may use; "
         "default templates.cpu_ms",
+    )
+    retention: RetentionPolicy = Field(
+        default_factory=RetentionPolicy, description=RetentionPolicy.__doc__
+    )
+    approvals: ApprovalPolicy = Field(
+        default_factory=ApprovalPolicy, description=ApprovalPolicy.__doc__
     )
 
 
@@ -278,6 +449,11 @@ class Settings(BaseSettings):
     plugins: PluginSettings = Field(
         default_factory=PluginSettings, description=PluginSettings.__doc__
     )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description=RetentionSettings.__doc__
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings, description=AuthSettings.__doc__)
+    audit: AuditSettings = Field(default_factory=AuditSettings, description=AuditSettings.__doc__)
     config_path: Path | None = Field(
         None, exclude=True, description="the bastion.yaml these settings were read from, if any"
     )

@@ -54,6 +54,14 @@ class _Section:
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:  # a constrained alias: its bounds
+        limits = [
+            c for extra in args[1:] if isinstance(extra, FieldInfo) for c in _constraints(extra)
+        ]
+        return " ".join([_type_name(args[0]), *limits])
+    if any(typing.get_origin(arg) is typing.Annotated for arg in args):  # a union holding one
+        return " | ".join("None" if arg is type(None) else _type_name(arg) for arg in args)
     return str(annotation).replace("typing.", "").replace("pathlib.", "")
 
 

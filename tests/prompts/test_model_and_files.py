@@ -19,6 +19,7 @@ from bastion.prompts import (
     load_prompt_dir,
     load_prompt_file,
 )
+from bastion.prompts.template import find_includes
 
 SUMMARIZE = """\
 name: summarize
@@ -69,7 +70,7 @@ def test_load_example_file(tmp_path: Path) -> None:
         "content": "{{ ticket }}",
     }
     assert spec.text is None
-    assert spec.includes() == ()
+    assert find_includes(spec) == ()
 
 
 def test_a_default_makes_a_variable_optional() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from bastion.prompts import PromptSpec, TemplateError, check_spec, render
 from bastion.prompts import template as template_module
+from bastion.prompts.template import find_includes
 
 
 def spec_of(content: str | None = None, *, text: str | None = None, **variables: Any) -> PromptSpec:
@@ -325,8 +326,8 @@ def with_include(name: str = "tone-guide", **extra: Any) -> PromptSpec:
 
 def test_includes_are_static_sorted_unique() -> None:
     spec = spec_of(text='{% include "b" %}{% include "a" %}{% include "b" %}')
-    assert spec.includes() == ("a", "b")
-    assert with_include().includes() == ("tone-guide",)
+    assert find_includes(spec) == ("a", "b")
+    assert find_includes(with_include()) == ("tone-guide",)
 
 
 def test_render_with_partial_uses_partial_defaults_and_caller_values() -> None:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from bastion.audit import AuditChain
 from bastion.auth import ensure_project
 from bastion.releases import rollouts, store
 from bastion.releases.analysis import Sample, _sampled_output, fetch_samples, judge, stats
@@ -262,8 +263,8 @@ def test_controller_decides_from_stored_spans(engine: sa.Engine, bad: bool) -> N
         conn.execute(
             spans.insert(), _span_rows(project_id, candidate, "other", "canary", 50, 50, now_ns)
         )
-    first = AnalysisController(engine, ReleasesConfig(), owner="replica-1")
-    second = AnalysisController(engine, ReleasesConfig(), owner="replica-2")
+    first = AnalysisController(engine, ReleasesConfig(), owner="replica-1", audit=AuditChain())
+    second = AnalysisController(engine, ReleasesConfig(), owner="replica-2", audit=AuditChain())
     later = rollout.step_started_at + timedelta(seconds=1)
     assert run_write(
         engine, lambda c: rollouts.claim_lease(c, project_id, rollout.rollout_id, "replica-1", 30)

@@ -293,7 +293,7 @@ def test_langfuse_exporter_path_with_basic_auth(live_server: LiveServer) -> None
 
 
 def test_backpressure_answers_429_with_retry_after(live_server: LiveServer) -> None:
-    from bastion.tracing.ingest import Backpressure
+    from bastion.ingest.pipeline import Backpressure
 
     pipeline = live_server.state.pipeline
     original = pipeline.submit_nowait

@@ -15,9 +15,9 @@ import orjson
 import psutil
 import pytest
 
+from bastion.ingest.spool import Spool
 from bastion.server.workers import rebalance_spool
 from bastion.tracing.model import Span
-from bastion.tracing.spool import Spool
 from tests.gateway.conftest import free_port
 
 

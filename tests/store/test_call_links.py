@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from bastion.evals.from_traces import TraceSelection, snapshot
+from bastion.ingest.spool import Spool
 from bastion.prompts.usage import prompt_usage
 from bastion.store.call_links import CallSpan, match_calls
 from bastion.store.queries import (
@@ -28,7 +29,6 @@ from bastion.store.queries import (
 )
 from bastion.store.writer import SpanWriter
 from bastion.tracing.model import Span
-from bastion.tracing.spool import Spool
 
 _HOUR_NS = 3_600 * 1_000_000_000
 _COST = 0.064

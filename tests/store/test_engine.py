@@ -90,7 +90,7 @@ def test_a_new_database_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path: 
 
 
 def test_server_engine_takes_its_checkpoint_size_from_settings(tmp_path: Path) -> None:
-    from bastion.server.state import build_state
+    from bastion.services.state import build_state
     from bastion.settings import Settings
 
     settings = Settings(

@@ -1,4 +1,5 @@
-"""Projects, project-scoped API keys (stored hashed) and roles."""
+"""Projects, project-scoped API keys (stored hashed), people (users, roles, sessions, single
+sign-on) and the principal a request acts as."""
 
 from bastion.auth.keys import (
     DEFAULT_PROJECT,
@@ -14,6 +15,8 @@ from bastion.auth.keys import (
     list_keys,
     revoke_key,
 )
+from bastion.auth.permissions import Permission
+from bastion.auth.roles import PersonRole
 
 __all__ = [
     "DEFAULT_PROJECT",
@@ -21,6 +24,8 @@ __all__ = [
     "AuthError",
     "CreatedKey",
     "KeyCache",
+    "Permission",
+    "PersonRole",
     "Principal",
     "Role",
     "create_key",

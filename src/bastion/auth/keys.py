@@ -1,4 +1,4 @@
-"""Projects and project-scoped API keys.
+"""Projects, project-scoped API keys and the principal a request acts as.
 
 A key is shown once, at creation; the database keeps only its SHA-256. Request handlers
 verify keys against an in-memory cache (:class:`KeyCache`) so authentication never costs a
@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
 import sqlalchemy as sa
 
 from bastion import names
+from bastion.auth.permissions import PERMISSIONS, Permission, holds
+from bastion.auth.roles import PersonRole, Role
 from bastion.store.schema import api_keys, projects
 
 __all__ = [
@@ -48,38 +50,74 @@ class AuthError(Exception):
         self.status = status
 
 
-class Role(StrEnum):
-    """What a key may do within its project."""
-
-    ADMIN = "admin"  # everything, including managing keys
-    WRITE = "write"  # ingest, gateway calls, read
-    INGEST = "ingest"  # ingest only: for exporters on untrusted hosts
-    READ = "read"  # read API only
-
-
-_GRANTS: dict[Role, frozenset[str]] = {
-    Role.ADMIN: frozenset({"admin", "write", "gateway", "ingest", "read"}),
-    Role.WRITE: frozenset({"write", "gateway", "ingest", "read"}),
-    Role.INGEST: frozenset({"ingest"}),
-    Role.READ: frozenset({"read"}),
+# The key role nearest a person's, for code that still asks a key role (``Principal.role``);
+# what a person may do is decided by their own role (see bastion.auth.permissions).
+_PERSON_AS_KEY_ROLE: dict[PersonRole, Role] = {
+    PersonRole.OWNER: Role.ADMIN,
+    PersonRole.ADMIN: Role.ADMIN,
+    PersonRole.MEMBER: Role.WRITE,
+    PersonRole.VIEWER: Role.READ,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a key of one project with one role."""
+    """Who is calling, in one project: an API key with its role, or a signed-in person with
+    theirs (``user_id``, ``user_name`` and ``person_role`` set, ``key_id`` None). What the
+    caller may do comes from the permission table: for a person from ``person_role``, for a
+    key from ``role``; a person's ``role`` is the nearest key role, for code that asks one."""
 
     project_id: int
     project_slug: str
-    key_id: int
+    key_id: int | None
     role: Role
+    user_id: int | None = None
+    user_name: str | None = None
+    person_role: PersonRole | None = None
 
-    def can(self, action: str) -> bool:
-        return action in _GRANTS[self.role]
+    @classmethod
+    def person(
+        cls, project_id: int, project_slug: str, user_id: int, user_name: str, role: PersonRole
+    ) -> Principal:
+        """A signed-in person acting in one project with their role there."""
+        return cls(
+            project_id=project_id,
+            project_slug=project_slug,
+            key_id=None,
+            role=_PERSON_AS_KEY_ROLE[role],
+            user_id=user_id,
+            user_name=user_name,
+            person_role=role,
+        )
 
-    def require(self, action: str) -> None:
-        if not self.can(action):
-            raise AuthError(f"this key's role {self.role.value!r} may not {action}", status=403)
+    @property
+    def actor(self) -> str:
+        """Who acts, for change records: ``user:<name>`` or ``key:<id>``."""
+        if self.user_name is not None:
+            return f"user:{self.user_name}"
+        return f"key:{self.key_id}"
+
+    @property
+    def is_person(self) -> bool:
+        """A signed-in person (else an API key)."""
+        return self.person_role is not None
+
+    def can(self, permission: Permission) -> bool:
+        """Whether the caller's role holds ``permission``."""
+        return holds(self.person_role if self.person_role is not None else self.role, permission)
+
+    def require(self, permission: Permission) -> None:
+        """A 403 :class:`AuthError` naming the role and the permission it lacks."""
+        if self.can(permission):
+            return
+        what = f"{permission.value!r} ({PERMISSIONS[permission].allows})"
+        if self.person_role is not None:
+            raise AuthError(
+                f"user {self.user_name!r} has the role {self.person_role.value!r} in project "
+                f"{self.project_slug!r}, which does not grant {what}",
+                status=403,
+            )
+        raise AuthError(f"this key's role {self.role.value!r} does not grant {what}", status=403)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +223,8 @@ class KeyCache:
         self.refresh_s = refresh_s
         self.miss_reload_s = miss_reload_s
         self._by_hash: dict[str, Principal] = {}
-        self._loaded_at = 0.0
-        self._miss_reload_at = 0.0
+        self._loaded_at = -math.inf  # the monotonic clock starts near 0 at boot
+        self._miss_reload_at = -math.inf
         self._miss_reload: asyncio.Future[None] | None = None
         self._lock = threading.Lock()
 

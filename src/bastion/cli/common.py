@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 
+from bastion.audit import AuditChain, AuditConfigError, AuditTrail, system_actor
 from bastion.auth import ensure_project
 from bastion.settings import Settings, load_settings
 from bastion.store import migrate
@@ -26,6 +27,7 @@ __all__ = [
     "QuietOption",
     "actor",
     "api_call",
+    "audit_trail",
     "echo_json",
     "errors",
     "fail",
@@ -33,6 +35,7 @@ __all__ = [
     "local_engine",
     "read_local",
     "run_local",
+    "write_audited",
     "write_local",
 ]
 
@@ -85,6 +88,20 @@ def actor() -> str:
     except (OSError, KeyError):
         user = "unknown"
     return f"{user} (cli)"
+
+
+def audit_trail(settings: Settings) -> AuditTrail:
+    """The audit trail of changes made from the command line directly on the database: the
+    actor is ``system:cli:<os user>`` (the person is known to the host, not to Bastion)."""
+    try:
+        chain = AuditChain.from_settings(settings.audit)
+    except AuditConfigError as exc:
+        raise fail(str(exc)) from exc
+    try:
+        user = "".join(c for c in getpass.getuser() if c.isprintable() and not c.isspace())
+    except (OSError, KeyError):
+        user = ""
+    return AuditTrail(chain, system_actor(f"cli:{user[:100] or 'unknown'}"))
 
 
 def echo_json(value: Any) -> None:
@@ -196,3 +213,16 @@ def write_local(
         return run_write(engine, lambda conn: work(conn, project_id))
 
     return run_local(config, project, run, expected=expected)
+
+
+def write_audited(
+    config: Path | None,
+    project: str,
+    work: Callable[[sa.Connection, int, AuditTrail], _T],
+    *,
+    expected: tuple[type[Exception], ...] = (),
+) -> _T:
+    """:func:`write_local` for changes: ``work(conn, project_id, trail)`` gets the command
+    line's audit trail (:func:`audit_trail`) to record them with."""
+    trail = audit_trail(load(config))
+    return write_local(config, project, lambda conn, pid: work(conn, pid, trail), expected=expected)

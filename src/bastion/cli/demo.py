@@ -18,11 +18,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import ConfigOption, fail, load
+from bastion.cli.common import ConfigOption, audit_trail, fail, load
+from bastion.cli.demo_ui import add_dashboard_sections, converse, print_ui_hint
 from bastion.settings import Settings
 
 if TYPE_CHECKING:
-    from bastion.server.state import AppState
+    from bastion.services.state import AppState
 
 console = Console()
 
@@ -73,6 +74,7 @@ def demo(
 
 def _add_demo_sections(settings: Settings, simulator_url: str) -> None:
     """The release models (on their own simulator) and the demo's rollout pace."""
+    from bastion.cli.demo_loop import DEMO_MODEL
     from bastion.cli.demo_rollout import demo_models
 
     providers, models = demo_models(simulator_url)
@@ -80,15 +82,17 @@ def _add_demo_sections(settings: Settings, simulator_url: str) -> None:
     sections["providers"] = {**(sections.get("providers") or {}), **providers}
     sections["models"] = {**(sections.get("models") or {}), **models}
     sections["releases"] = {**(sections.get("releases") or {}), **_DEMO_RELEASES}
+    add_dashboard_sections(sections, DEMO_MODEL)
 
 
 async def _demo(settings: Settings, exit_after: bool, port: int | None) -> None:
     from aiohttp import web
 
     from bastion.auth import create_key
+    from bastion.auth.users import ensure_first_owner
     from bastion.providers.simulator import SimulatorConfig, SimulatorServer
     from bastion.server.app import create_app
-    from bastion.server.state import build_state
+    from bastion.services.state import build_state
 
     started = time.monotonic()
     # The releases' model aliases need a provider URL when the configuration is validated,
@@ -99,6 +103,8 @@ async def _demo(settings: Settings, exit_after: bool, port: int | None) -> None:
             state = await asyncio.get_running_loop().run_in_executor(None, build_state, settings)
             with state.engine.begin() as conn:
                 key = create_key(conn, "default", name="demo").secret
+                # The owner's name and password, or None: one exists.
+                owner = ensure_first_owner(conn, audit=audit_trail(settings))
             state.keys.reload()
         port = port or _free_port(settings.host, settings.port)
         app = create_app(settings, state=state)
@@ -110,10 +116,18 @@ async def _demo(settings: Settings, exit_after: bool, port: int | None) -> None:
             f"[green]✓[/green] bastion serving on {base}  "
             f"(database: {settings.resolved_database_url})"
         )
+        if owner is not None:
+            console.print(
+                f"[green]✓[/green] first owner created (the password is shown once): sign in "
+                f"with POST {base}/auth/login  name={owner[0]}  password={owner[1]}",
+                highlight=False,
+                soft_wrap=True,
+            )
         try:
             await _walkthrough(settings, state, base, key)
             console.print(f"[dim]walkthrough done in {time.monotonic() - started:.0f}s[/dim]")
             _print_hints(base, key)
+            print_ui_hint(console, base, owner)
             if not exit_after:
                 console.print("[dim]serving until Ctrl-C[/dim]")
                 await asyncio.Event().wait()
@@ -162,6 +176,7 @@ async def _first_traces(http: Any, base: str) -> None:
         tree = await response.json()
     console.print(render_tree(tree))
     await _gateway_calls(http, base)
+    await converse(console, http, base)
     async with http.get(f"{base}/api/v1/metrics/summary", params={"group_by": "model"}) as response:
         response.raise_for_status()
         summary = await response.json()

@@ -29,6 +29,7 @@ DEMO_ROUTE = "checkout"
 #: The candidate's model: the same simulated model, failing half its calls with HTTP 500.
 BAD_MODEL = "demo-chat-next"
 _USERS = 400  # distinct users: the canary share is decided per user, so traffic needs many
+_TENANTS = ("acme", "globex", "initech")  # so the Users page has tenants to compare
 _CLIENTS = 4  # concurrent simulated clients
 _ENDED = {"promoted", "rolled_back", "aborted"}
 
@@ -47,6 +48,10 @@ def demo_models(simulator_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return providers, models
 
 
+def _tenant(n: int) -> str:
+    return _TENANTS[n % len(_TENANTS)]
+
+
 @dataclass
 class _Traffic:
     """Simulated users calling the route until stopped; counts answers by status."""
@@ -63,7 +68,7 @@ class _Traffic:
                 "model": f"route:{DEMO_ROUTE}",
                 "prompt": {"variables": {"order": str(1000 + n % 997), "customer": "Ada"}},
             }
-            headers = {"x-bastion-user": f"user-{n % _USERS}"}
+            headers = {"x-bastion-user": f"user-{n % _USERS}", "x-bastion-tenant": _tenant(n)}
             try:
                 async with self.http.post(
                     f"{self.base}/v1/chat/completions", json=body, headers=headers
@@ -196,7 +201,24 @@ async def run_rollouts(
 ) -> dict[str, Any]:
     """Deploy the stable release, canary a bad candidate (rolled back by itself), then a good
     one (promoted); print the reasons and the route's history. Returns the bad rollout."""
-    from bastion.cli.release_views import print_history, print_status
+    ids = await _create_releases(http, base, versions, console)
+    since = datetime.now(UTC) - timedelta(seconds=1)  # this run's history, not earlier runs'
+    await _deploy_stable(http, base, ids["stable"], console)
+    # Both arms share this one process, so a stall on a loaded machine hits single requests of
+    # either arm; real latency regressions are far larger than this floor.
+    thresholds = {"latency_floor_ms": 500}
+    bad, during = await _bad_canary(
+        http, base, ids["bad candidate"], versions, gate, thresholds, console
+    )
+    await _good_canary(http, base, ids["good candidate"], thresholds, console)
+    await _show_history(http, base, since, during, console)
+    return bad
+
+
+async def _create_releases(
+    http: aiohttp.ClientSession, base: str, versions: PromptVersions, console: Console
+) -> dict[str, str]:
+    """The stable release and the two candidates; their ids by role."""
 
     def spec(version: int, model: str) -> dict[str, Any]:
         return {
@@ -221,28 +243,45 @@ async def run_rollouts(
             f"on {model}",
             highlight=False,
         )
-    since = datetime.now(UTC) - timedelta(seconds=1)  # this run's history, not earlier runs'
+    return ids
+
+
+async def _deploy_stable(
+    http: aiohttp.ClientSession, base: str, release_id: str, console: Console
+) -> None:
+    """Deploy the stable release on the route and wait until the gateway serves it."""
     await _api(
         http,
         "POST",
         f"{base}/api/v1/routes/{DEMO_ROUTE}/deploy",
-        json={"release": ids["stable"], "reason": "the demo's stable release"},
+        json={"release": release_id, "reason": "the demo's stable release"},
     )
     await _wait_serving(http, base)
-    console.print(f"[green]✓[/green] route [bold]{DEMO_ROUTE}[/bold] serves {ids['stable']}")
+    console.print(f"[green]✓[/green] route [bold]{DEMO_ROUTE}[/bold] serves {release_id}")
+
+
+async def _bad_canary(
+    http: aiohttp.ClientSession,
+    base: str,
+    release_id: str,
+    versions: PromptVersions,
+    gate: GateOutcome,
+    thresholds: dict[str, Any],
+    console: Console,
+) -> tuple[dict[str, Any], str | None]:
+    """Canary the candidate whose model fails half its calls, gated on the eval runs, until the
+    controller rolls it back; show why. Returns the rollout and a moment during it."""
+    from bastion.cli.release_views import print_status
 
     console.rule("[bold]4 · Canary a bad candidate: watch it roll back by itself")
     console.print(
         f"The candidate passed the eval gate (v{versions.change} answers better), but its new "
         f"model deployment {BAD_MODEL} fails half its calls under live traffic."
     )
-    # Both arms share this one process, so a stall on a loaded machine hits single requests of
-    # either arm; real latency regressions are far larger than this floor.
-    thresholds = {"latency_floor_ms": 500}
     bad, during = await _rollout(
         http,
         base,
-        ids["bad candidate"],
+        release_id,
         {
             "steps": [20, 50, 100],
             "bake": "3s",
@@ -260,32 +299,53 @@ async def run_rollouts(
     # the route's status with the ended rollout's last analysis: per-arm metrics, the breach
     status = await _api(http, "GET", f"{base}/api/v1/routes/{DEMO_ROUTE}")
     print_status({**status, "rollout": bad})
+    return bad, during
 
+
+async def _good_canary(
+    http: aiohttp.ClientSession,
+    base: str,
+    release_id: str,
+    thresholds: dict[str, Any],
+    console: Console,
+) -> None:
+    """Canary the healthy candidate until the controller has promoted it step by step."""
     console.rule("[bold]5 · Canary a good candidate: promoted step by step")
     good, _ = await _rollout(
         http,
         base,
-        ids["good candidate"],
+        release_id,
         {"steps": [25, 50, 100], "bake": "2s", "min_requests": 20, "thresholds": thresholds},
         console,
     )
     colour = "green" if good["state"] == "promoted" else "red"
     console.print(f"→ [bold {colour}]{good['state']}[/]: {good['reason'] or ''}", highlight=False)
 
+
+async def _show_history(
+    http: aiohttp.ClientSession,
+    base: str,
+    since: datetime,
+    during: str | None,
+    console: Console,
+) -> None:
+    """The route's history since ``since``, and what it served at ``during`` (the bad canary)."""
+    from bastion.cli.release_views import print_history
+
     console.rule(f"[bold]6 · What was serving when: the history of route {DEMO_ROUTE}")
     history = await _api(http, "GET", f"{base}/api/v1/routes/{DEMO_ROUTE}/history")
     events = [e for e in history["items"] if datetime.fromisoformat(e["at"]) >= since]
     print_history(events, compact=True)
-    if during is not None:
-        at = await _api(
-            http, "GET", f"{base}/api/v1/routes/{DEMO_ROUTE}/history", params={"at": during}
+    if during is None:
+        return
+    at = await _api(
+        http, "GET", f"{base}/api/v1/routes/{DEMO_ROUTE}/history", params={"at": during}
+    )
+    served = at["serving"]
+    if served and served["candidate_release_id"]:
+        console.print(
+            f"at {during[11:19]} UTC (during the bad canary) {DEMO_ROUTE} served "
+            f"{served['stable_release_id']} with {served['candidate_release_id']} at "
+            f"{served['weight']:g}% ({served['strategy']})",
+            highlight=False,
         )
-        served = at["serving"]
-        if served and served["candidate_release_id"]:
-            console.print(
-                f"at {during[11:19]} UTC (during the bad canary) {DEMO_ROUTE} served "
-                f"{served['stable_release_id']} with {served['candidate_release_id']} at "
-                f"{served['weight']:g}% ({served['strategy']})",
-                highlight=False,
-            )
-    return bad

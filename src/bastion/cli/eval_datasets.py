@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, QuietOption, fail, load, local_engine
+from bastion.cli.common import (
+    ConfigOption,
+    QuietOption,
+    audit_trail,
+    fail,
+    load,
+    local_engine,
+)
 from bastion.cli.traces import ProjectOption
 from bastion.evals.gate import EXIT_ERROR
 
@@ -96,7 +103,7 @@ def from_traces(
                 taken = snapshot(conn, project_id, selection)
             pushed = store.push_dataset(
                 engine, project_id, name, taken.items, lock=lock, force=force,
-                sources=taken.sources,
+                sources=taken.sources, audit=audit_trail(settings),
             )  # fmt: skip
         except DatasetError as exc:
             raise fail(str(exc), EXIT_ERROR) from exc
@@ -128,7 +135,9 @@ def lock(
         with engine.begin() as conn:
             project_id = ensure_project(conn, project)
         try:
-            info = store.lock_dataset(engine, project_id, name, version)
+            info = store.lock_dataset(
+                engine, project_id, name, version, audit=audit_trail(settings)
+            )
         except store.EvalStoreError as exc:
             raise fail(str(exc), EXIT_ERROR) from exc
     console.print(f"{info.name}@{info.version}: locked ({info.item_count} items)", highlight=False)

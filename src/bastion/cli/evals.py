@@ -22,7 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.auth import ensure_project
-from bastion.cli.common import ConfigOption, QuietOption, errors, fail, load, local_engine
+from bastion.cli.common import (
+    ConfigOption,
+    QuietOption,
+    audit_trail,
+    errors,
+    fail,
+    load,
+    local_engine,
+)
 from bastion.cli.eval_run_options import (
     ConcurrencyOption,
     GatewayKeyOption,
@@ -107,7 +115,9 @@ def dataset_push(
     with local_engine(settings) as engine:
         project_id = _project(engine, project)
         try:
-            pushed = store.push_dataset(engine, project_id, name, items, lock=lock, force=force)
+            pushed = store.push_dataset(
+                engine, project_id, name, items, lock=lock, force=force, audit=audit_trail(settings)
+            )
         except DatasetError as exc:
             raise fail(str(exc), EXIT_ERROR) from exc
     info = pushed.info
@@ -312,6 +322,7 @@ def _plan_run(
 ) -> EvalPlan:
     """``eval run``'s plan: the resumed run's, or a new one; a setup problem exits 2."""
     from bastion.evals import runner
+    from bastion.releases.eval_targets import resolve_release
 
     try:
         if resume:
@@ -320,7 +331,9 @@ def _plan_run(
                     "--resume takes the run's own dataset, target and scorers: "
                     "give none of --dataset/--prompt/--target/--model/--scorer(s)"
                 )
-            return runner.plan_resume(engine, project_id, resume, context=context)
+            return runner.plan_resume(
+                engine, project_id, resume, context=context, releases=resolve_release
+            )
         if not dataset:
             raise runner.EvalSetupError("--dataset is required")
         chosen, model_override = _run_target(prompt, target, model)
@@ -335,6 +348,7 @@ def _plan_run(
             repeats=repeats,
             model=model_override,
             context=context,
+            releases=resolve_release,
         )
     except runner.EvalSetupError as exc:
         raise fail(str(exc), EXIT_ERROR) from exc
@@ -439,6 +453,7 @@ def _resolve_run(
     ``route``): that target's latest completed run on ``dataset``."""
     from bastion.evals import store
     from bastion.evals.references import latest_run_of, parse_reference
+    from bastion.releases.eval_targets import resolve_release
 
     if _RUN_ID.match(ref):
         store.get_run(conn, project_id, ref)
@@ -448,7 +463,7 @@ def _resolve_run(
         raise store.EvalStoreError(
             f"{ref!r} is not a run id; to mean a target's latest run, give --dataset"
         )
-    return latest_run_of(conn, project_id, _dataset_ref(dataset)[0], target).run_id
+    return latest_run_of(conn, project_id, _dataset_ref(dataset)[0], target, resolve_release).run_id
 
 
 def _comparison(

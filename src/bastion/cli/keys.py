@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.auth import DEFAULT_PROJECT, Role, create_key, list_keys, revoke_key
-from bastion.cli.common import ConfigOption, load, local_engine
+from bastion.auth import DEFAULT_PROJECT, Role, key_changes, list_keys
+from bastion.cli.common import ConfigOption, audit_trail, load, local_engine
 
 app = typer.Typer(
     help="Project API keys (only a hash is stored; a key is shown once).", no_args_is_help=True
@@ -29,9 +29,10 @@ def create(
 ) -> None:
     """Create a key; the full key is printed once and never stored."""
     settings = load(config)
+    trail = audit_trail(settings)
     with local_engine(settings) as engine, engine.begin() as conn:
         try:
-            created = create_key(conn, project, name=name, role=role)
+            created = key_changes.create(conn, project, name=name, role=role, audit=trail)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--project") from exc
     if quiet:
@@ -72,8 +73,9 @@ def revoke(
 ) -> None:
     """Revoke a key; running servers stop accepting it within seconds."""
     settings = load(config)
+    trail = audit_trail(settings)
     with local_engine(settings) as engine, engine.begin() as conn:
-        done = revoke_key(conn, key_id)
+        done = key_changes.revoke(conn, key_id, audit=trail)
     if not done:
         console.print(f"[red]no live key with id {key_id}[/red]")
         raise typer.Exit(1)

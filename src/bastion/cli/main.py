@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bastion import __version__
 from bastion.cli import (
+    approvals,
+    audit,
     demo,
     eval_datasets,
     eval_redteam,
@@ -20,11 +21,14 @@ from bastion.cli import (
     prompts,
     releases,
     replay,
+    retention,
     simulate,
     traces,
+    users,
 )
 from bastion.cli.common import ConfigOption, load
 from bastion.settings import ConfigError
+from bastion.version import __version__
 
 __all__ = ["app", "main"]
 
@@ -35,6 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(users.app, name="users")
 app.add_typer(traces.app, name="traces")
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(prompts.app, name="prompts")
@@ -46,11 +51,15 @@ evals.dataset_app.command("lock")(eval_datasets.lock)
 evals.dataset_app.command("show")(eval_datasets.show)
 evals.app.command("redteam")(eval_redteam.redteam)
 app.add_typer(releases.app, name="release")
+app.add_typer(audit.app, name="audit")
+app.add_typer(approvals.app, name="approvals")
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command("demo")(demo.demo)
 app.command("simulate")(simulate.simulate)
 app.command("replay")(replay.replay)
+app.add_typer(retention.app, name="retention")
+app.command("erase")(retention.erase)
 
 console = Console(stderr=True)
 
@@ -94,6 +103,7 @@ def _run(
 ) -> None:
     from aiohttp import web
 
+    from bastion.server.access_log import RedactingAccessLogger
     from bastion.server.app import create_app
     from bastion.server.event_loop import new_event_loop
     from bastion.server.gc_tuning import tune_gc
@@ -132,6 +142,7 @@ def _run(
         port=settings.port,
         print=None,
         loop=new_event_loop(),
+        access_log_class=RedactingAccessLogger,
     )
 
 

@@ -23,6 +23,7 @@ from bastion.cli.common import (
     QuietOption,
     actor,
     api_call,
+    audit_trail,
     echo_json,
     errors,
     fail,
@@ -103,12 +104,21 @@ def push(
         from bastion.prompts import registry
         from bastion.prompts.template_budget import ProjectLimits
 
-        limits = ProjectLimits.from_settings(load(config)).of(project)
+        settings = load(config)
+        limits = ProjectLimits.from_settings(settings).of(project)
+        trail = audit_trail(settings)
         pushed = _write(
             config,
             project,
             lambda conn, pid: registry.push(
-                conn, pid, specs, message=message, author=actor(), git_sha=git_sha, limits=limits
+                conn,
+                pid,
+                specs,
+                message=message,
+                author=actor(),
+                git_sha=git_sha,
+                limits=limits,
+                audit=trail,
             ),
         )
         results = [r.model_dump(mode="json") for r in pushed]
@@ -329,12 +339,21 @@ def label(
     else:
         from bastion.prompts import registry
 
+        trail = audit_trail(load(config))
         change = _write(
             config,
             project,
             lambda c, pid: _dump(
                 registry.set_label(
-                    c, pid, name, version, label, actor=actor(), reason=reason, role=Role.ADMIN
+                    c,
+                    pid,
+                    name,
+                    version,
+                    label,
+                    actor=actor(),
+                    reason=reason,
+                    role=Role.ADMIN,
+                    audit=trail,
                 )
             ),
         )
@@ -358,12 +377,13 @@ def rollback(
     else:
         from bastion.prompts import registry
 
+        trail = audit_trail(load(config))
         change = _write(
             config,
             project,
             lambda c, pid: _dump(
                 registry.rollback(
-                    c, pid, name, label, actor=actor(), reason=reason, role=Role.ADMIN
+                    c, pid, name, label, actor=actor(), reason=reason, role=Role.ADMIN, audit=trail
                 )
             ),
         )
@@ -388,6 +408,7 @@ def protect(
     else:
         from bastion.prompts import registry
 
+        trail = audit_trail(load(config))
         change = _write(
             config,
             project,
@@ -401,6 +422,7 @@ def protect(
                     role=Role.ADMIN,
                     protected=not off,
                     reason=reason,
+                    audit=trail,
                 )
             ),
         )

@@ -29,12 +29,13 @@ from bastion.cli.common import (
     fail,
     load,
     read_local,
-    write_local,
+    write_audited,
 )
 from bastion.cli.release_views import print_history, print_status
 from bastion.cli.traces import KeyOption, ProjectOption, UrlOption
 
 if TYPE_CHECKING:
+    from bastion.audit import AuditTrail
     from bastion.releases.model import RolloutPolicy
 
 app = typer.Typer(
@@ -61,8 +62,8 @@ def _read(config: Path | None, project: str, work: Callable[[sa.Connection, int]
     return read_local(config, project, work, expected=_release_errors())
 
 
-def _write(config: Path | None, project: str, work: Callable[[sa.Connection, int], _T]) -> _T:
-    return write_local(config, project, work, expected=_release_errors())
+def _write(config: Path | None, project: str, work: Callable[..., _T]) -> _T:
+    return write_audited(config, project, work, expected=_release_errors())
 
 
 def _q(*parts: str) -> str:
@@ -104,8 +105,10 @@ def create(
         doc = api_call(url, key, "POST", "/api/v1/releases", body={"spec": spec.to_dict()})
     else:
 
-        def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
-            info, created = release_store.create_release(conn, pid, spec, actor=actor())
+        def work(conn: sa.Connection, pid: int, trail: AuditTrail) -> dict[str, Any]:
+            info, created = release_store.create_release(
+                conn, pid, spec, actor=actor(), audit=trail
+            )
             return {**info.to_dict(), "created": created}
 
         doc = _write(config, project, work)
@@ -253,9 +256,9 @@ def deploy(
         release_id = _write(
             config,
             project,
-            lambda c, pid: (
+            lambda c, pid, trail: (
                 release_store.deploy(
-                    c, pid, route, env, release, actor=actor(), reason=reason
+                    c, pid, route, env, release, actor=actor(), reason=reason, audit=trail
                 ).release_id
             ),
         )
@@ -395,7 +398,7 @@ def _start_rollout_locally(
 
     settings = load(config)
 
-    def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
+    def work(conn: sa.Connection, pid: int, trail: AuditTrail) -> dict[str, Any]:
         evidence = check_gate(conn, settings, pid, gate) if gate is not None else None
         return rollouts.start_rollout(
             conn,
@@ -407,6 +410,7 @@ def _start_rollout_locally(
             actor=actor(),
             gate=evidence,
             reason=reason,
+            audit=trail,
         ).to_dict()
 
     return _write(config, project, work)
@@ -502,8 +506,8 @@ def _action_command(name: str, help_text: str) -> None:
 
             act = getattr(rollouts, name)
 
-            def work(conn: sa.Connection, pid: int) -> dict[str, Any]:
-                act(conn, pid, route, env, actor=actor(), reason=reason)
+            def work(conn: sa.Connection, pid: int, trail: AuditTrail) -> dict[str, Any]:
+                act(conn, pid, route, env, actor=actor(), reason=reason, audit=trail)
                 return route_status(conn, pid, route, env)
 
             doc = _write(config, project, work)

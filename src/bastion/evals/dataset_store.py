@@ -3,7 +3,9 @@
 Pushing items whose :meth:`~bastion.evals.datasets.DatasetVersion.content_hash` a version of
 that name already has creates nothing and answers with that version. A *locked* version is a
 golden set: pushing different content under the same name is refused while the newest version
-is locked (``force=True`` overrides, creating a new version).
+is locked (``force=True`` overrides, creating a new version). Given an
+:class:`~bastion.audit.AuditTrail` (``audit=``), a new version (``dataset.push``) and a lock
+(``dataset.lock``) append their audit records in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 import orjson
 import sqlalchemy as sa
 
+from bastion.audit import AuditTrail
 from bastion.evals.datasets import DatasetError, DatasetVersion, Item
 from bastion.evals.store_common import (
     DatasetLockedError,
@@ -116,8 +119,38 @@ def _item_from_json(text: str) -> Item:
     )
 
 
+def _record(
+    conn: sa.Connection, audit: AuditTrail | None, project_id: int, info: DatasetInfo, action: str
+) -> None:
+    """The audit record of a new version (``push``) or a version locked (``lock``)."""
+    if audit is None:
+        return
+    audit.record(
+        conn,
+        f"dataset.{action}",
+        "dataset",
+        f"{info.name}@{info.version}",
+        project_id=project_id,
+        before=None if action == "push" else {"content_hash": info.content_hash, "locked": False},
+        after={"content_hash": info.content_hash, "locked": info.locked},
+        details={
+            "name": info.name,
+            "version": info.version,
+            "content_hash": info.content_hash,
+            "items": info.item_count,
+            "locked": info.locked,
+        },
+    )
+
+
 def _reuse_version(
-    conn: sa.Connection, project_id: int, name: str, digest: str, *, lock: bool
+    conn: sa.Connection,
+    project_id: int,
+    name: str,
+    digest: str,
+    *,
+    lock: bool,
+    audit: AuditTrail | None,
 ) -> PushedDataset | None:
     """The version of ``name`` already holding content ``digest`` (locked now if ``lock``)."""
     existing = conn.execute(
@@ -129,15 +162,14 @@ def _reuse_version(
     ).one_or_none()
     if existing is None:
         return None
+    info = _info(existing)
+    if lock:
+        info = replace(info, locked=True)
     if lock and not existing.locked:
         conn.execute(
             eval_datasets.update().where(eval_datasets.c.id == existing.id).values(locked=True)
         )
-    info = _info(existing)
-    if lock:
-        info = DatasetInfo(
-            info.name, info.version, info.content_hash, info.item_count, True, info.created_at
-        )
+        _record(conn, audit, project_id, info, "lock")
     return PushedDataset(info, "unchanged")
 
 
@@ -217,6 +249,7 @@ def push_dataset(
     lock: bool = False,
     force: bool = False,
     sources: Mapping[str, tuple[str, str]] | None = None,
+    audit: AuditTrail | None = None,
 ) -> PushedDataset:
     """Store ``items`` as a version of dataset ``name`` (or find the version that has them).
 
@@ -237,19 +270,25 @@ def push_dataset(
     encoded = [(item, item.content_hash(), _item_json(item)) for item in version.items]
 
     def work(conn: sa.Connection) -> PushedDataset:
-        unchanged = _reuse_version(conn, project_id, name, digest, lock=lock)
+        unchanged = _reuse_version(conn, project_id, name, digest, lock=lock, audit=audit)
         if unchanged is not None:
             return unchanged
         number = _next_version(conn, project_id, name, force=force)
         info = DatasetInfo(name, number, digest, len(encoded), lock, utc_now())
         _insert_version(conn, project_id, info, encoded, sources)
+        _record(conn, audit, project_id, info, "push")
         return PushedDataset(info, "created")
 
     return run_write(engine, work)
 
 
 def lock_dataset(
-    engine: sa.Engine, project_id: int, name: str, version: int | None = None
+    engine: sa.Engine,
+    project_id: int,
+    name: str,
+    version: int | None = None,
+    *,
+    audit: AuditTrail | None = None,
 ) -> DatasetInfo:
     """Lock one version of dataset ``name`` (the newest when ``version`` is None) and return
     it. Locking is one-way: a golden set stays golden; new content needs a new version.
@@ -263,11 +302,13 @@ def lock_dataset(
         if row is None:
             which = "" if version is None else f" version {version}"
             raise EvalStoreError(f"no dataset {name!r}{which} in this project")
+        info = replace(_info(row), locked=True)
         if not row.locked:
             conn.execute(
                 eval_datasets.update().where(eval_datasets.c.id == row.id).values(locked=True)
             )
-        return replace(_info(row), locked=True)
+            _record(conn, audit, project_id, info, "lock")
+        return info
 
     return run_write(engine, work)
 

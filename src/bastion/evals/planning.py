@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item, check_variables
-from bastion.evals.release_targets import ReleaseTargetError, ResolvedRelease, resolve_release
+from bastion.evals.release_targets import ReleaseResolver, ReleaseTargetError, ResolvedRelease
 from bastion.evals.scorers.base import ScorerError
 from bastion.evals.scorers.registry import ConfiguredScorer, ScorerContext, make_scorer
 from bastion.prompts import PromptSpec, PromptSpecError, TemplateError, render
@@ -220,6 +220,7 @@ def _resolve_target(
     *,
     model: str | None,
     params: Mapping[str, Any],
+    releases: ReleaseResolver | None,
 ) -> _Resolved:
     if target.kind == "model":
         description: dict[str, Any] = {"kind": "model", "name": target.name, "model": target.name}
@@ -234,7 +235,7 @@ def _resolve_target(
     if target.kind in ("release", "route"):
         if model is not None:
             raise EvalSetupError(f"{target.key}: the release decides the model; drop --model")
-        return _resolve_release(conn, project_id, target, params)
+        return _resolve_release(conn, project_id, target, params, releases)
     found, spec, partials = _load_prompt(
         conn, project_id, target.name, target.label, target.version
     )
@@ -311,14 +312,22 @@ def _prompt_resolved(
     )
 
 
-def target_release(conn: sa.Connection, project_id: int, target: Target) -> ResolvedRelease:
-    """The release a ``release`` or ``route`` target names, resolved now.
+def target_release(
+    conn: sa.Connection, project_id: int, target: Target, releases: ReleaseResolver | None
+) -> ResolvedRelease:
+    """The release a ``release`` or ``route`` target names, resolved now by ``releases``.
 
     Raises:
-        EvalSetupError: no such release, or none deployed where a route target points.
+        EvalSetupError: no such release, none deployed where a route target points, or no
+            resolver to ask.
     """
+    if releases is None:
+        raise EvalSetupError(
+            f"{target.key}: release and route targets need the release store "
+            "(plan the run with a release resolver)"
+        )
     try:
-        return resolve_release(
+        return releases(
             conn,
             project_id,
             release=target.name if target.kind == "release" else None,
@@ -331,19 +340,23 @@ def target_release(conn: sa.Connection, project_id: int, target: Target) -> Reso
 
 
 def _resolve_release(
-    conn: sa.Connection, project_id: int, target: Target, params: Mapping[str, Any]
+    conn: sa.Connection,
+    project_id: int,
+    target: Target,
+    params: Mapping[str, Any],
+    releases: ReleaseResolver | None,
 ) -> _Resolved:
     """The release's bundle: its pinned prompt version rendered, its model alias, its params
     over the prompt's defaults (explicit ``params`` over both) and its tools."""
-    release = target_release(conn, project_id, target)
-    spec = release.info.spec
+    release = target_release(conn, project_id, target, releases)
+    spec = release.release
     bundle: dict[str, Any] = {**dict(spec.params), **dict(params)}
     if spec.tools:
         bundle.setdefault("tools", [dict(t) for t in spec.tools])
     description: dict[str, Any] = {
         "kind": "release",
-        "release_id": release.info.release_id,
-        "release": release.info.name,
+        "release_id": spec.release_id,
+        "release": spec.name,
         "route": release.route,
         "environment": release.environment,
         "prompt": release.prompt,
@@ -429,12 +442,15 @@ def _plan(
     model: str | None,
     params: Mapping[str, Any],
     context: ScorerContext | None,
+    releases: ReleaseResolver | None,
 ) -> EvalPlan:
     if repeats < 1:
         raise EvalSetupError(f"repeats must be at least 1, got {repeats}")
     if not dataset.items:
         raise EvalSetupError(f"dataset {dataset.ref} has no items")
-    resolved = _resolve_target(conn, project_id, target, model=model, params=params)
+    resolved = _resolve_target(
+        conn, project_id, target, model=model, params=params, releases=releases
+    )
     scorers = _build_scorers(scorer_specs, context)
     try:
         check_variables(dataset.items, _required_variables(resolved))
@@ -479,8 +495,10 @@ def plan_run(
     model: str | None = None,
     params: Mapping[str, Any] | None = None,
     context: ScorerContext | None = None,
+    releases: ReleaseResolver | None = None,
 ) -> EvalPlan:
-    """Check everything a run needs before any model call.
+    """Check everything a run needs before any model call. ``releases`` resolves release and
+    route targets (:func:`bastion.releases.eval_targets.resolve_release`).
 
     Raises:
         EvalSetupError: naming what is wrong.
@@ -500,11 +518,17 @@ def plan_run(
             model=model,
             params=params or {},
             context=context,
+            releases=releases,
         )
 
 
 def plan_resume(
-    engine: sa.Engine, project_id: int, run_id: str, *, context: ScorerContext | None = None
+    engine: sa.Engine,
+    project_id: int,
+    run_id: str,
+    *,
+    context: ScorerContext | None = None,
+    releases: ReleaseResolver | None = None,
 ) -> EvalPlan:
     """The plan of an earlier run, to finish it: same dataset version, the prompt *version*
     it resolved to (not where its label points now), scorers, params and repeats."""
@@ -540,6 +564,7 @@ def plan_resume(
             model=model,
             params=run_params,
             context=context,
+            releases=releases,
         )
     if plan.resolved.target_hash != info.target_hash:
         raise EvalSetupError(f"eval run {run_id}: its target changed since it started")

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from bastion.evals import store
 from bastion.evals.planning import EvalSetupError, Target, parse_target, target_release
-from bastion.releases.model import ENVIRONMENTS
+from bastion.evals.release_targets import ReleaseResolver
+from bastion.names import ENVIRONMENTS
 
 __all__ = ["REFERENCE_FORMS", "latest_run_of", "parse_reference", "stored_key"]
 
@@ -46,24 +47,31 @@ def parse_reference(ref: str, *, prompt: str | None = None, route: str | None = 
     raise EvalSetupError(f"{ref!r} is not a run id or a target reference: {REFERENCE_FORMS}")
 
 
-def stored_key(conn: sa.Connection, project_id: int, target: Target) -> str:
+def stored_key(
+    conn: sa.Connection, project_id: int, target: Target, releases: ReleaseResolver | None
+) -> str:
     """The key runs of ``target`` are stored under (a release's id for release and route
-    targets, resolved now)."""
+    targets, resolved now by ``releases``)."""
     if target.kind not in ("release", "route"):
         return target.key
-    return target_release(conn, project_id, target).key
+    return target_release(conn, project_id, target, releases).key
 
 
 def latest_run_of(
-    conn: sa.Connection, project_id: int, dataset: str, target: Target
+    conn: sa.Connection,
+    project_id: int,
+    dataset: str,
+    target: Target,
+    releases: ReleaseResolver | None = None,
 ) -> store.RunInfo:
-    """``target``'s latest completed run on ``dataset``.
+    """``target``'s latest completed run on ``dataset`` (``releases`` resolves release and
+    route targets).
 
     Raises:
         EvalSetupError: an unknown release, route or environment.
         store.EvalStoreError: no such run (the message says how to make one).
     """
-    key = stored_key(conn, project_id, target)
+    key = stored_key(conn, project_id, target, releases)
     try:
         return store.latest_run(conn, project_id, dataset, key)
     except store.EvalStoreError:

@@ -120,6 +120,9 @@ class Admission:
         self._chains = fallback_chains(config)
         shared.on_warning = self._on_warning
         self.on_event: Callable[..., None] | None = None
+        # Told of budget warnings, blocks and degrades: (kind, rule, value, project id,
+        # facts), for the audit log; called on the request path, so it must not block.
+        self.on_decision: Callable[..., None] | None = None
         self._project_ids: dict[str, int] = {}  # slug → id, for events of project budgets
         """Told of every budget threshold crossed (the recorder keeps it as an event span)."""
         self._decisions: Counter | None = None
@@ -218,6 +221,7 @@ class Admission:
             rule_b, value = (blocking or exceeded)[0]
             spent = verdict.spent[[r.id for r, _ in budget_rules].index(rule_b.id)]
             self._count("budget_exceeded")
+            self._decided("block", rule_b, value, principal.project_id, {"spent": spent})
             raise self._budget_error(call, rule_b, value, spent, now)
         rule_d, value = exceeded[0]
         assert rule_d.degrade_to is not None
@@ -225,6 +229,10 @@ class Admission:
         if target is None:  # validated at load; the alias table may have been swapped since
             raise self._budget_error(call, rule_d, value, verdict.spent[0], now)
         self._count("degraded")
+        self._decided(
+            "degrade", rule_d, value, principal.project_id,
+            {"degraded_from": alias.name, "degraded_to": target.name},
+        )  # fmt: skip
         call.attributes[BUDGET_DECISION] = "degraded"
         call.attributes[BUDGET_RULE] = _describe(rule_d, value)
         call.attributes[BUDGET_DEGRADED_FROM] = alias.name
@@ -481,6 +489,11 @@ class Admission:
             unit,
             rule.id,
         )
+        # A project's own budget is its business; the others are the operator's.
+        project_id = self._project_ids.get(value) if rule.scope == "project" else None
+        spent = round(warning.spent, 6)
+        facts = {"threshold_percent": percent, "spent": spent, "limit": warning.limit, "unit": unit}
+        self._decided("warn", rule, value, project_id, facts)
         if self.on_event is not None:
             self.on_event(
                 BUDGET_THRESHOLD,
@@ -493,9 +506,14 @@ class Admission:
                     f"{BUDGET_LIMIT_PREFIX}{unit}": warning.limit,
                     BUDGET_RULE: f"budgets[{rule.id}]",
                 },
-                # A project's own budget is its business; the others are the operator's.
-                project_id=self._project_ids.get(value) if rule.scope == "project" else None,
+                project_id=project_id,
             )
+
+    def _decided(
+        self, kind: str, rule: BudgetRule, value: str, project_id: int | None, facts: Any
+    ) -> None:
+        if self.on_decision is not None:
+            self.on_decision(kind, rule, value, project_id, facts)
 
     def _count(self, outcome: str) -> None:
         if self._decisions is not None:

@@ -11,9 +11,11 @@ from functools import partial
 
 from aiohttp import web
 
+from bastion.audit import SystemAuditWriter
 from bastion.catalog import Catalog
 from bastion.gateway import handlers
 from bastion.gateway.admission import Admission
+from bastion.gateway.audit_events import GatewayAudit
 from bastion.gateway.breaker import Breakers, Transition
 from bastion.gateway.cache import make_response_cache
 from bastion.gateway.cache_config import load_cache_config
@@ -22,6 +24,7 @@ from bastion.gateway.limit_rebuild import rebuild_ledger
 from bastion.gateway.limits_config import load_limits_config
 from bastion.gateway.prompts import PromptCache
 from bastion.gateway.recording import Recorder
+from bastion.gateway.release_requests import install_route_table
 from bastion.gateway.resilience import Resilience
 from bastion.gateway.router import Router
 from bastion.gateway.shared_state import SharedState
@@ -36,8 +39,7 @@ from bastion.providers.config import (
     load_gateway_config,
 )
 from bastion.providers.upstream import Upstream
-from bastion.releases.serving import install_route_table
-from bastion.server.state import SIMULATOR_PRICES, STATE, AppState
+from bastion.services.state import SIMULATOR_PRICES, STATE, AppState
 from bastion.settings import Settings
 from bastion.tracing.attributes import (
     BREAKER_DEPLOYMENT,
@@ -155,6 +157,23 @@ async def _start_admission(
     return admission
 
 
+def _start_audit(
+    settings: Settings, state: AppState, breakers: Breakers, admission: Admission
+) -> SystemAuditWriter:
+    """Audit breaker transitions and budget decisions through a writer thread (started)."""
+    writer = SystemAuditWriter(
+        state.engine,
+        state.audit,
+        max_pending=settings.audit.system_queue_max,
+        registry=state.registry,
+    )
+    writer.start()
+    gateway_audit = GatewayAudit(writer)
+    breakers.listeners.append(gateway_audit.breaker_transition)
+    admission.on_decision = gateway_audit.budget_decision
+    return writer
+
+
 def install_gateway(app: web.Application, settings: Settings) -> None:
     """Add the gateway routes; providers, pool and simulator start with the application.
 
@@ -196,9 +215,11 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 default_project_id=state.default_project_id,
                 registry=state.registry,
             )
-            # Breaker transitions and budget thresholds are kept as event spans (audit trail).
+            # Breaker transitions and budget thresholds are kept as event spans, and as audit
+            # records appended off the request path.
             breakers.listeners.append(partial(_record_transition, recorder))
             admission.on_event = recorder.event
+            audit_writer = _start_audit(settings, state, breakers, admission)
             app[GATEWAY] = GatewayState(
                 settings=settings.gateway,
                 config=config,
@@ -226,6 +247,8 @@ def install_gateway(app: web.Application, settings: Settings) -> None:
                 await shared_state.close()
                 await response_cache.close()
                 await upstream.close()
+                # Its thread writes through the engine, which the server closes after this.
+                await asyncio.get_running_loop().run_in_executor(None, audit_writer.close)
 
     app.cleanup_ctx.append(lifecycle)
     install_route_table(app, settings)  # release routes, from memory (bastion.releases)

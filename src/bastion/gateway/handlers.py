@@ -10,10 +10,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bastion.auth import AuthError, Principal
+from bastion.auth import AuthError, Permission, Principal
+from bastion.auth.credentials import presented_key
 from bastion.gateway.errors import Api, GatewayError, error_response
 from bastion.gateway.prompt_requests import apply_prompt
 from bastion.gateway.recording import Call, TraceContext
+from bastion.gateway.release_requests import apply_release, send_shadow
 from bastion.gateway.state import GATEWAY, GatewayState
 from bastion.gateway.validation import (
     validate_anthropic_messages,
@@ -21,9 +23,7 @@ from bastion.gateway.validation import (
     validate_openai_chat,
 )
 from bastion.providers.config import ModelAlias
-from bastion.releases.serving import apply_release, send_shadow
-from bastion.server.auth import presented_key
-from bastion.server.state import STATE
+from bastion.services.state import STATE
 
 __all__ = ["routes"]
 
@@ -59,10 +59,11 @@ async def _principal(request: web.Request) -> Principal:
             401, "invalid or revoked API key", error_class="authentication_error",
             code="invalid_api_key",
         )  # fmt: skip
-    if not principal.can("gateway"):
+    if not principal.can(Permission.GATEWAY_CALL):
         raise GatewayError(
             403,
-            f"this key's role {principal.role.value!r} may not call models",
+            f"this key's role {principal.role.value!r} does not grant "
+            f"{Permission.GATEWAY_CALL.value!r} (calling models)",
             error_class="permission_error",
         )
     return principal

@@ -26,9 +26,14 @@ ATTRIBUTION_SCOPES = (("team", "team"), ("feature", "feature"), ("user", "user_i
 """(scope, attribution name) of the scopes a request's attribution provides."""
 
 
-def scope_values(project_slug: str, key_id: int, attribution: Mapping[str, str]) -> dict[str, str]:
-    """The value of every scope a request has (``model`` is added per alias by admission)."""
-    values = {"project": project_slug, "key": str(key_id)}
+def scope_values(
+    project_slug: str, key_id: int | None, attribution: Mapping[str, str]
+) -> dict[str, str]:
+    """The value of every scope a request has (``model`` is added per alias by admission); a
+    caller that is not a key (a signed-in person) has no ``key`` scope."""
+    values = {"project": project_slug}
+    if key_id is not None:
+        values["key"] = str(key_id)
     for scope, name in ATTRIBUTION_SCOPES:
         value = attribution.get(name)
         if value:

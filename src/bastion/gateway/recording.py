@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from bastion.ingest.pipeline import Backpressure, IngestPipeline
 from bastion.providers.translate import StreamSummary, Usage
 from bastion.tracing.attributes import (
     GATEWAY_API,
@@ -28,7 +29,6 @@ from bastion.tracing.attributes import (
     TEAM,
     USAGE_ESTIMATED,
 )
-from bastion.tracing.ingest import Backpressure, IngestPipeline
 from bastion.tracing.model import Span, SpanKind, StatusCode
 from bastion.tracing.normalize import truncate
 

@@ -8,7 +8,7 @@ observed once on its way through, for the span.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 import orjson
@@ -211,6 +211,10 @@ class _Passthrough:
         return b""
 
 
+# Whatever turns the provider's stream events into the client's.
+_StreamRelay: TypeAlias = _Passthrough | AnthropicToOpenAIStream | OpenAIToAnthropicStream
+
+
 def _stream_error_event(api: Api, message: str) -> bytes:
     if api == "anthropic":
         payload = {"type": "error", "error": {"type": "api_error", "message": message}}
@@ -230,37 +234,14 @@ async def relay_stream(
     client_wants_usage: bool,
 ) -> web.StreamResponse:
     """A streamed answer, forwarded event by event as it arrives."""
-    if response.status >= 400:
-        raw = await _read(response, deployment)
-        raise upstream_error(deployment, response.status, raw, response.headers)
-    if "text/event-stream" not in response.headers.get("Content-Type", ""):
-        await _read(response, deployment)
-        raise GatewayError(
-            502,
-            f"provider {deployment.provider.name!r} answered a streaming request "
-            "without an event stream",
-            error_class="upstream_invalid_response",
-        )
+    await _require_event_stream(response, deployment)
     kind = deployment.provider.kind
-    relay: _Passthrough | AnthropicToOpenAIStream | OpenAIToAnthropicStream
-    if api == kind:
-        relay = _Passthrough(kind, drop_usage_chunk=kind == "openai" and not client_wants_usage)
-    elif api == "openai":
-        relay = AnthropicToOpenAIStream(include_usage=client_wants_usage)
-    else:
-        relay = OpenAIToAnthropicStream(deployment.model)
+    relay = _stream_relay(api, deployment, client_wants_usage=client_wants_usage)
     # Nothing goes to the client before the provider's first event: until then a failure
     # (timeout, reset, empty stream) is still retryable on another deployment.
     parser = SseParser()
     first = await _first_output(response, deployment, relay, parser)
-    out = web.StreamResponse(
-        headers={
-            **headers,
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    out = web.StreamResponse(headers=_stream_headers(headers))
     try:
         await out.prepare(request)
         try:
@@ -281,19 +262,7 @@ async def relay_stream(
                 raise  # our client went away while we wrote: handled below
             _interrupted(call, deployment, type(exc).__name__)
         else:
-            summary = relay.summary
-            if summary.error is not None:
-                message = str(summary.error.get("message", "stream error"))
-                call.fail(502, "upstream_stream_error", f"provider error mid-stream: {message}")
-            elif not summary.done:
-                _interrupted(call, deployment, "stream ended early")
-            else:
-                tail = relay.finish()
-                if tail:
-                    await out.write(tail)
-                if call.capture is not None:  # complete: the only stream worth keeping
-                    call.capture.summary = relay.summary
-                    call.capture.kind = kind
+            await _end_of_stream(call, deployment, relay, out)
         if call.error_class is not None and relay.summary.error is None:
             await out.write(_stream_error_event(api, call.error_message or "stream interrupted"))
         await out.write_eof()
@@ -307,10 +276,64 @@ async def relay_stream(
     return out
 
 
+async def _require_event_stream(response: aiohttp.ClientResponse, deployment: Deployment) -> None:
+    """Raise the gateway's answer when the provider did not open an event stream."""
+    if response.status >= 400:
+        raw = await _read(response, deployment)
+        raise upstream_error(deployment, response.status, raw, response.headers)
+    if "text/event-stream" not in response.headers.get("Content-Type", ""):
+        await _read(response, deployment)
+        raise GatewayError(
+            502,
+            f"provider {deployment.provider.name!r} answered a streaming request "
+            "without an event stream",
+            error_class="upstream_invalid_response",
+        )
+
+
+def _stream_relay(api: Api, deployment: Deployment, *, client_wants_usage: bool) -> _StreamRelay:
+    """What turns the provider's events into the client's: passed through or translated."""
+    kind = deployment.provider.kind
+    if api == kind:
+        return _Passthrough(kind, drop_usage_chunk=kind == "openai" and not client_wants_usage)
+    if api == "openai":
+        return AnthropicToOpenAIStream(include_usage=client_wants_usage)
+    return OpenAIToAnthropicStream(deployment.model)
+
+
+def _stream_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        **headers,
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
+
+
+async def _end_of_stream(
+    call: Call, deployment: Deployment, relay: _StreamRelay, out: web.StreamResponse
+) -> None:
+    """The provider's stream ended: a failure if it carried an error or stopped short, else
+    the relay's closing bytes go out and a complete stream is kept for capture."""
+    summary = relay.summary
+    if summary.error is not None:
+        message = str(summary.error.get("message", "stream error"))
+        call.fail(502, "upstream_stream_error", f"provider error mid-stream: {message}")
+    elif not summary.done:
+        _interrupted(call, deployment, "stream ended early")
+    else:
+        tail = relay.finish()
+        if tail:
+            await out.write(tail)
+        if call.capture is not None:  # complete: the only stream worth keeping
+            call.capture.summary = relay.summary
+            call.capture.kind = deployment.provider.kind
+
+
 async def _first_output(
     response: aiohttp.ClientResponse,
     deployment: Deployment,
-    relay: _Passthrough | AnthropicToOpenAIStream | OpenAIToAnthropicStream,
+    relay: _StreamRelay,
     parser: SseParser,
 ) -> bytes:
     """Read until the relay has bytes for the client; failures here are retryable errors."""

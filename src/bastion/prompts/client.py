@@ -46,6 +46,7 @@ import orjson
 from bastion import names
 from bastion.prompts.files import SUFFIXES, PromptFileError, load_prompt_file
 from bastion.prompts.model import PromptSpec, PromptSpecError
+from bastion.prompts.template import find_includes
 from bastion.prompts.transport import HttpTransport, TransportError
 from bastion.prompts.versions import (
     PromptAuthError,
@@ -331,7 +332,7 @@ class PromptClient:
         if spec is None:
             return None
         partials: dict[str, PromptSpec] = {}
-        pending = list(spec.includes())
+        pending = list(find_includes(spec))
         while pending:
             name = pending.pop()
             if name in partials or name == spec.name:
@@ -343,7 +344,7 @@ class PromptClient:
                 )
                 continue  # rendering names the missing partial
             partials[name] = partial
-            pending.extend(partial.includes())
+            pending.extend(find_includes(partial))
         return PromptVersion(
             name=spec.name,
             version=None,

@@ -178,14 +178,6 @@ class PromptSpec:
         """`"sha256:" + hex digest` of `canonical_json()`: the version's content address."""
         return "sha256:" + hashlib.sha256(self.canonical_json()).hexdigest()
 
-    def includes(self) -> tuple[str, ...]:
-        """Names of the partials this prompt's templates `{% include %}`, sorted and unique."""
-        # Imported here, not at module top: finding includes needs the template parser, and
-        # template.py imports this module; the model stays importable without Jinja work.
-        from bastion.prompts.template import find_includes
-
-        return find_includes(self)
-
     def template_sources(self) -> Iterator[tuple[Path, str]]:
         """Every template string with its location: `text`, each message content, text parts."""
         if self.text is not None:

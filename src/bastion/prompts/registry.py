@@ -6,7 +6,9 @@ expect to run inside :func:`run_write`, which opens the transaction with the rig
 the database (``BEGIN IMMEDIATE`` on SQLite; ``SELECT … FOR UPDATE`` on the prompt rows on
 PostgreSQL, taken by the functions themselves) and retries on a lost race, so concurrent
 pushes never create duplicate or missing version numbers and concurrent label moves never lose
-a move.
+a move. Given an :class:`~bastion.audit.AuditTrail` (``audit=``; every API, CLI and
+controller path passes one), each change also appends its audit record in the same
+transaction (:mod:`bastion.prompts.registry_audit`).
 
 A version is identified by its content: the spec's canonical JSON plus the versions of the
 partials it includes, pinned at push time. Pushing content that a version already has creates
@@ -27,8 +29,10 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from bastion import names
+from bastion.audit import AuditTrail
 from bastion.auth import Role
 from bastion.prompts import PromptSpec, TemplateError, check_spec
+from bastion.prompts.registry_audit import record_label_change, record_push
 from bastion.prompts.registry_queries import (
     LATEST,
     MOVES,
@@ -53,6 +57,7 @@ from bastion.prompts.registry_queries import (
     now_utc,
     resolve,
 )
+from bastion.prompts.template import find_includes
 from bastion.prompts.template_budget import DEFAULT_LIMITS, TemplateLimits
 from bastion.store.schema import prompt_label_events, prompt_labels, prompt_versions, prompts
 from bastion.store.storable import storable_text
@@ -201,6 +206,7 @@ def push(
     author: str,
     git_sha: str | None = None,
     limits: TemplateLimits = DEFAULT_LIMITS,
+    audit: AuditTrail | None = None,
 ) -> list[PushResult]:
     """Store ``specs`` as new versions where their content is new; all or nothing.
 
@@ -210,7 +216,7 @@ def push(
     sizes).
     """
     by_name = _specs_by_name(specs)
-    includes = {name: tuple(dict.fromkeys(spec.includes())) for name, spec in by_name.items()}
+    includes = {name: tuple(dict.fromkeys(find_includes(spec))) for name, spec in by_name.items()}
     order = _push_order(includes)
     outside = {inc for incs in includes.values() for inc in incs} - set(by_name)
     ids = _lock_prompts(conn, project_id, set(by_name) | outside, create=by_name)
@@ -229,6 +235,9 @@ def push(
         results[name] = _store_version(
             conn, project_id, ids[name], by_name[name], new_version, latest
         )
+    if audit is not None:
+        for name in order:
+            record_push(conn, audit, project_id, results[name])
     return [results[spec.name] for spec in specs]
 
 
@@ -420,6 +429,7 @@ def set_label(
     actor: str,
     reason: str | None = None,
     role: Role | str,
+    audit: AuditTrail | None = None,
 ) -> LabelChange:
     """Point ``label`` at ``version`` (a deploy), recording the move in the label history."""
     _check_label(label)
@@ -449,7 +459,7 @@ def set_label(
         actor=actor,
         reason=reason,
     )
-    return LabelChange(
+    change = LabelChange(
         name=name,
         label=label,
         from_version=before,
@@ -457,6 +467,9 @@ def set_label(
         changed=True,
         protected=protected,
     )
+    if audit is not None:
+        record_label_change(conn, audit, project_id, change, "set", reason)
+    return change
 
 
 def rollback(
@@ -468,6 +481,7 @@ def rollback(
     actor: str,
     reason: str | None = None,
     role: Role | str,
+    audit: AuditTrail | None = None,
 ) -> LabelChange:
     """Move ``label`` back to the version it pointed at before its last move.
 
@@ -506,7 +520,7 @@ def rollback(
         actor=actor,
         reason=reason,
     )
-    return LabelChange(
+    change = LabelChange(
         name=name,
         label=label,
         from_version=int(current.version),
@@ -514,6 +528,9 @@ def rollback(
         changed=True,
         protected=bool(current.protected),
     )
+    if audit is not None:
+        record_label_change(conn, audit, project_id, change, "rollback", reason)
+    return change
 
 
 def protect_label(
@@ -526,6 +543,7 @@ def protect_label(
     role: Role | str,
     protected: bool = True,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> LabelChange:
     """Protect (or unprotect) an existing label: only admin keys may then move it."""
     if Role(role) is not Role.ADMIN:
@@ -556,4 +574,7 @@ def protect_label(
             reason=reason,
             protected=protected,
         )
+        if audit is not None:
+            action = "protect" if protected else "unprotect"
+            record_label_change(conn, audit, project_id, change, action, reason)
     return change

@@ -8,7 +8,8 @@ them (``releases.analysis``) and applies the verdict in one transaction that re-
 rollout is still at that step: ``fail`` rolls back at once with the reasons recorded, ``pass``
 after the bake time moves to the next step (reaching 100% promotes), ``wait`` only records the
 analysis. A/B and shadow rollouts are never promoted automatically (a person reads the results
-and promotes); a guard breach rolls them back like a canary.
+and promotes); a guard breach rolls them back like a canary. Each step, promotion and
+rollback it makes is audited as ``system:rollout-controller`` in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from aiohttp import web
 
+from bastion.audit import AuditChain, AuditTrail, system_actor
 from bastion.releases import rollouts
 from bastion.releases.analysis import (
     agreement,
@@ -37,13 +39,15 @@ from bastion.releases.analysis import (
 from bastion.releases.config import ReleasesConfig, load_releases_config
 from bastion.releases.store import now_utc
 from bastion.runtime.background import ThreadWork
-from bastion.server.state import STATE
+from bastion.services.state import STATE
 from bastion.settings import Settings
 from bastion.store.transactions import run_write
 
 __all__ = ["AnalysisController", "Decision", "install_controller"]
 
 log = logging.getLogger("bastion.releases")
+
+CONTROLLER_ACTOR = system_actor("rollout-controller")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +72,17 @@ def _outputs_sample(rollout: rollouts.Rollout) -> float | None:
 class AnalysisController:
     """Analyses every running rollout; one instance per server process."""
 
-    def __init__(self, engine: sa.Engine, config: ReleasesConfig, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        config: ReleasesConfig,
+        owner: str | None = None,
+        *,
+        audit: AuditChain,
+    ) -> None:
         self.engine = engine
         self.config = config
+        self.trail = AuditTrail(audit, CONTROLLER_ACTOR)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.work = ThreadWork()
 
@@ -128,13 +140,17 @@ class AnalysisController:
         if verdict.outcome == "fail":
             reason = f"automatic rollback at {rollout.weight:g}%: {verdict.summary}"
             done = run_write(
-                self.engine, lambda conn: rollouts.fail(conn, pid, rid, step, analysis, reason)
+                self.engine,
+                lambda conn: rollouts.fail(
+                    conn, pid, rid, step, analysis, reason, audit=self.trail
+                ),
             )
             log.warning("rollout %s of route %r: %s", rid, rollout.route, reason)
             return Decision(rid, rollout.route, "fail", "rollback" if done else None, reason)
         if verdict.outcome == "pass" and rollout.strategy == "canary":
             moved = run_write(
-                self.engine, lambda conn: rollouts.advance(conn, pid, rid, step, analysis)
+                self.engine,
+                lambda conn: rollouts.advance(conn, pid, rid, step, analysis, audit=self.trail),
             )
             action = None
             if moved is not None:
@@ -168,7 +184,7 @@ def install_controller(app: web.Application, settings: Settings) -> None:
         return
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        controller = AnalysisController(app[STATE].engine, config)
+        controller = AnalysisController(app[STATE].engine, config, audit=app[STATE].audit)
         task = asyncio.create_task(controller.run())
         try:
             yield

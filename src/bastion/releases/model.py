@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from bastion import names
+from bastion.names import ENVIRONMENTS
 from bastion.parsing import InputError, InputLimits, load_yaml
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
 
 Strategy = Literal["canary", "ab", "shadow"]
 STRATEGIES: tuple[Strategy, ...] = ("canary", "ab", "shadow")
-ENVIRONMENTS = ("staging", "production")
 _SPEC_KEYS = ("name", "description", "prompts", "model", "fallbacks", "params", "tools", "guard")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 

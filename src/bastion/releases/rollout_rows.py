@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from bastion.audit import AuditTrail
 from bastion.releases.model import RolloutPolicy
 from bastion.releases.store import (
     ACTIVE_STATES,
@@ -158,6 +159,7 @@ def record_change(
     reason: str | None,
     at: datetime,
     weight: float | None = None,
+    audit: AuditTrail | None = None,
 ) -> None:
     """Append the history event of a change to ``rollout``. With ``weight`` the candidate
     still serves that share; without, the rollout is over and ``stable`` serves everything."""
@@ -176,6 +178,7 @@ def record_change(
         step=step,
         reason=reason,
         at=at,
+        audit=audit,
     )
 
 

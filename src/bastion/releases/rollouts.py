@@ -6,7 +6,9 @@ analysis controller (``step``, ``promote``, ``rollback``) — is one transaction
 rollout row, the route's stable release when it changes, and appends the history event. The
 controller's changes name the step they were decided for, so a decision that raced a manual
 change (or another replica) finds the row moved on and does nothing. The record and its reads
-live in :mod:`bastion.releases.rollout_rows` (re-exported here).
+live in :mod:`bastion.releases.rollout_rows` (re-exported here). Every change takes an
+optional :class:`~bastion.audit.AuditTrail` (``audit=``) and then appends its audit record in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from bastion.audit import AuditTrail
 from bastion.releases.model import RolloutPolicy
 from bastion.releases.rollout_rows import (
     Rollout,
@@ -72,6 +75,7 @@ def start_rollout(
     actor: str,
     gate: dict[str, Any] | None = None,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     """Begin rolling ``candidate_ref`` out on a route that already has a stable release."""
     check_route(route, environment)
@@ -128,6 +132,7 @@ def start_rollout(
         step=0,
         reason=reason,
         at=now,
+        audit=audit,
     )
     return rollout
 
@@ -141,6 +146,7 @@ def _finish(
     actor: str,
     reason: str | None,
     analysis: dict[str, Any] | None = None,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     now = now_utc()
     values: dict[str, Any] = {
@@ -159,7 +165,15 @@ def _finish(
         stable = rollout.candidate_release_id
         set_stable(conn, rollout.project_id, rollout.route, rollout.environment, stable, actor)
     record_change(
-        conn, rollout, action, actor=actor, stable=stable, step=rollout.step, reason=reason, at=now
+        conn,
+        rollout,
+        action,
+        actor=actor,
+        stable=stable,
+        step=rollout.step,
+        reason=reason,
+        at=now,
+        audit=audit,
     )
     return get_rollout(conn, rollout.project_id, rollout.rollout_id)
 
@@ -180,11 +194,18 @@ def promote(
     *,
     actor: str,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     """Make the candidate the stable release now, whatever step the rollout is at."""
     rollout = _active_locked(conn, project_id, route, environment)
     return _finish(
-        conn, rollout, "promoted", "promote", actor=actor, reason=reason or "promoted by hand"
+        conn,
+        rollout,
+        "promoted",
+        "promote",
+        actor=actor,
+        reason=reason or "promoted by hand",
+        audit=audit,
     )
 
 
@@ -196,11 +217,18 @@ def abort(
     *,
     actor: str,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     """Stop the rollout; the stable release serves everything again."""
     rollout = _active_locked(conn, project_id, route, environment)
     return _finish(
-        conn, rollout, "aborted", "abort", actor=actor, reason=reason or "aborted by hand"
+        conn,
+        rollout,
+        "aborted",
+        "abort",
+        actor=actor,
+        reason=reason or "aborted by hand",
+        audit=audit,
     )
 
 
@@ -213,6 +241,7 @@ def _pause_or_resume(
     actor: str,
     reason: str | None,
     pause: bool,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     rollout = _active_locked(conn, project_id, route, environment)
     want, action = ("paused", "pause") if pause else ("running", "resume")
@@ -233,6 +262,7 @@ def _pause_or_resume(
         step=rollout.step,
         reason=reason,
         at=now,
+        audit=audit,
     )
     return get_rollout(conn, project_id, rollout.rollout_id)
 
@@ -245,10 +275,11 @@ def pause(
     *,
     actor: str,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     """Hold the rollout at its current weight: no automatic step, promotion or rollback."""
     return _pause_or_resume(
-        conn, project_id, route, environment, actor=actor, reason=reason, pause=True
+        conn, project_id, route, environment, actor=actor, reason=reason, pause=True, audit=audit
     )
 
 
@@ -260,10 +291,18 @@ def resume(
     *,
     actor: str,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> Rollout:
     """Let a paused rollout go on; the bake of its current step starts over."""
     return _pause_or_resume(
-        conn, project_id, route, environment, actor=actor, reason=reason, pause=False
+        conn,
+        project_id,
+        route,
+        environment,
+        actor=actor,
+        reason=reason,
+        pause=False,
+        audit=audit,
     )
 
 
@@ -275,6 +314,7 @@ def rollback(
     *,
     actor: str,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> str:
     """Roll back now: end the rollout in progress (stable serves everything), or, with none,
     point the route back at the stable release it had before. Returns the serving release."""
@@ -291,6 +331,7 @@ def rollback(
             "rollback",
             actor=actor,
             reason=reason or "rolled back by hand",
+            audit=audit,
         )
         return rollout.stable_release_id
     before = previous_stable(conn, project_id, route, environment, current.release_id)
@@ -308,6 +349,7 @@ def rollback(
         actor=actor,
         stable=before,
         reason=reason or f"rolled back from {current.release_id}",
+        audit=audit,
     )
     return before
 
@@ -379,6 +421,7 @@ def advance(
     analysis: dict[str, Any],
     *,
     actor: str = "analysis",
+    audit: AuditTrail | None = None,
 ) -> Rollout | None:
     """Go to the next step (reaching 100% promotes). ``None`` if the rollout moved meanwhile."""
     rollout = _current(conn, project_id, rollout_id, step)
@@ -395,6 +438,7 @@ def advance(
             actor=actor,
             analysis=analysis,
             reason=f"passed analysis at {rollout.weight:g}%: promoted",
+            audit=audit,
         )
     now = now_utc()
     weight = steps[next_step]
@@ -420,6 +464,7 @@ def advance(
         step=next_step,
         reason=reason,
         at=now,
+        audit=audit,
     )
     return get_rollout(conn, project_id, rollout_id)
 
@@ -433,11 +478,19 @@ def fail(
     reason: str,
     *,
     actor: str = "analysis",
+    audit: AuditTrail | None = None,
 ) -> Rollout | None:
     """Roll back automatically after a failed analysis. ``None`` if the rollout moved."""
     rollout = _current(conn, project_id, rollout_id, step)
     if rollout is None:
         return None
     return _finish(
-        conn, rollout, "rolled_back", "rollback", actor=actor, reason=reason, analysis=analysis
+        conn,
+        rollout,
+        "rolled_back",
+        "rollback",
+        actor=actor,
+        reason=reason,
+        analysis=analysis,
+        audit=audit,
     )

@@ -5,6 +5,8 @@ on PostgreSQL the route row is locked with ``SELECT … FOR UPDATE`` before it i
 concurrent deploys or rollout changes of one route serialise. Every change of what a route
 serves appends one ``release_events`` row saying what serves after it (stable release, and the
 candidate with its weight), which makes "what was serving at time T" one indexed lookup.
+Given an :class:`~bastion.audit.AuditTrail` (``audit=``), each change also appends its audit
+record in the same transaction (:mod:`bastion.releases.audit_events`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from bastion.audit import AuditTrail
 from bastion.prompts.registry_queries import select_version
+from bastion.releases.audit_events import (
+    RouteChange,
+    record_release_created,
+    record_route_change,
+    serving_before,
+)
 from bastion.releases.model import ENVIRONMENTS, ReleaseSpec, ReleaseSpecError, check_name
 from bastion.store.schema import (
     prompt_versions,
@@ -170,7 +179,12 @@ def _check_prompts(conn: sa.Connection, project_id: int, spec: ReleaseSpec) -> N
 
 
 def create_release(
-    conn: sa.Connection, project_id: int, spec: ReleaseSpec, *, actor: str
+    conn: sa.Connection,
+    project_id: int,
+    spec: ReleaseSpec,
+    *,
+    actor: str,
+    audit: AuditTrail | None = None,
 ) -> tuple[ReleaseInfo, bool]:
     """Store ``spec`` unless a release with its content exists; ``(release, created)``."""
     _check_prompts(conn, project_id, spec)
@@ -201,6 +215,10 @@ def create_release(
             created_at=info.created_at,
         )
     )
+    if audit is not None:
+        record_release_created(
+            conn, audit, project_id, info.release_id, info.name, info.content_hash
+        )
     return info, True
 
 
@@ -312,8 +330,11 @@ def record_event(
     step: int | None = None,
     reason: str | None = None,
     at: datetime | None = None,
+    audit: AuditTrail | None = None,
 ) -> None:
-    """Append one history entry saying what serves the route after ``action``."""
+    """Append one history entry saying what serves the route after ``action`` (and its audit
+    record, given ``audit``)."""
+    before = None if audit is None else serving_before(conn, project_id, route, environment)
     conn.execute(
         release_events.insert().values(
             project_id=project_id,
@@ -331,6 +352,12 @@ def record_event(
             at=at or now_utc(),
         )
     )
+    if audit is not None:
+        change = RouteChange(
+            project_id, route, environment, action, stable, candidate, weight, rollout_id,
+            strategy, step, reason,
+        )  # fmt: skip
+        record_route_change(conn, audit, change, before)
 
 
 def set_stable(
@@ -369,6 +396,7 @@ def deploy(
     *,
     actor: str,
     reason: str | None = None,
+    audit: AuditTrail | None = None,
 ) -> ReleaseInfo:
     """Make a release the route's stable release at once (no rollout)."""
     check_route(route, environment)
@@ -391,6 +419,7 @@ def deploy(
         actor=actor,
         stable=release.release_id,
         reason=reason,
+        audit=audit,
     )
     return release
 

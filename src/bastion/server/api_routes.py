@@ -8,11 +8,13 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bastion.auth import Role, create_key, list_keys, revoke_key
+from bastion.auth import Permission, Role, key_changes, list_keys
+from bastion.server.audit_trail import request_trail
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
-from bastion.server.state import STATE
+from bastion.server.route_access import needs
+from bastion.services.state import STATE
 from bastion.store import queries
 
 __all__ = ["API_ROUTES"]
@@ -101,7 +103,7 @@ class SummaryQuery(_FilterQuery):
 
 
 async def list_traces(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.TRACES_READ)
     params = parse_query(request, TraceListQuery)
     try:
         page = await DB.read(
@@ -120,7 +122,7 @@ async def list_traces(request: web.Request) -> web.Response:
 
 
 async def list_spans(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.TRACES_READ)
     params = parse_query(request, SpanListQuery)
     try:
         page = await DB.read(
@@ -139,7 +141,7 @@ async def list_spans(request: web.Request) -> web.Response:
 
 
 async def get_trace(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.TRACES_READ)
     trace_id = request.match_info["trace_id"].lower()
     if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
         raise ApiError(400, f"invalid trace id {trace_id!r}: expected 32 hex characters")
@@ -150,7 +152,7 @@ async def get_trace(request: web.Request) -> web.Response:
 
 
 async def metrics_summary(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.TRACES_READ)
     params = parse_query(request, SummaryQuery)
     now = datetime.now(UTC)
     end_ns = _ns(params.end) or _ns(now)
@@ -201,13 +203,16 @@ class RevokedOut(BaseModel):
 
 
 async def create_api_key(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "admin")
+    principal = await authenticate(request, Permission.KEYS_MANAGE)
     body = parse_body(await request.read() or b"{}", KeyCreate)
     engine = request.app[STATE].engine
+    trail = request_trail(request, principal)
 
     def work() -> KeyOut:
         with engine.begin() as conn:
-            created = create_key(conn, principal.project_slug, name=body.name, role=body.role)
+            created = key_changes.create(
+                conn, principal.project_slug, name=body.name, role=body.role, audit=trail
+            )
         k = created.key
         return KeyOut(
             id=k.id,
@@ -225,7 +230,7 @@ async def create_api_key(request: web.Request) -> web.Response:
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "admin")
+    principal = await authenticate(request, Permission.KEYS_MANAGE)
     keys = await DB.read(request, lambda c: list_keys(c, principal.project_slug))
     return json_response(
         {
@@ -246,17 +251,18 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "admin")
+    principal = await authenticate(request, Permission.KEYS_MANAGE)
     raw_id = request.match_info["key_id"]
     # Ids are 64-bit integers in the database: more digits could only overflow there.
     if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):
         raise ApiError(400, f"key id must be a whole number of at most 18 digits, got {raw_id!r}")
     key_id = int(raw_id)
     engine = request.app[STATE].engine
+    trail = request_trail(request, principal)
 
     def work() -> bool:
         with engine.begin() as conn:
-            return revoke_key(conn, key_id, project=principal.project_slug)
+            return key_changes.revoke(conn, key_id, project=principal.project_slug, audit=trail)
 
     if not await DB.run(work):
         raise ApiError(404, f"no live key {key_id} in this project", kind="not_found")
@@ -273,6 +279,7 @@ API_ROUTES: list[ApiRoute] = [
         "traces",
         query=TraceListQuery,
         response=queries.TracePage,
+        access=needs(Permission.TRACES_READ),
     ),
     ApiRoute(
         "GET",
@@ -281,6 +288,7 @@ API_ROUTES: list[ApiRoute] = [
         "One trace as a span tree",
         "traces",
         response=queries.TraceTree,
+        access=needs(Permission.TRACES_READ),
     ),
     ApiRoute(
         "GET",
@@ -290,6 +298,7 @@ API_ROUTES: list[ApiRoute] = [
         "traces",
         query=SpanListQuery,
         response=queries.SpanPage,
+        access=needs(Permission.TRACES_READ),
     ),
     ApiRoute(
         "GET",
@@ -299,6 +308,7 @@ API_ROUTES: list[ApiRoute] = [
         "metrics",
         query=SummaryQuery,
         response=queries.MetricsSummary,
+        access=needs(Permission.TRACES_READ),
     ),
     ApiRoute(
         "POST",
@@ -308,7 +318,7 @@ API_ROUTES: list[ApiRoute] = [
         "keys",
         body=KeyCreate,
         response=KeyOut,
-        auth="admin",
+        access=needs(Permission.KEYS_MANAGE),
         success=(201,),
     ),
     ApiRoute(
@@ -318,7 +328,7 @@ API_ROUTES: list[ApiRoute] = [
         "List the project's API keys",
         "keys",
         response=KeyListOut,
-        auth="admin",
+        access=needs(Permission.KEYS_MANAGE),
     ),
     ApiRoute(
         "DELETE",
@@ -327,7 +337,7 @@ API_ROUTES: list[ApiRoute] = [
         "Revoke an API key",
         "keys",
         response=RevokedOut,
-        auth="admin",
+        access=needs(Permission.KEYS_MANAGE),
         errors=((404, "no live key with that id in this project"),),
     ),
 ]

@@ -13,24 +13,31 @@ import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bastion import __version__
 from bastion.auth import AuthError
 from bastion.runtime.background import ThreadWork
 from bastion.server import (
     api_routes,
+    approval_routes,
+    audit_routes,
+    auth_routes,
     eval_routes,
     ingest_routes,
     otlp_routes,
     prompt_routes,
     prompt_usage_routes,
     release_routes,
+    retention_routes,
+    ui_routes,
 )
+from bastion.server.audit_trail import REQUEST_ID
 from bastion.server.db_work import DB
-from bastion.server.openapi import ApiError, json_response, openapi_document, refuse_nul
-from bastion.server.state import STATE, AppState, build_state
+from bastion.server.openapi import ApiError, ApiRoute, json_response, openapi_document, refuse_nul
+from bastion.server.route_access import OTHER_ROUTES, Access, project_page_access
+from bastion.services.state import STATE, AppState, build_state
 from bastion.settings import Settings
+from bastion.version import __version__
 
-__all__ = ["create_app"]
+__all__ = ["access_of", "create_app", "declared_access", "documented_routes"]
 
 log = logging.getLogger("bastion.server")
 
@@ -41,6 +48,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn known errors into JSON bodies naming the problem; give every response a request id."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id  # for the audit records of the changes it makes
     try:
         response = await handler(request)
     except ApiError as exc:
@@ -90,20 +98,39 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def documented_routes() -> list[ApiRoute]:
+    """Every route of the API document (``/api/v1/openapi.json``)."""
+    return [
+        *api_routes.API_ROUTES,
+        *ingest_routes.INGEST_ROUTES,
+        *prompt_routes.PROMPT_ROUTES,
+        *prompt_usage_routes.PROMPT_USAGE_ROUTES,
+        *eval_routes.EVAL_ROUTES,
+        *release_routes.RELEASE_ROUTES,
+        *approval_routes.APPROVAL_ROUTES,
+        *audit_routes.AUDIT_ROUTES,
+        *retention_routes.ERASURE_ROUTES,
+        *auth_routes.AUTH_ROUTES,
+    ]
+
+
+def declared_access() -> dict[tuple[str, str], Access]:
+    """What every route needs, by method and path: the API routes' own declarations, and
+    :data:`~bastion.server.route_access.OTHER_ROUTES` for the rest."""
+    declared = {
+        (route.method, route.path): route.access
+        for route in (*documented_routes(), *auth_routes.SIGN_IN_ROUTES)
+    }
+    return {**OTHER_ROUTES, **declared}
+
+
+def access_of(method: str, path: str) -> Access | None:
+    """What the route ``method path`` (aiohttp's pattern) needs; None: nothing is declared."""
+    return declared_access().get((method, path)) or project_page_access(method, path)
+
+
 async def openapi(_request: web.Request) -> web.Response:
-    return json_response(
-        openapi_document(
-            [
-                *api_routes.API_ROUTES,
-                *ingest_routes.INGEST_ROUTES,
-                *prompt_routes.PROMPT_ROUTES,
-                *prompt_usage_routes.PROMPT_USAGE_ROUTES,
-                *eval_routes.EVAL_ROUTES,
-                *release_routes.RELEASE_ROUTES,
-            ],
-            version=__version__,
-        )
-    )
+    return json_response(openapi_document(documented_routes(), version=__version__))
 
 
 def create_app(
@@ -158,6 +185,11 @@ def create_app(
         )
         app.router.add_routes([route.aiohttp() for route in eval_routes.EVAL_ROUTES])
         release_routes.install_releases(app, settings)  # API and rollout analysis
+        approval_routes.install_approvals(app)  # approvals of the changes a policy governs
+        audit_routes.install_audit(app, settings)  # API and audit retention
+        retention_routes.install_retention(app, settings)  # erasure API, retention job
+        auth_routes.install_auth(app, settings)  # sessions, sign-in, single sign-on
+        ui_routes.install_web_ui(app)  # the web UI at /ui/, signed in with the session
     if gateway:
         from bastion.gateway.app import install_gateway
 

@@ -1,53 +1,35 @@
-"""Authenticating requests: API keys from headers, resolved from memory."""
+"""Authenticating requests: API keys from headers, resolved from memory, or else the browser
+session cookie of a signed-in person (see :mod:`bastion.server.cookie_auth`)."""
 
 from __future__ import annotations
-
-import base64
-import binascii
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bastion.auth import AuthError, Principal
-from bastion.server.state import STATE
+from bastion.auth import AuthError, Permission, Principal
+from bastion.auth.credentials import presented_key
+from bastion.server.cookie_auth import cookie_principal
+from bastion.services.state import STATE
 
-__all__ = ["authenticate", "presented_key"]
-
-
-def presented_key(request: web.Request, *, allow_basic: bool = False) -> str | None:
-    """The key a request carries: ``Authorization: Bearer``, ``x-api-key`` or (optionally) Basic.
-
-    With Basic auth (the Langfuse exporter's scheme) the key may be given as either the user
-    name or the password, so both ``bst_…:`` and ``pk-lf-…:bst_…`` work.
-    """
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if allow_basic and scheme.lower() == "basic":
-        try:
-            user, _, password = (
-                base64.b64decode(value.strip(), validate=True).decode().partition(":")
-            )
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise AuthError("malformed Basic authorization header") from exc
-        for candidate in (password, user):
-            if candidate.startswith("bst_"):
-                return candidate
-        return password or user or None
-    for name in ("x-api-key", "x-bastion-api-key"):
-        if name in request.headers:
-            return request.headers[name].strip()
-    return None
+__all__ = ["authenticate", "key_principal"]
 
 
 async def authenticate(
-    request: web.Request, action: str, *, allow_basic: bool = False
+    request: web.Request, permission: Permission, *, allow_basic: bool = False
 ) -> Principal:
-    """Resolve the request's key to a principal allowed to do ``action``; raise AuthError."""
+    """Resolve the request's key, or else its session cookie, to a principal whose role holds
+    ``permission`` (:data:`bastion.auth.permissions.PERMISSIONS`); raise AuthError. A key is
+    checked from memory, with no database round trip for a known key."""
     secret = presented_key(request, allow_basic=allow_basic)
     if not secret:
-        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        return await cookie_principal(request, permission)
+    principal = await key_principal(request, secret)
+    principal.require(permission)
+    return principal
+
+
+async def key_principal(request: web.Request, secret: str) -> Principal:
+    """The key ``secret``'s principal, whatever its role; AuthError if unknown or revoked."""
     keys = request.app[STATE].keys
     try:
         principal = await keys.lookup_or_reload(secret)
@@ -55,5 +37,4 @@ async def authenticate(
         raise AuthError("cannot check a new API key while the database is down", 503) from exc
     if principal is None:
         raise AuthError("invalid or revoked API key")
-    principal.require(action)
     return principal

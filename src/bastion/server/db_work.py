@@ -13,7 +13,7 @@ from aiohttp import web
 
 from bastion.auth import Principal
 from bastion.server.openapi import ApiError
-from bastion.server.state import STATE
+from bastion.services.state import STATE
 from bastion.store.schema import api_keys
 from bastion.store.transactions import run_write
 
@@ -74,7 +74,10 @@ DB = DbWork()
 
 
 def key_actor(conn: sa.Connection, principal: Principal) -> str:
-    """Who acts: the key's name and id (names are not unique, ids are)."""
+    """Who acts: the key's name and id (names are not unique, ids are); a signed-in person as
+    ``user:<name>``."""
+    if principal.key_id is None:
+        return principal.actor
     name = conn.execute(
         sa.select(api_keys.c.name).where(api_keys.c.id == principal.key_id)
     ).scalar()

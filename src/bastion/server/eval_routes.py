@@ -17,11 +17,13 @@ import sqlalchemy as sa
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from bastion.auth import Permission
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item, parse_items, parse_text
 from bastion.names import DATASET as DATASET_NAME
 from bastion.names import InvalidName
 from bastion.parsing import InputError, check_size
+from bastion.server.audit_trail import request_trail
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DbWork
 from bastion.server.openapi import (
@@ -32,7 +34,8 @@ from bastion.server.openapi import (
     parse_body,
     parse_query,
 )
-from bastion.server.state import STATE
+from bastion.server.route_access import needs
+from bastion.services.state import STATE
 from bastion.store.schema import eval_results, eval_scores
 
 __all__ = ["EVAL_ROUTES"]
@@ -275,7 +278,7 @@ def _version(request: web.Request) -> int:
 
 
 async def list_datasets(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.EVALS_READ)
     infos = await _db.read(request, lambda c: store.list_datasets(c, principal.project_id))
     return json_response(DatasetListOut(items=[_dataset_out(i) for i in infos]))
 
@@ -285,7 +288,7 @@ def _too_large(exc: DatasetError | InputError) -> ApiError:
 
 
 async def push_dataset(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.DATASETS_PUSH)
     limits = request.app[STATE].settings.limits
     raw = await request.read()
     try:
@@ -308,9 +311,16 @@ async def push_dataset(request: web.Request) -> web.Response:
     if not items:
         raise ApiError(400, "invalid dataset: no items")
     engine = request.app[STATE].engine
+    trail = request_trail(request, principal)
     pushed = await _db.run(
         lambda: store.push_dataset(
-            engine, principal.project_id, body.name, items, lock=body.lock, force=body.force
+            engine,
+            principal.project_id,
+            body.name,
+            items,
+            lock=body.lock,
+            force=body.force,
+            audit=trail,
         )
     )
     out = PushDatasetOut(status=pushed.status, dataset=_dataset_out(pushed.info))
@@ -327,7 +337,7 @@ def _version_out(conn: sa.Connection, project_id: int, name: str, version: int |
 
 
 async def get_dataset(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.EVALS_READ)
     params = parse_query(request, GetDatasetQuery)
     name = request.match_info["name"]
     out = await _db.read(
@@ -337,17 +347,20 @@ async def get_dataset(request: web.Request) -> web.Response:
 
 
 async def get_dataset_version(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.EVALS_READ)
     name, version = request.match_info["name"], _version(request)
     out = await _db.read(request, lambda c: _version_out(c, principal.project_id, name, version))
     return json_response(out)
 
 
 async def lock_dataset(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.DATASETS_PUSH)
     name, version = request.match_info["name"], _version(request)
     engine = request.app[STATE].engine
-    info = await _db.run(lambda: store.lock_dataset(engine, principal.project_id, name, version))
+    trail = request_trail(request, principal)
+    info = await _db.run(
+        lambda: store.lock_dataset(engine, principal.project_id, name, version, audit=trail)
+    )
     return json_response(_dataset_out(info))
 
 
@@ -356,7 +369,7 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
     from bastion.prompts.registry_queries import RegistryError
     from bastion.prompts.usage import parse_since
 
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.DATASETS_PUSH)
     body = await _body(request, FromTracesBody)
     try:
         name = DATASET_NAME.check(request.match_info["name"])
@@ -367,6 +380,7 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
     except RegistryError as exc:
         raise ApiError(400, str(exc)) from exc
     engine = request.app[STATE].engine
+    trail = request_trail(request, principal)
 
     def work() -> FromTracesOut:
         with engine.connect() as conn:
@@ -384,7 +398,7 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
             taken = snapshot(conn, principal.project_id, selection)
         pushed = store.push_dataset(
             engine, principal.project_id, name, taken.items, lock=body.lock, force=body.force,
-            sources=taken.sources,
+            sources=taken.sources, audit=trail,
         )  # fmt: skip
         return FromTracesOut(
             status=pushed.status,
@@ -401,7 +415,7 @@ async def dataset_from_traces(request: web.Request) -> web.Response:
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.EVALS_READ)
     q = parse_query(request, RunListQuery)
     infos = await _db.read(
         request,
@@ -471,7 +485,7 @@ def _results(
 
 
 async def get_run(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.EVALS_READ)
     q = parse_query(request, RunQuery)
     run_id = request.match_info["run_id"]
 
@@ -490,7 +504,7 @@ async def compare_runs(request: web.Request) -> web.Response:
     from bastion.evals.gate import GateConfigError, GateRules, evaluate_gate
     from bastion.evals.report import render_json
 
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.EVALS_READ)
     q = parse_query(request, CompareQuery)
     try:
         rules = GateRules.from_settings(request.app[STATE].settings)
@@ -519,35 +533,38 @@ async def compare_runs(request: web.Request) -> web.Response:
 
 _NO_DATASET = ((404, "no such dataset or version in this project"),)
 _NO_RUN = ((404, "no such run in this project"),)
+_READ = needs(Permission.EVALS_READ)
+_PUSH = needs(Permission.DATASETS_PUSH)
 
 EVAL_ROUTES: list[ApiRoute] = [
     ApiRoute("GET", _BASE + "/datasets", list_datasets, "List dataset versions", "evals",
-             response=DatasetListOut),
+             response=DatasetListOut, access=_READ),
     ApiRoute("POST", _BASE + "/datasets", push_dataset,
              "Upload items as a dataset version (201 created, 200 unchanged content)", "evals",
-             body=PushDatasetBody, response=PushDatasetOut, auth="write", success=(200, 201),
+             body=PushDatasetBody, response=PushDatasetOut, access=_PUSH, success=(200, 201),
              errors=((409, "the newest version is locked (use force)"),
                      (413, "the upload is over limits.max_document_bytes"))),
     ApiRoute("GET", _BASE + "/datasets/{name}", get_dataset,
              "A dataset version with its items (the newest by default)", "evals",
-             query=GetDatasetQuery, response=DatasetVersionOut, errors=_NO_DATASET),
+             query=GetDatasetQuery, response=DatasetVersionOut, errors=_NO_DATASET,
+             access=_READ),
     ApiRoute("GET", _BASE + "/datasets/{name}/versions/{version}", get_dataset_version,
              "One dataset version with its items and their source spans", "evals",
-             response=DatasetVersionOut, errors=_NO_DATASET),
+             response=DatasetVersionOut, errors=_NO_DATASET, access=_READ),
     ApiRoute("POST", _BASE + "/datasets/{name}/versions/{version}/lock", lock_dataset,
              "Lock a dataset version (golden: never edited; new content is a new version)",
-             "evals", response=DatasetOut, auth="write", errors=_NO_DATASET),
+             "evals", response=DatasetOut, access=_PUSH, errors=_NO_DATASET),
     ApiRoute("POST", _BASE + "/datasets/{name}/from-traces", dataset_from_traces,
              "Snapshot model-call spans matching a filter into a new dataset version", "evals",
-             body=FromTracesBody, response=FromTracesOut, auth="write", success=(200, 201),
+             body=FromTracesBody, response=FromTracesOut, access=_PUSH, success=(200, 201),
              errors=((409, "the newest version is locked (use force)"),)),
     ApiRoute("GET", _BASE + "/runs", list_runs, "List eval runs, newest first", "evals",
-             query=RunListQuery, response=RunListOut),
+             query=RunListQuery, response=RunListOut, access=_READ),
     ApiRoute("GET", _BASE + "/runs/" + _RUN_ID, get_run,
              "One run with its results and scores", "evals", query=RunQuery,
-             response=RunDetailOut, errors=_NO_RUN),
+             response=RunDetailOut, errors=_NO_RUN, access=_READ),
     ApiRoute("GET", _BASE + "/compare", compare_runs,
              "Paired comparison of two completed runs, with the gate's verdict", "evals",
-             query=CompareQuery, response=CompareOut,
+             query=CompareQuery, response=CompareOut, access=_READ,
              errors=(*_NO_RUN, (409, "a run is not completed, or nothing pairs"))),
 ]  # fmt: skip

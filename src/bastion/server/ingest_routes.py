@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from bastion.auth import Permission
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
-from bastion.server.state import STATE
+from bastion.server.route_access import needs
+from bastion.services.state import STATE
 from bastion.store.dead_letters import RejectPage, list_rejects
 
 __all__ = ["INGEST_ROUTES"]
@@ -20,7 +22,7 @@ class RejectListQuery(BaseModel):
 
 
 async def list_ingest_rejects(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.TRACES_READ)
     params = parse_query(request, RejectListQuery)
     engine = request.app[STATE].engine
 
@@ -46,5 +48,6 @@ INGEST_ROUTES: list[ApiRoute] = [
         "ingest",
         query=RejectListQuery,
         response=RejectPage,
+        access=needs(Permission.TRACES_READ),
     ),
 ]

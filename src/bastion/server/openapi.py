@@ -6,6 +6,7 @@ and validates the request (a 400 naming the bad parameter) and documents the rou
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from bastion.server.route_access import Access
 from bastion.store.time_range import TIME_RANGE, TimeRangeError, check_time
 
 __all__ = [
@@ -146,7 +148,8 @@ class ApiRoute:
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
-    auth: str | None = "read"
+    # What the caller needs (see bastion.server.route_access); declared by every route.
+    access: Access = dataclasses.field(kw_only=True)
     # Further error statuses the route answers, documented beside 400/401/403.
     errors: tuple[tuple[int, str], ...] = ()
     # The statuses a success answers with ``response``: 201 when something was created.
@@ -173,8 +176,10 @@ def openapi_document(routes: list[ApiRoute], *, version: str) -> dict[str, Any]:
 
     for route in routes:
         op: dict[str, Any] = {"summary": route.summary, "tags": [route.tag]}
-        if route.auth:
+        if not route.access.public:
             op["security"] = [{"bearer": []}]
+            if route.access.permission is not None:
+                op["x-bastion-permission"] = route.access.permission.value
         params = _parameters(route)
         if params:
             op["parameters"] = params
@@ -231,9 +236,9 @@ def _responses(route: ApiRoute, ref: Callable[[type[BaseModel]], dict[str, str]]
     errors: dict[int, str] = {400: "invalid request (the message names the problem)"}
     if route.body is not None:
         errors[413] = "the request body is too large"
-    if route.auth:
-        errors[401] = "missing or invalid API key"
-        errors[403] = "the key's role does not allow this"
+    if not route.access.public:
+        errors[401] = "missing or invalid API key (or no session)"
+        errors[403] = "the caller's role does not grant the permission"
         errors[503] = "a new API key cannot be checked while the database is down"
     if _path_params(route.path):
         # Also a path the router cannot match, e.g. a parameter holding a slash.

@@ -13,11 +13,11 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from bastion.auth import AuthError
+from bastion.auth import AuthError, Permission
+from bastion.ingest.pipeline import Backpressure, NotDurable
 from bastion.server.auth import authenticate
-from bastion.server.state import STATE
+from bastion.services.state import STATE
 from bastion.store.writer import PreparedBatch
-from bastion.tracing.ingest import Backpressure, NotDurable
 from bastion.tracing.otlp import DecodeResult, OtlpError, decode_request, encode_response
 
 __all__ = ["routes"]
@@ -70,7 +70,7 @@ def _rpc_status(code: int, message: str) -> bytes:
 async def _receive(request: web.Request, *, allow_basic: bool) -> web.Response:
     state = request.app[STATE]
     try:
-        principal = await authenticate(request, "ingest", allow_basic=allow_basic)
+        principal = await authenticate(request, Permission.SPANS_INGEST, allow_basic=allow_basic)
     except AuthError as exc:
         retry = {"Retry-After": "5"} if exc.status == 503 else {}
         return _status_body(request, exc.status, str(exc), **retry)

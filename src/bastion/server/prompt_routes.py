@@ -1,8 +1,10 @@
 """The prompt registry API under ``/api/v1/prompts``.
 
-Reading needs the ``read`` role; pushing and moving labels ``write``; moving a protected label,
-and protecting one, ``admin``. The project is always the key's. Database work runs on worker
-threads; writes go through :func:`bastion.prompts.registry.run_write` (locking and retries).
+Reading needs ``prompts.read``; pushing ``prompts.push``; moving a label ``labels.move``, a
+protected one also ``labels.move_protected`` (and an approval when the project's policy asks
+for one, see :mod:`bastion.server.approval_checks`); protecting one ``labels.protect``. The
+project is always the caller's. Database work runs on worker threads; writes go through
+:func:`bastion.prompts.registry.run_write` (locking and retries).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import sqlalchemy as sa
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from bastion.approvals import label_move_change, policy_of
+from bastion.auth import Permission
 from bastion.parsing import InputError, ValueBudget
 from bastion.prompts import PromptSpec, PromptSpecError, registry
 from bastion.prompts.template_budget import ProjectLimits
+from bastion.server.approval_checks import label_guard, refuse_protected_label
+from bastion.server.audit_trail import request_trail
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DbWork, key_actor
 from bastion.server.openapi import (
@@ -26,7 +32,8 @@ from bastion.server.openapi import (
     parse_body,
     parse_query,
 )
-from bastion.server.state import STATE
+from bastion.server.route_access import needs
+from bastion.services.state import STATE
 
 __all__ = ["PROMPT_ROUTES"]
 
@@ -78,6 +85,12 @@ class DiffOut(BaseModel):
 class LabelBody(BaseModel):
     version: int = Field(ge=1, le=MAX_VERSION)
     reason: str | None = Field(None, max_length=2000)
+    approval: str | None = Field(
+        None,
+        max_length=64,
+        description="the id of the approval of exactly this move, when the project's policy "
+        "asks for one (projects.<slug>.approvals.label_move)",
+    )
 
 
 class RollbackBody(BaseModel):
@@ -108,13 +121,13 @@ def _name(request: web.Request) -> str:
 
 
 async def list_prompts(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.PROMPTS_READ)
     items = await _db.read(request, lambda c: registry.list_prompts(c, principal.project_id))
     return json_response(PromptListOut(items=items))
 
 
 async def push_prompts(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.PROMPTS_PUSH)
     body = await _body(request, PushBody)
     budget = ValueBudget(request.app[STATE].settings.limits)
     specs: list[PromptSpec] = []
@@ -130,6 +143,7 @@ async def push_prompts(request: web.Request) -> web.Response:
             raise ApiError(400, f"invalid prompt {label!r}: {exc}") from exc
     settings = request.app[STATE].settings
     limits = ProjectLimits.from_settings(settings).of(principal.project_slug)
+    trail = request_trail(request, principal)
 
     def work(conn: sa.Connection) -> list[registry.PushResult]:
         return registry.push(
@@ -140,6 +154,7 @@ async def push_prompts(request: web.Request) -> web.Response:
             author=key_actor(conn, principal),
             git_sha=body.git_sha,
             limits=limits,
+            audit=trail,
         )
 
     results = await _db.write(request, work)
@@ -148,7 +163,7 @@ async def push_prompts(request: web.Request) -> web.Response:
 
 
 async def get_prompt(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.PROMPTS_READ)
     params = parse_query(request, GetQuery)
     label = params.label
     if label is None and params.version is None:
@@ -163,7 +178,7 @@ async def get_prompt(request: web.Request) -> web.Response:
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.PROMPTS_READ)
     items = await _db.read(
         request, lambda c: registry.list_versions(c, principal.project_id, _name(request))
     )
@@ -171,13 +186,13 @@ async def list_versions(request: web.Request) -> web.Response:
 
 
 async def prompt_log(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.PROMPTS_READ)
     found = await _db.read(request, lambda c: registry.log(c, principal.project_id, _name(request)))
     return json_response(found)
 
 
 async def prompt_diff(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.PROMPTS_READ)
     params = parse_query(request, DiffQuery)
     name = _name(request)
     text = await _db.read(
@@ -187,27 +202,46 @@ async def prompt_diff(request: web.Request) -> web.Response:
 
 
 async def set_label(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.LABELS_MOVE)
     body = await _body(request, LabelBody)
+    name, label = _name(request), request.match_info["label"]
+    policy = policy_of(request.app[STATE].settings, principal.project_slug)
+    refuse_protected_label(principal, policy, label)
+    guard = await label_guard(request, principal, policy, name, label, body.version)
+    trail = request_trail(request, principal)
 
     def work(conn: sa.Connection) -> registry.LabelChange:
-        return registry.set_label(
+        change = registry.set_label(
             conn,
             principal.project_id,
-            _name(request),
+            name,
             body.version,
-            request.match_info["label"],
+            label,
             actor=key_actor(conn, principal),
             reason=body.reason,
             role=principal.role,
+            audit=trail,
         )
+        if change.changed and (change.protected or label in policy.protected_labels):
+            moved = label_move_change(
+                conn, principal.project_id, name, label, change.from_version, change.to_version
+            )
+            guard.check(
+                conn, moved, baseline=change.from_version, approval=body.approval, audit=trail
+            )
+        return change
 
     return json_response(await _db.write(request, work))
 
 
 async def rollback_label(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.LABELS_MOVE)
     body = await _body(request, RollbackBody, optional=True)
+    # A rollback returns a label to the version it held before: it needs the right to move a
+    # protected label, never an approval (an incident is not left waiting for a second person).
+    policy = policy_of(request.app[STATE].settings, principal.project_slug)
+    refuse_protected_label(principal, policy, request.match_info["label"])
+    trail = request_trail(request, principal)
 
     def work(conn: sa.Connection) -> registry.LabelChange:
         return registry.rollback(
@@ -218,14 +252,16 @@ async def rollback_label(request: web.Request) -> web.Response:
             actor=key_actor(conn, principal),
             reason=body.reason,
             role=principal.role,
+            audit=trail,
         )
 
     return json_response(await _db.write(request, work))
 
 
 async def protect_label(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "admin")
+    principal = await authenticate(request, Permission.LABELS_PROTECT)
     body = await _body(request, ProtectBody, optional=True)
+    trail = request_trail(request, principal)
 
     def work(conn: sa.Connection) -> registry.LabelChange:
         return registry.protect_label(
@@ -237,6 +273,7 @@ async def protect_label(request: web.Request) -> web.Response:
             role=principal.role,
             protected=body.protected,
             reason=body.reason,
+            audit=trail,
         )
 
     return json_response(await _db.write(request, work))
@@ -244,6 +281,7 @@ async def protect_label(request: web.Request) -> web.Response:
 
 _NOT_FOUND = ((404, "no such prompt, version or label in this project"),)
 _BASE = "/api/v1/prompts"
+_READ = needs(Permission.PROMPTS_READ)
 
 PROMPT_ROUTES: list[ApiRoute] = [
     ApiRoute(
@@ -253,6 +291,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         "List prompts with their newest version and labels",
         "prompts",
         response=PromptListOut,
+        access=_READ,
     ),
     ApiRoute(
         "POST",
@@ -262,7 +301,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         "prompts",
         body=PushBody,
         response=PushOut,
-        auth="write",
+        access=needs(Permission.PROMPTS_PUSH),
         success=(200, 201),
     ),
     ApiRoute(
@@ -274,6 +313,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         query=GetQuery,
         response=registry.ResolvedPrompt,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -283,6 +323,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         "prompts",
         response=VersionListOut,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -292,6 +333,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         "prompts",
         response=registry.PromptLog,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -302,17 +344,19 @@ PROMPT_ROUTES: list[ApiRoute] = [
         query=DiffQuery,
         response=DiffOut,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "PUT",
         _BASE + "/{name}/labels/{label}",
         set_label,
-        "Point a label at a version (a deploy); protected labels need an admin key",
+        "Point a label at a version (a deploy); a protected label needs labels.move_protected "
+        "and, when the project's policy asks, an approval or a passing eval gate",
         "prompts",
         body=LabelBody,
         response=registry.LabelChange,
-        auth="write",
-        errors=_NOT_FOUND,
+        access=needs(Permission.LABELS_MOVE),
+        errors=(*_NOT_FOUND, (409, "the policy asks for an approval or eval gate it lacks")),
     ),
     ApiRoute(
         "POST",
@@ -322,7 +366,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         "prompts",
         body=RollbackBody,
         response=registry.LabelChange,
-        auth="write",
+        access=needs(Permission.LABELS_MOVE),
         errors=(*_NOT_FOUND, (409, "the label has no previous version")),
     ),
     ApiRoute(
@@ -333,7 +377,7 @@ PROMPT_ROUTES: list[ApiRoute] = [
         "prompts",
         body=ProtectBody,
         response=registry.LabelChange,
-        auth="admin",
+        access=needs(Permission.LABELS_PROTECT),
         errors=_NOT_FOUND,
     ),
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from bastion.auth import Permission
 from bastion.prompts.registry_queries import RegistryError
 from bastion.prompts.usage import PromptUsage, parse_since, prompt_usage
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DB
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_query
-from bastion.server.state import STATE
+from bastion.server.route_access import needs
+from bastion.services.state import STATE
 
 __all__ = ["PROMPT_USAGE_ROUTES"]
 
@@ -23,7 +25,7 @@ class UsageQuery(BaseModel):
 
 
 async def usage(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.PROMPTS_READ)
     params = parse_query(request, UsageQuery)
     name = request.match_info["name"]
     engine = request.app[STATE].engine
@@ -49,6 +51,7 @@ PROMPT_USAGE_ROUTES: list[ApiRoute] = [
         "prompts",
         query=UsageQuery,
         response=PromptUsage,
+        access=needs(Permission.PROMPTS_READ),
         errors=((404, "the prompt is neither in the registry nor on any span"),),
     ),
 ]

@@ -1,8 +1,11 @@
 """The releases API: ``/api/v1/releases`` (bundles) and ``/api/v1/routes`` (deploys, rollouts,
 history).
 
-Reading needs the ``read`` role; creating releases, deploying and every rollout action
-``write``. The project is always the key's; each change records the key as its actor.
+Reading needs ``releases.read``; creating releases ``releases.create``; deploying and every
+rollout action ``rollouts.manage`` (and an approval to deploy, start or promote when the
+project's policy asks for one, see :mod:`bastion.server.approval_checks`). The project is
+always the caller's; each change records the caller as its actor, in the route's history and
+in the audit log.
 Database work runs on worker threads; writes go through ``run_write`` (locking and retries).
 """
 
@@ -16,11 +19,27 @@ import sqlalchemy as sa
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from bastion.approvals import (
+    ApprovalAction,
+    deploy_change,
+    policy_of,
+    promote_change,
+    rollout_start_change,
+)
+from bastion.auth import Permission, Principal
 from bastion.releases import rollouts, service, store
 from bastion.releases.controller import install_controller
 from bastion.releases.diff import diff_releases
 from bastion.releases.gate import check_gate
-from bastion.releases.model import ReleaseSpec, ReleaseSpecError, check_name, make_policy
+from bastion.releases.model import (
+    ReleaseSpec,
+    ReleaseSpecError,
+    RolloutPolicy,
+    check_name,
+    make_policy,
+)
+from bastion.server.approval_checks import Guard, rollout_guard
+from bastion.server.audit_trail import request_trail
 from bastion.server.auth import authenticate
 from bastion.server.db_work import DbWork, key_actor
 from bastion.server.openapi import ApiError, ApiRoute, json_response, parse_body, parse_query
@@ -36,7 +55,8 @@ from bastion.server.release_schemas import (
     RouteListOut,
     RouteStatusOut,
 )
-from bastion.server.state import STATE
+from bastion.server.route_access import needs
+from bastion.services.state import STATE
 from bastion.settings import Settings
 
 __all__ = ["RELEASE_ROUTES", "install_releases"]
@@ -50,10 +70,20 @@ class CreateBody(BaseModel):
     yaml: str | None = Field(None, max_length=1_000_000, description="or the release file's text")
 
 
+def _approval_field() -> Any:
+    return Field(
+        None,
+        max_length=64,
+        description="the id of the approval of exactly this change, when the project's policy "
+        "asks for one (projects.<slug>.approvals)",
+    )
+
+
 class DeployBody(BaseModel):
     release: str = Field(min_length=1, max_length=200, description="release id, prefix or name")
     environment: Environment = "production"
     reason: str | None = Field(None, max_length=2000)
+    approval: str | None = _approval_field()
 
 
 class RolloutBody(BaseModel):
@@ -74,11 +104,13 @@ class RolloutBody(BaseModel):
         None, description="required eval gate: {baseline, candidate} run ids or {report}"
     )
     reason: str | None = Field(None, max_length=2000)
+    approval: str | None = _approval_field()
 
 
 class ActionBody(BaseModel):
     environment: Environment = "production"
     reason: str | None = Field(None, max_length=2000)
+    approval: str | None = _approval_field()
 
 
 class EnvQuery(BaseModel):
@@ -121,13 +153,13 @@ def _route(request: web.Request) -> str:
 
 
 async def list_releases(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.RELEASES_READ)
     items = await _db.read(request, lambda c: store.list_releases(c, principal.project_id))
     return json_response({"items": [i.to_dict() for i in items]})
 
 
 async def create_release(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.RELEASES_CREATE)
     body = await _body(request, CreateBody)
     if (body.spec is None) == (body.yaml is None):
         raise ApiError(400, "give the release as either spec (JSON) or yaml (text), not both")
@@ -140,9 +172,11 @@ async def create_release(request: web.Request) -> web.Response:
     except ReleaseSpecError as exc:
         raise ApiError(400, f"invalid release: {exc}") from exc
 
+    trail = request_trail(request, principal)
+
     def work(conn: sa.Connection) -> tuple[store.ReleaseInfo, bool]:
         return store.create_release(
-            conn, principal.project_id, spec, actor=key_actor(conn, principal)
+            conn, principal.project_id, spec, actor=key_actor(conn, principal), audit=trail
         )
 
     info, created = await _db.write(request, work)
@@ -150,14 +184,14 @@ async def create_release(request: web.Request) -> web.Response:
 
 
 async def show_release(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.RELEASES_READ)
     ref = request.match_info["release"]
     info = await _db.read(request, lambda c: store.get_release(c, principal.project_id, ref))
     return json_response(info.to_dict())
 
 
 async def release_diff(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.RELEASES_READ)
     q = parse_query(request, DiffQuery)
     a = request.match_info["release"]
     found = await _db.read(request, lambda c: diff_releases(c, principal.project_id, a, q.b))
@@ -168,7 +202,7 @@ async def release_diff(request: web.Request) -> web.Response:
 
 
 async def list_routes(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.RELEASES_READ)
 
     def work(conn: sa.Connection) -> list[dict[str, Any]]:
         return service.route_list(conn, principal.project_id)
@@ -177,7 +211,7 @@ async def list_routes(request: web.Request) -> web.Response:
 
 
 async def route_status(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.RELEASES_READ)
     q = parse_query(request, EnvQuery)
     route = _route(request)
     doc = await _db.read(
@@ -187,7 +221,7 @@ async def route_status(request: web.Request) -> web.Response:
 
 
 async def route_history(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "read")
+    principal = await authenticate(request, Permission.RELEASES_READ)
     q = parse_query(request, HistoryQuery)
     route = _route(request)
     if q.at is not None:
@@ -211,20 +245,34 @@ async def route_history(request: web.Request) -> web.Response:
 
 
 async def deploy(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
+    principal = await authenticate(request, Permission.ROLLOUTS_MANAGE)
     body = await _body(request, DeployBody)
-    route = _route(request)
+    route, env = _route(request), body.environment
+    policy = policy_of(request.app[STATE].settings, principal.project_slug)
+    hint = {"environment": env, "release": body.release}
+    guard = await rollout_guard(
+        request, principal, policy, ApprovalAction.RELEASE_DEPLOY,
+        route=route, environment=env, candidate_ref=body.release, hint=hint,
+    )  # fmt: skip
+    trail = request_trail(request, principal)
 
     def work(conn: sa.Connection) -> store.ReleaseInfo:
-        return store.deploy(
+        before = store.lock_route(conn, principal.project_id, route, env)
+        stable = None if before is None else before.release_id
+        info = store.deploy(
             conn,
             principal.project_id,
             route,
-            body.environment,
+            env,
             body.release,
             actor=key_actor(conn, principal),
             reason=body.reason,
+            audit=trail,
         )
+        if info.release_id != stable:
+            change = deploy_change(route, env, stable, info.release_id)
+            guard.check(conn, change, baseline=stable, approval=body.approval, audit=trail)
+        return info
 
     info = await _db.write(request, work)
     return json_response(
@@ -232,13 +280,10 @@ async def deploy(request: web.Request) -> web.Response:
     )
 
 
-async def start_rollout(request: web.Request) -> web.Response:
-    principal = await authenticate(request, "write")
-    body = await _body(request, RolloutBody)
-    route = _route(request)
-    settings = request.app[STATE].settings
+def rollout_policy(body: RolloutBody) -> RolloutPolicy:
+    """The rollout policy ``body`` asks for; a 400 naming what is wrong."""
     try:
-        policy = make_policy(
+        return make_policy(
             strategy=body.strategy,
             steps=body.steps,
             bake=body.bake,
@@ -250,6 +295,20 @@ async def start_rollout(request: web.Request) -> web.Response:
         )
     except ReleaseSpecError as exc:
         raise ApiError(400, str(exc)) from exc
+
+
+async def start_rollout(request: web.Request) -> web.Response:
+    principal = await authenticate(request, Permission.ROLLOUTS_MANAGE)
+    body = await _body(request, RolloutBody)
+    route = _route(request)
+    settings = request.app[STATE].settings
+    policy = rollout_policy(body)
+    hint = {"rollout": body.model_dump(exclude={"gate", "reason", "approval"}, exclude_none=True)}
+    guard = await rollout_guard(
+        request, principal, policy_of(settings, principal.project_slug),
+        ApprovalAction.ROLLOUT_START, route=route, environment=body.environment,
+        candidate_ref=body.candidate, hint=hint,
+    )  # fmt: skip
 
     evidence: dict[str, Any] | None = None
     reason = body.reason
@@ -266,8 +325,10 @@ async def start_rollout(request: web.Request) -> web.Response:
         )
         reason = f"{reason}; {note}" if reason else note
 
+    trail = request_trail(request, principal)
+
     def work(conn: sa.Connection) -> rollouts.Rollout:
-        return rollouts.start_rollout(
+        rollout = rollouts.start_rollout(
             conn,
             principal.project_id,
             route,
@@ -277,7 +338,14 @@ async def start_rollout(request: web.Request) -> web.Response:
             actor=key_actor(conn, principal),
             gate=evidence,
             reason=reason,
+            audit=trail,
         )
+        stable = rollout.stable_release_id
+        change = rollout_start_change(
+            route, rollout.environment, stable, rollout.candidate_release_id, rollout.policy
+        )
+        guard.check(conn, change, baseline=stable, approval=body.approval, audit=trail)
+        return rollout
 
     rollout = await _db.write(request, work)
     return json_response(rollout.to_dict(), 201)
@@ -292,13 +360,27 @@ _ACTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
+async def _promote_guard(
+    request: web.Request, principal: Principal, route: str, body: ActionBody
+) -> Guard:
+    policy = policy_of(request.app[STATE].settings, principal.project_slug)
+    return await rollout_guard(
+        request, principal, policy, ApprovalAction.ROLLOUT_PROMOTE,
+        route=route, environment=body.environment, candidate_ref=None,
+        hint={"environment": body.environment},
+    )  # fmt: skip
+
+
 def _action(name: str) -> Callable[[web.Request], Any]:
     act = _ACTIONS[name]
+    promote = name == "promote"
 
     async def handler(request: web.Request) -> web.Response:
-        principal = await authenticate(request, "write")
+        principal = await authenticate(request, Permission.ROLLOUTS_MANAGE)
         body = await _body(request, ActionBody)
         route = _route(request)
+        guard = await _promote_guard(request, principal, route, body) if promote else None
+        trail = request_trail(request, principal)
 
         def work(conn: sa.Connection) -> Any:
             done = act(
@@ -308,7 +390,12 @@ def _action(name: str) -> Callable[[web.Request], Any]:
                 body.environment,
                 actor=key_actor(conn, principal),
                 reason=body.reason,
+                audit=trail,
             )
+            if guard is not None:
+                change = promote_change(done)
+                base = done.stable_release_id
+                guard.check(conn, change, baseline=base, approval=body.approval, audit=trail)
             return service.route_status(conn, principal.project_id, route, body.environment) | {
                 "action": name,
                 "result": done.to_dict() if isinstance(done, rollouts.Rollout) else done,
@@ -324,10 +411,18 @@ _R = "/api/v1/releases"
 _ROUTES = "/api/v1/routes"
 _NOT_FOUND = ((404, "no such release or route in this project"),)
 _CONFLICT = ((409, "the route's state does not allow it (see the message)"),)
+_READ = needs(Permission.RELEASES_READ)
+_MANAGE = needs(Permission.ROLLOUTS_MANAGE)
 
 RELEASE_ROUTES: list[ApiRoute] = [
     ApiRoute(
-        "GET", _R, list_releases, "List releases, newest first", "releases", response=ReleaseListOut
+        "GET",
+        _R,
+        list_releases,
+        "List releases, newest first",
+        "releases",
+        response=ReleaseListOut,
+        access=_READ,
     ),
     ApiRoute(
         "POST",
@@ -337,7 +432,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "releases",
         body=CreateBody,
         response=CreatedReleaseOut,
-        auth="write",
+        access=needs(Permission.RELEASES_CREATE),
         errors=_NOT_FOUND,
         success=(200, 201),
     ),
@@ -349,6 +444,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "releases",
         response=ReleaseOut,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -359,6 +455,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         query=DiffQuery,
         response=ReleaseDiffOut,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -367,6 +464,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "Routes with their stable release and rollout",
         "releases",
         response=RouteListOut,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -377,6 +475,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         query=EnvQuery,
         response=RouteStatusOut,
         errors=_NOT_FOUND,
+        access=_READ,
     ),
     ApiRoute(
         "GET",
@@ -386,6 +485,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "releases",
         query=HistoryQuery,
         response=HistoryOut,
+        access=_READ,
     ),
     ApiRoute(
         "POST",
@@ -395,7 +495,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "releases",
         body=DeployBody,
         response=DeployOut,
-        auth="write",
+        access=_MANAGE,
         errors=(*_NOT_FOUND, *_CONFLICT),
     ),
     ApiRoute(
@@ -406,7 +506,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
         "releases",
         body=RolloutBody,
         response=RolloutOut,
-        auth="write",
+        access=_MANAGE,
         errors=(*_NOT_FOUND, *_CONFLICT),
         success=(201,),
     ),
@@ -419,7 +519,7 @@ RELEASE_ROUTES: list[ApiRoute] = [
             "releases",
             body=ActionBody,
             response=ActionOut,
-            auth="write",
+            access=_MANAGE,
             errors=(*_NOT_FOUND, *_CONFLICT),
         )
         for name in _ACTIONS

@@ -116,6 +116,7 @@ def _worker_main(settings: Settings, index: int, api: bool) -> None:
     """Entry point of one worker process (spawned: nothing is inherited but ``settings``)."""
     from aiohttp import web
 
+    from bastion.server.access_log import RedactingAccessLogger
     from bastion.server.app import create_app
     from bastion.server.event_loop import new_event_loop
     from bastion.server.gc_tuning import tune_gc
@@ -136,6 +137,7 @@ def _worker_main(settings: Settings, index: int, api: bool) -> None:
         reuse_port=True,
         print=None,
         loop=new_event_loop(),
+        access_log_class=RedactingAccessLogger,
     )
 
 
@@ -222,7 +224,7 @@ def _start_limits_ledger(settings: Settings, engine: sa.Engine) -> LimitBroker |
     from bastion.gateway.limit_rebuild import rebuild_ledger
     from bastion.gateway.limit_store import MemoryLimitStore
     from bastion.gateway.limits_config import load_limits_config
-    from bastion.server.state import load_catalog
+    from bastion.services.state import load_catalog
 
     if settings.redis_url:
         return None

@@ -2,7 +2,7 @@
 
 A span lands here when the database refuses it for a data reason even after the storable
 rule (:mod:`bastion.store.storable`): the batch holding it is split until it is found
-(:mod:`bastion.tracing.isolation`), the rest of the batch is committed, and this span is kept
+(:mod:`bastion.ingest.isolation`), the rest of the batch is committed, and this span is kept
 whole as JSON, with its project, the reason label, the database's error class and message,
 and the time. Nothing here is retried: a person reads it (``GET /api/v1/ingest/rejects``,
 ``bastion ingest rejects``) and decides.

@@ -18,6 +18,7 @@ no database trip. Each is a :class:`TableMirror` that:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -60,7 +61,7 @@ class TableMirror(Generic[_M, _D]):
         self._log = log
         self._marker: _M | None = None  # the marker of the last load; None: nothing loaded
         self._flight = SingleFlight()
-        self._last_miss_refresh = 0.0
+        self._last_miss_refresh = -math.inf  # the monotonic clock starts near 0 at boot
 
     @property
     def busy(self) -> bool:

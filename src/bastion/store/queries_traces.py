@@ -30,6 +30,8 @@ from bastion.store.schema import spans, traces
 from bastion.tracing.model import MODEL_OPERATIONS, StatusCode
 
 __all__ = [
+    "SPAN_COLUMNS",
+    "TRACE_COLUMNS",
     "SpanNode",
     "SpanPage",
     "SpanRecord",
@@ -39,6 +41,9 @@ __all__ = [
     "get_trace",
     "list_spans",
     "list_traces",
+    "span_data",
+    "trace_conditions",
+    "trace_summary",
 ]
 
 _ERROR = int(StatusCode.ERROR)
@@ -152,11 +157,12 @@ class TraceTree(BaseModel):
 
 
 # The project is the caller's and the sequence numbers are storage keys: neither is shown.
-_TRACE_COLUMNS = [c for c in traces.c if c.name not in ("project_id", "seq")]
-_SPAN_COLUMNS = [c for c in spans.c if c.name not in ("project_id", "trace_seq")]
+TRACE_COLUMNS = [c for c in traces.c if c.name not in ("project_id", "seq")]
+SPAN_COLUMNS = [c for c in spans.c if c.name not in ("project_id", "trace_seq")]
 
 
-def _summary(row: Mapping[Any, Any]) -> TraceSummary:
+def trace_summary(row: Mapping[Any, Any]) -> TraceSummary:
+    """A :class:`TraceSummary` of a ``traces`` row read with :data:`TRACE_COLUMNS`."""
     start_ns: int = row["start_ns"]
     end_ns: int = row["end_ns"]
     return TraceSummary(
@@ -183,7 +189,8 @@ def _summary(row: Mapping[Any, Any]) -> TraceSummary:
     )
 
 
-def _span_data(row: sa.RowMapping) -> dict[str, Any]:
+def span_data(row: sa.RowMapping) -> dict[str, Any]:
+    """The fields of a :class:`SpanRecord` from a ``spans`` row read with :data:`SPAN_COLUMNS`."""
     data = dict(row)
     data["attributes"] = orjson.loads(data["attributes"])
     data["resource"] = orjson.loads(data["resource"])
@@ -197,9 +204,10 @@ def _span_data(row: sa.RowMapping) -> dict[str, Any]:
     return data
 
 
-def _trace_conditions(
+def trace_conditions(
     project_id: int, flt: TraceFilter, dialect: str
 ) -> list[sa.ColumnElement[bool]]:
+    """WHERE conditions on ``traces`` selecting the project's traces that match ``flt``."""
     t = traces.c
     s = spans.c
     conds: list[sa.ColumnElement[bool]] = [t.project_id == project_id]
@@ -275,19 +283,19 @@ def list_traces(
         raise ValueError(f"span-only criteria cannot select traces: {', '.join(span_only)}")
     t = traces.c
     with connect(conn) as c:
-        conds = _trace_conditions(project_id, flt, c.dialect.name)
+        conds = trace_conditions(project_id, flt, c.dialect.name)
         if cursor is not None:
             after_ns, after_id = decode_cursor(cursor, "t", (int, str))
             conds.append(t.start_ns <= after_ns)
             conds.append(sa.or_(t.start_ns < after_ns, t.trace_id < after_id))
         stmt = (
-            sa.select(*_TRACE_COLUMNS)
+            sa.select(*TRACE_COLUMNS)
             .where(*conds)
             .order_by(_sort_key(t.start_ns, flt).desc(), t.trace_id.desc())
             .limit(limit + 1)
         )
         rows = c.execute(stmt).mappings().all()
-    items = [_summary(r) for r in rows[:limit]]
+    items = [trace_summary(r) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
@@ -324,13 +332,13 @@ def list_spans(
                 )
             )
         stmt = (
-            sa.select(*_SPAN_COLUMNS)
+            sa.select(*SPAN_COLUMNS)
             .where(*conds)
             .order_by(_sort_key(s.start_ns, flt).desc(), s.trace_id.desc(), s.span_id.desc())
             .limit(limit + 1)
         )
         rows = c.execute(stmt).mappings().all()
-    items = [SpanRecord.model_validate(_span_data(r)) for r in rows[:limit]]
+    items = [SpanRecord.model_validate(span_data(r)) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
@@ -345,7 +353,7 @@ def get_trace(conn: Bind, project_id: int, trace_id: str) -> TraceTree | None:
     with connect(conn) as c:
         rows = (
             c.execute(
-                sa.select(*_SPAN_COLUMNS)
+                sa.select(*SPAN_COLUMNS)
                 .where(
                     s.project_id == project_id,
                     s.trace_seq
@@ -362,13 +370,13 @@ def get_trace(conn: Bind, project_id: int, trace_id: str) -> TraceTree | None:
             return None
         trace_row = (
             c.execute(
-                sa.select(*_TRACE_COLUMNS).where(t.project_id == project_id, t.trace_id == trace_id)
+                sa.select(*TRACE_COLUMNS).where(t.project_id == project_id, t.trace_id == trace_id)
             )
             .mappings()
             .first()
         )
-    nodes = [SpanNode.model_validate(_span_data(r)) for r in rows]
-    summary = _summary(trace_row) if trace_row is not None else _summary_of(nodes)
+    nodes = [SpanNode.model_validate(span_data(r)) for r in rows]
+    summary = trace_summary(trace_row) if trace_row is not None else _summary_of(nodes)
     return TraceTree(trace=summary, roots=_build_tree(nodes))
 
 
@@ -428,4 +436,4 @@ def _summary_of(nodes: list[SpanNode]) -> TraceSummary:
     }
     for field in ("user_id", "session_id", "feature", "tenant", "service_name"):
         row[field] = next((getattr(n, field) for n in nodes if getattr(n, field)), None)
-    return _summary(row)
+    return trace_summary(row)

@@ -9,10 +9,25 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from bastion.store.schema_access import (
+    approvals,
+    audit_chain,
+    audit_log,
+    login_attempts,
+    memberships,
+    user_sessions,
+    users,
+)
+from bastion.store.schema_base import metadata
+from bastion.store.schema_retention import retention_marks
+from bastion.store.schema_ui import ui_saved_views
 from bastion.store.types import UtcDateTime
 
 __all__ = [
     "api_keys",
+    "approvals",
+    "audit_chain",
+    "audit_log",
     "eval_dataset_items",
     "eval_datasets",
     "eval_item_sources",
@@ -20,6 +35,8 @@ __all__ = [
     "eval_runs",
     "eval_scores",
     "ingest_rejects",
+    "login_attempts",
+    "memberships",
     "metadata",
     "projects",
     "prompt_label_events",
@@ -30,19 +47,15 @@ __all__ = [
     "release_rollouts",
     "release_routes",
     "releases",
+    "retention_marks",
     "span_rollups",
     "spans",
     "traces",
+    "ui_saved_views",
+    "user_sessions",
+    "users",
 ]
 
-NAMING = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-metadata = sa.MetaData(naming_convention=NAMING)
 
 projects = sa.Table(
     "projects",

@@ -1,4 +1,4 @@
-"""Spans: the model, OTLP decoding, attribute normalisation, and durable ingestion."""
+"""Spans: the model, OTLP decoding, attribute normalisation and the span contract."""
 
 from bastion.tracing.model import Span, SpanKind, StatusCode
 

@@ -78,7 +78,7 @@ class Span:
     output: str | None = None
     # Set by the gateway alone, on the spans of the calls it served (never read from OTLP): it
     # tells the gateway's record of a call from a client's span of the same call. Last, so a
-    # spool segment written before it existed still reads (bastion.tracing.spool).
+    # spool segment written before it existed still reads (bastion.ingest.spool).
     request_id: str | None = None
 
     @property

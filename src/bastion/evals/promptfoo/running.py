@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from bastion.evals import store
 from bastion.evals.datasets import DatasetError, Item
@@ -286,7 +286,7 @@ async def _grade(
         try:
             verdict = await assertion.evaluate(subject, runtime)
         except ScoreError:
-            raise  # the judge failed, not the output: the test is an error (see _run_target)
+            raise  # the judge failed, not the output: the test is an error (see run_test)
         except Exception as exc:  # noqa: BLE001 - one broken assertion must not lose the output
             verdict = Verdict(False, 0.0, f"assertion error: {type(exc).__name__}: {exc}")
         components.append((assertion, verdict))
@@ -327,25 +327,16 @@ def _error_scores(planned: _Planned, error: str) -> tuple[Score, ...]:
 # -- running ------------------------------------------------------------------------------------
 
 
-async def _run_target(
+def _create_run(
     engine: sa.Engine,
     project_id: int,
     plan: SuitePlan,
     target: _Target,
     dataset: store.DatasetInfo,
-    *,
-    session: aiohttp.ClientSession,
-    gateway_url: str,
-    api_key: str,
-    concurrency: int,
-    use_cache: bool,
-    runtime: Runtime,
-    progress: Progress | None,
-    price: Any,
-) -> TargetResult:
+) -> str:
+    """Record the (prompt, provider) run, its target described for the runs list."""
     provider = target.provider
-    run_id = await asyncio.to_thread(
-        store.create_run,
+    return store.create_run(
         engine,
         project_id,
         target_key=target.key,
@@ -362,91 +353,110 @@ async def _run_target(
         params=dict(provider.params),
         repeats=1,
     )
-    result = TargetResult(run_id, target.key, target.prompt.label, provider.label)
-    params_hash = store.stable_hash(dict(provider.params))
-    # Keyed by what is sent (the rendered messages), not by the item: editing a test's
-    # assertions must not call the model again.
-    keys = {
+
+
+def _cache_keys(target: _Target) -> dict[str, str]:
+    """Each test's output cache key, by item id.
+
+    Keyed by what is sent (the rendered messages), not by the item: editing a test's
+    assertions must not call the model again.
+    """
+    params_hash = store.stable_hash(dict(target.provider.params))
+    return {
         p.item.id: store.cache_key(
             target.target_hash, store.stable_hash(p.messages), params_hash, 0
         )
         for p in target.tests
     }
-    cache: dict[str, store.CachedOutput] = {}
-    if use_cache and target.cacheable and provider.kind == "gateway":
-        cache = await asyncio.to_thread(_cached, engine, project_id, list(keys.values()))
-    caller = _Caller(session, gateway_url, api_key, RetryPolicy(), run_id, price)
-    recorder = _Recorder(engine, project_id, run_id, replace=False)
-    semaphore = asyncio.Semaphore(concurrency)
-    bar = progress.add_task(target.key, total=len(target.tests)) if progress else None
 
-    async def one(planned: _Planned) -> None:
-        key = keys[planned.item.id]
-        hit = cache.get(key)
-        error: str | None = None
-        trace_id: str | None = None
-        if provider.kind == "echo":
-            output = Output(planned.prompt_text, 0.0, 0.0)
-        elif hit is not None:
-            output = Output(hit.output, hit.latency_ms, hit.cost_usd)
-            trace_id = hit.trace_id
-            result.cached += 1
-        else:
-            async with semaphore:
-                call = await caller.call(str(provider.model), planned.messages, provider.params)
-            result.calls += call.calls
-            trace_id = call.trace_id
-            if call.error is not None or call.text is None:
-                error = call.error or "no output"
-                output = Output("", call.latency_ms)
-            else:
-                output = Output(
-                    call.text, call.latency_ms, call.cost_usd, call.tool_calls, call.raw
-                )
-        label = planned.case.description or planned.item.id
+
+@dataclass
+class _TargetRun:
+    """One target's tests in flight: where outputs come from, where results go, the counts."""
+
+    target: _Target
+    result: TargetResult
+    keys: dict[str, str]
+    cache: dict[str, store.CachedOutput]
+    caller: _Caller
+    recorder: _Recorder
+    runtime: Runtime
+    semaphore: asyncio.Semaphore
+    progress: Progress | None
+    bar: TaskID | None
+
+    async def run_test(self, planned: _Planned) -> None:
+        """Get the test's output (echoed, cached or called), grade it, count and record it."""
+        key = self.keys[planned.item.id]
+        hit = self.cache.get(key)
+        output, error, trace_id = await self._output(planned, hit)
         unjudged: str | None = None
+        scores: tuple[Score, ...]
         if error is None:
             try:
-                graded = await _grade(planned, output, provider, runtime)
+                graded = await _grade(planned, output, self.target.provider, self.runtime)
             except ScoreError as exc:
+                # Unjudged, the test has no score at all (a judge's fault is no score of 0).
                 error = unjudged = str(exc)
-        if error is not None:
-            # Unjudged, the test has no score at all (a judge's fault is no score of 0).
-            scores = () if unjudged is not None else _error_scores(planned, error)
-            result.errors += 1
-            result.failures.append((label, f"error: {error}"))
-        else:
-            scores = _scores(graded, planned.case)
-            result.score_sum += graded.score
-            for metric, (value, _) in graded.named.items():
-                result.named.setdefault(metric, []).append(value)
-            if graded.passed:
-                result.passed += 1
+                scores = ()
             else:
-                result.failed += 1
-                result.failures.append((label, graded.reason))
-        recorder.add(
+                scores = self._count_graded(planned, graded)
+        else:
+            scores = _error_scores(planned, error)
+        if error is not None:
+            self._count_error(planned, error)
+        self.recorder.add(
             store.RecordedResult(
                 planned.item.id, 0, output.text if error is None or unjudged else None, key, scores,
                 output.latency_ms, output.cost_usd, trace_id, error, cached=hit is not None,
             )
         )  # fmt: skip
-        if progress is not None and bar is not None:
-            progress.advance(bar)
+        if self.progress is not None and self.bar is not None:
+            self.progress.advance(self.bar)
 
-    status: Literal["completed", "failed"] = "failed"
-    try:
-        await gather_or_cancel([one(p) for p in target.tests])
-        await recorder.close()
-        status = "completed"
-    finally:
-        if status != "completed":
-            with contextlib.suppress(BaseException):
-                await recorder.close()
-            await asyncio.to_thread(store.finish_run, engine, project_id, run_id, "failed")
-    result.metrics = await asyncio.to_thread(_metric_summary, engine, project_id, run_id)
-    summary = {
-        "items": len(target.tests),
+    async def _output(
+        self, planned: _Planned, hit: store.CachedOutput | None
+    ) -> tuple[Output, str | None, str | None]:
+        """The test's output, the error that left it without one, and its trace id."""
+        provider = self.target.provider
+        if provider.kind == "echo":
+            return Output(planned.prompt_text, 0.0, 0.0), None, None
+        if hit is not None:
+            self.result.cached += 1
+            return Output(hit.output, hit.latency_ms, hit.cost_usd), None, hit.trace_id
+        async with self.semaphore:
+            call = await self.caller.call(str(provider.model), planned.messages, provider.params)
+        self.result.calls += call.calls
+        if call.error is not None or call.text is None:
+            return Output("", call.latency_ms), call.error or "no output", call.trace_id
+        output = Output(call.text, call.latency_ms, call.cost_usd, call.tool_calls, call.raw)
+        return output, None, call.trace_id
+
+    def _count_graded(self, planned: _Planned, graded: TestGrade) -> tuple[Score, ...]:
+        """Count a graded test as passed or failed; its scores to store."""
+        result = self.result
+        result.score_sum += graded.score
+        for metric, (value, _) in graded.named.items():
+            result.named.setdefault(metric, []).append(value)
+        if graded.passed:
+            result.passed += 1
+        else:
+            result.failed += 1
+            result.failures.append((planned.case.description or planned.item.id, graded.reason))
+        return _scores(graded, planned.case)
+
+    def _count_error(self, planned: _Planned, error: str) -> None:
+        """Count a test left without an output or a grade as an error."""
+        self.result.errors += 1
+        self.result.failures.append(
+            (planned.case.description or planned.item.id, f"error: {error}")
+        )
+
+
+def _run_summary(result: TargetResult, items: int) -> dict[str, Any]:
+    """What the finished run stores as its summary: the eval counts and promptfoo's own."""
+    return {
+        "items": items,
         "repeats": 1,
         "results": result.total,
         "calls": result.calls,
@@ -463,6 +473,52 @@ async def _run_target(
             },
         },
     }
+
+
+async def _run_target(
+    engine: sa.Engine,
+    project_id: int,
+    plan: SuitePlan,
+    target: _Target,
+    dataset: store.DatasetInfo,
+    *,
+    session: aiohttp.ClientSession,
+    gateway_url: str,
+    api_key: str,
+    concurrency: int,
+    use_cache: bool,
+    runtime: Runtime,
+    progress: Progress | None,
+    price: Any,
+) -> TargetResult:
+    """One (prompt, provider) pair's tests, concurrently, as one stored eval run."""
+    provider = target.provider
+    run_id = await asyncio.to_thread(_create_run, engine, project_id, plan, target, dataset)
+    result = TargetResult(run_id, target.key, target.prompt.label, provider.label)
+    keys = _cache_keys(target)
+    cache: dict[str, store.CachedOutput] = {}
+    if use_cache and target.cacheable and provider.kind == "gateway":
+        cache = await asyncio.to_thread(_cached, engine, project_id, list(keys.values()))
+    recorder = _Recorder(engine, project_id, run_id, replace=False)
+    run = _TargetRun(
+        target, result, keys, cache,
+        caller=_Caller(session, gateway_url, api_key, RetryPolicy(), run_id, price),
+        recorder=recorder, runtime=runtime, semaphore=asyncio.Semaphore(concurrency),
+        progress=progress,
+        bar=progress.add_task(target.key, total=len(target.tests)) if progress else None,
+    )  # fmt: skip
+    status: Literal["completed", "failed"] = "failed"
+    try:
+        await gather_or_cancel([run.run_test(p) for p in target.tests])
+        await recorder.close()
+        status = "completed"
+    finally:
+        if status != "completed":
+            with contextlib.suppress(BaseException):
+                await recorder.close()
+            await asyncio.to_thread(store.finish_run, engine, project_id, run_id, "failed")
+    result.metrics = await asyncio.to_thread(_metric_summary, engine, project_id, run_id)
+    summary = _run_summary(result, len(target.tests))
     await asyncio.to_thread(store.finish_run, engine, project_id, run_id, status, summary)
     return result
 

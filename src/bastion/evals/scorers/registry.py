@@ -28,7 +28,7 @@ from bastion.settings import PluginSettings
 
 if TYPE_CHECKING:
     from bastion.evals.datasets import Item
-    from bastion.evals.scorers.judge import JudgeClient
+    from bastion.evals.scorers.judge_client import JudgeClient
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -2,7 +2,7 @@
 
 A batch the database refuses for a data reason is split until the refused spans are found;
 the rest is committed and each refused span lands here, whole, instead of being retried
-forever (bastion.tracing.isolation). Downgrade drops the table and what it holds.
+forever (bastion.ingest.isolation). Downgrade drops the table and what it holds.
 
 Revision ID: 0011
 Revises: 0010
