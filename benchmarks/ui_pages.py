@@ -12,21 +12,18 @@ over loopback (one kept-alive connection). Prints p50 and p95 per page against t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import sqlalchemy as sa
-from aiohttp import web
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +31,7 @@ import query_perf as store_shape
 from bastion.auth.roles import PersonRole
 from bastion.auth.users import create_user
 from bastion.server.app import create_app
+from bastion.server.threaded import serve_in_thread
 from bastion.settings import Settings
 from bastion.store import migrate
 from bastion.store.engine import create_engine
@@ -93,35 +91,8 @@ def _big_trace(now_ns: int) -> list[Span]:
 
 def _serve(settings: Settings) -> tuple[str, Callable[[], None]]:
     """The real application on a loopback port, in a thread; its URL and a stopper."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(settings, gateway=False))
-    ready = threading.Event()
-    port: list[int] = []
-
-    async def boot() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        ready.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(boot())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    if not ready.wait(60):
-        raise RuntimeError("the server did not start")
-
-    def stop() -> None:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-
-    return f"127.0.0.1:{port[0]}", stop
+    served = serve_in_thread(create_app(settings, gateway=False), start_timeout_s=60)
+    return f"127.0.0.1:{served.port}", served.stop
 
 
 class Browser:

@@ -6,9 +6,7 @@ overrides the server), so tests can run side by side without seeing each other's
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,10 +131,9 @@ class LiveServer:
 
 def start_live_server(settings: Settings) -> tuple[LiveServer, Callable[[], None]]:
     """Start ``create_app(settings)`` on a free loopback port; returns the server and a stopper."""
-    from aiohttp import web
-
     from bastion.auth import create_key
     from bastion.server.app import create_app
+    from bastion.server.threaded import serve_in_thread
     from bastion.store.engine import create_engine as make_engine
 
     eng = make_engine(settings.resolved_database_url)
@@ -145,37 +142,10 @@ def start_live_server(settings: Settings) -> tuple[LiveServer, Callable[[], None
         admin_key = create_key(conn, "default", name="test-admin").secret
     eng.dispose()
 
-    loop = asyncio.new_event_loop()
     app = create_app(settings)
-    runner = web.AppRunner(app)
-    started = threading.Event()
-    port_box: list[int] = []
-
-    async def boot() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port_box.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        started.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(boot())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    if not started.wait(30):
-        raise RuntimeError("server did not start")
-    server = LiveServer(f"http://127.0.0.1:{port_box[0]}", admin_key, settings, app)
-
-    def stop() -> None:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-
-    return server, stop
+    served = serve_in_thread(app)
+    server = LiveServer(served.url, admin_key, settings, app)
+    return server, served.stop
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ client's secret, the redirect URI and the PKCE verifier before issuing an RS256 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+
+from bastion.server.threaded import serve_in_thread
 
 CLIENT_ID = "bastion-tests"
 CLIENT_SECRET = "s3cret-client-value-for-tests-only"
@@ -158,30 +158,9 @@ def _app(issuer: Issuer) -> web.Application:
 def issuer() -> Iterator[Issuer]:
     """The issuer, running on a loopback port in a background thread."""
     state = Issuer()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_app(state), access_log=None)
-    started = threading.Event()
-
-    async def boot() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        state.url = f"http://127.0.0.1:{port}"
-        started.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(boot())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(30)
+    served = serve_in_thread(web.AppRunner(_app(state), access_log=None))
+    state.url = served.url
     try:
         yield state
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
+        served.stop()

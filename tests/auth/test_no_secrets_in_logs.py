@@ -4,9 +4,7 @@ access log included."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from aiohttp import web
 from bastion.auth import create_key
 from bastion.server.access_log import RedactingAccessLogger, redact_url
 from bastion.server.app import create_app
+from bastion.server.threaded import serve_in_thread
 from bastion.settings import AuthSettings, Settings
 from bastion.store import migrate
 from bastion.store.engine import create_engine
@@ -54,33 +53,11 @@ def server(
         key = create_key(conn, "default").secret
     engine.dispose()
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    urls: list[str] = []
-
-    async def boot() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
-        started.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(boot())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(30)
+    served = serve_in_thread(web.AppRunner(app, access_log_class=RedactingAccessLogger))
     try:
-        yield LiveServer(urls[0], key, settings, app)
+        yield LiveServer(served.url, key, settings, app)
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
+        served.stop()
 
 
 def _sign_in_every_way(server: LiveServer, issuer: Issuer) -> set[str]:
