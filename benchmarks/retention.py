@@ -261,6 +261,7 @@ def run_backend(name: str, url: str, control_url: str, args: argparse.Namespace)
     control = serve_and_drive(control_url, control_key, args, control_for=end + 3)
     acked = sum(n for _, n in run.acked)
     before, during, fair = run.rate(3, start), run.rate(start, end), control.rate(start, end)
+    control_before = control.rate(3, start)
     kept_ok = total == args.spans - run.deleted + acked
     load_before = run.load_between(run.origin + 3, run.pass_started)
     load_during = run.load_between(run.pass_started, run.pass_ended)
@@ -270,7 +271,8 @@ def run_backend(name: str, url: str, control_url: str, args: argparse.Namespace)
         [name, "ingest before the pass", f"{start - 3:.0f}s", f"{before:,.0f} spans/s",
          f"c={args.concurrency}, load {load_before:.2f}", ""],
         [name, "ingest, control run, same seconds", f"{end - start:.0f}s", f"{fair:,.0f} spans/s",
-         f"no retention, load {load_control:.2f}", ""],
+         f"no retention, load {load_control:.2f}; {control_before:,.0f} spans/s before "
+         f"({fair / control_before:.0%}: the store's growth alone)", ""],
         [name, "ingest during the pass", f"{end - start:.0f}s", f"{during:,.0f} spans/s",
          f"{during / fair:.0%} of control, {during / before:.0%} of before, load {load_during:.2f}",
          "PASS" if during >= 0.8 * fair else "FAIL"],
