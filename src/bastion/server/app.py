@@ -39,6 +39,9 @@ from bastion.version import __version__
 
 __all__ = ["access_of", "create_app", "declared_access", "documented_routes"]
 
+# The longest request line and header the server reads (aiohttp's default is 8 KiB).
+MAX_URL_BYTES = 64 * 1024
+
 log = logging.getLogger("bastion.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -149,7 +152,13 @@ def create_app(
         middlewares=[errors_middleware, refuse_nul],
         client_max_size=settings.ingest.max_request_bytes + 1,
         # Bodies are inflated by the OTLP decoder, which caps the inflated size (gzip bombs).
-        handler_args={"auto_decompress": False},
+        # A long URL (many filters) reaches the handlers, whose errors are JSON that names the
+        # parameter, rather than the HTTP parser's plain-text 400 at 8 KiB.
+        handler_args={
+            "auto_decompress": False,
+            "max_line_size": MAX_URL_BYTES,
+            "max_field_size": MAX_URL_BYTES,
+        },
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
