@@ -28,7 +28,13 @@ from bastion.store.queries_common import (
 from bastion.store.schema import span_rollup_deltas, span_rollups, spans
 from bastion.tracing.model import StatusCode
 
-__all__ = ["GROUP_BY_KEYS", "MetricsGroup", "MetricsSummary", "metrics_summary"]
+__all__ = [
+    "GROUP_BY_KEYS",
+    "MetricsAccumulator",
+    "MetricsGroup",
+    "MetricsSummary",
+    "metrics_summary",
+]
 
 _DIMENSIONS = ("model", "feature", "user", "tenant", "provider")
 _TIME_STEPS = {"day": 86_400, "hour": 3_600}
@@ -87,7 +93,9 @@ class MetricsSummary(BaseModel):
 
 
 @dataclass(slots=True)
-class _Agg:
+class MetricsAccumulator:
+    """Counters and latency histograms of a group of calls, added up and read as a group."""
+
     count: int = 0
     errors: int = 0
     input_tokens: int = 0
@@ -110,7 +118,7 @@ class _Agg:
         self.cost_usd += cost
         self.cost_unknown += unknown
 
-    def merge(self, other: _Agg) -> None:
+    def merge(self, other: MetricsAccumulator) -> None:
         self.count += other.count
         self.errors += other.errors
         self.input_tokens += other.input_tokens
@@ -224,7 +232,7 @@ def metrics_summary(
         if filtered is not None and dimension in (None, filtered) and 0 < len(value) <= _VALUE_MAX:
             rollup = (filtered, value)
 
-    aggs: dict[_Key, _Agg] = {}
+    aggs: dict[_Key, MetricsAccumulator] = {}
     with connect(conn) as c:
         first_hour = -(-start_ns // _HOUR_NS)
         end_hour = end_ns // _HOUR_NS
@@ -240,10 +248,10 @@ def metrics_summary(
 
     # A group can sum to no call: a client's span counted in a roll-up and taken out again
     # (bastion.store.call_links) under a value its gateway span does not have.
-    groups: list[tuple[_Key, _Agg]] = sorted(
+    groups: list[tuple[_Key, MetricsAccumulator]] = sorted(
         ((key, agg) for key, agg in aggs.items() if agg.count), key=_order
     )
-    total = _Agg()
+    total = MetricsAccumulator()
     for _, agg in groups:
         total.merge(agg)
     rows = [agg.to_group(_key_dict(key, dimension, time)) for key, agg in groups]
@@ -259,7 +267,7 @@ def metrics_summary(
     )
 
 
-def _order(item: tuple[_Key, _Agg]) -> tuple[int, int, bool, str]:
+def _order(item: tuple[_Key, MetricsAccumulator]) -> tuple[int, int, bool, str]:
     (value, bucket), agg = item
     return (bucket or 0, -agg.count, value is None, value or "")
 
@@ -282,7 +290,7 @@ def _add_rollups(
     hours: tuple[int, int],
     keep_value: bool,
     step: int | None,
-    aggs: dict[_Key, _Agg],
+    aggs: dict[_Key, MetricsAccumulator],
 ) -> None:
     """Merge the roll-ups of the hours in ``hours`` (Unix seconds, half-open) into ``aggs``.
 
@@ -293,11 +301,11 @@ def _add_rollups(
     segments = _rollup_segments(dimension, hours, step)
     query = _rollup_query(project_id, segments, only_value)
 
-    def agg_for(value: str, hour: int) -> _Agg:
+    def agg_for(value: str, hour: int) -> MetricsAccumulator:
         key = (value or None if keep_value else None, hour - hour % step if step else None)
         agg = aggs.get(key)
         if agg is None:
-            agg = aggs[key] = _Agg()
+            agg = aggs[key] = MetricsAccumulator()
         return agg
 
     # A 30-day summary by user reads tens of thousands of rows: the loop stays flat.
@@ -395,7 +403,7 @@ def _add_deltas(
     dimension: str,
     hours: tuple[int, int],
     only_value: str | None,
-    agg_for: Callable[[str, int], _Agg],
+    agg_for: Callable[[str, int], MetricsAccumulator],
 ) -> None:
     """Add the entries of one deferred roll-up document that fall in the summary's range."""
     first_hour, end_hour = hours
@@ -419,7 +427,7 @@ def _add_spans(
     high_ns: int,
     dimension: str | None,
     step: int | None,
-    aggs: dict[_Key, _Agg],
+    aggs: dict[_Key, MetricsAccumulator],
 ) -> None:
     """Aggregate the LLM spans started in ``[low_ns, high_ns)`` that match ``flt`` into ``aggs``.
 
@@ -465,7 +473,7 @@ def _add_spans(
         key = (value, (start // step_ns) * step if step_ns else None)
         agg = aggs.get(key)
         if agg is None:
-            agg = aggs[key] = _Agg()
+            agg = aggs[key] = MetricsAccumulator()
         agg.count += 1
         if status == _ERROR or error_class is not None:
             agg.errors += 1

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from bastion.store import histogram
 from bastion.store.queries_common import SpanFilter, is_counted, is_llm
-from bastion.store.queries_metrics import MetricsGroup, metrics_summary
+from bastion.store.queries_metrics import MetricsAccumulator, MetricsGroup, metrics_summary
 from bastion.store.schema import spans
 from bastion.tracing.model import StatusCode
 from bastion.ui.dashboard_params import RAW_GROUPS, DashboardParams
@@ -202,40 +202,6 @@ def _top_series(
     return Series(buckets, top, len(ranked), cells, "rollups", unset_left_out="" in ranked)
 
 
-@dataclass(slots=True)
-class _Acc:
-    count: int = 0
-    errors: int = 0
-    tin: int = 0
-    tout: int = 0
-    tcached: int = 0
-    cost: float = 0.0
-    unknown: int = 0
-    latency: dict[int, int] = field(default_factory=dict)
-    ttft: dict[int, int] = field(default_factory=dict)
-
-    def result(self) -> MetricsGroup:
-        lat = histogram.quantiles(self.latency, _QS)
-        ttft = histogram.quantiles(self.ttft, _QS)
-        return MetricsGroup(
-            keys={},
-            count=self.count,
-            error_count=self.errors,
-            error_rate=self.errors / self.count if self.count else None,
-            p50_latency_ms=lat[0],
-            p95_latency_ms=lat[1],
-            p99_latency_ms=lat[2],
-            p50_ttft_ms=ttft[0],
-            p95_ttft_ms=ttft[1],
-            p99_ttft_ms=ttft[2],
-            input_tokens=self.tin,
-            output_tokens=self.tout,
-            cached_tokens=self.tcached,
-            cost_usd=self.cost,
-            cost_unknown_count=self.unknown,
-        )
-
-
 def _raw_groups(
     conn: sa.Connection, project_id: int, group: str, low_ns: int, high_ns: int, step: int
 ) -> dict[tuple[str, int], MetricsGroup]:
@@ -254,25 +220,25 @@ def _raw_groups(
         s.project_id == project_id, named, s.start_ns >= low_ns, s.start_ns < high_ns,
         is_llm(s), is_counted(s),
     )  # fmt: skip
-    accs: dict[tuple[str, int], _Acc] = {}
+    accs: dict[tuple[str, int], MetricsAccumulator] = {}
     bucket_of = histogram.bucket_of
     for row in conn.execute(stmt):
         start, latency, ttft, status, error_class, tin, tout, tcached, cost = row[:9]
         label = f"{row[9]} v{row[10]}" if group == "prompt" else str(row[9])
         bucket = start // _NS - (start // _NS) % step
-        acc = accs.setdefault((label, bucket), _Acc())
+        acc = accs.setdefault((label, bucket), MetricsAccumulator())
         acc.count += 1
         acc.errors += status == _ERROR or error_class is not None
-        acc.tin += tin or 0
-        acc.tout += tout or 0
-        acc.tcached += tcached or 0
+        acc.input_tokens += tin or 0
+        acc.output_tokens += tout or 0
+        acc.cached_tokens += tcached or 0
         if cost is None:
-            acc.unknown += 1
+            acc.cost_unknown += 1
         else:
-            acc.cost += cost
+            acc.cost_usd += cost
         b = bucket_of(latency)  # one bucket per row, added in place: this loop is the cost
         acc.latency[b] = acc.latency.get(b, 0) + 1
         if ttft is not None:
             b = bucket_of(ttft)
             acc.ttft[b] = acc.ttft.get(b, 0) + 1
-    return {key: acc.result() for key, acc in accs.items()}
+    return {key: acc.to_group({}) for key, acc in accs.items()}
